@@ -1,0 +1,47 @@
+# bnprivacy: `make book` and `make test` do all set-up themselves (venv, install) on a fresh machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROFILE ?= quick
+CH ?= 01_training
+ARGS ?=
+
+.PHONY: help venv book html chapter params test clean clean-results
+
+help:
+	@echo "make book [PROFILE=quick|full]      execute every chapter, then build _build/html"
+	@echo "make test                           run the test suite"
+	@echo "make chapter CH=01_training ARGS='-p dataset mnist -p arch resnet18'   rerun one chapter"
+	@echo "make params CH=01_training          list a chapter's parameters"
+	@echo "make html                           rebuild the HTML from the executed chapters"
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+book: $(STAMP)
+	$(PY) -m bnprivacy book --profile $(PROFILE)
+
+html: $(STAMP)
+	$(PY) -m bnprivacy html
+
+chapter: $(STAMP)
+	$(PY) -m bnprivacy chapter $(CH) --profile $(PROFILE) $(ARGS)
+
+params: $(STAMP)
+	$(PY) -m bnprivacy params $(CH)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf _build
+
+clean-results:
+	rm -rf results/train results/runs

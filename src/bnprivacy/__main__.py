@@ -1,0 +1,54 @@
+"""Command line: ``python -m bnprivacy {book,chapter,html,params} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import book
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bnprivacy", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_params(sub):
+        sub.add_argument("--profile", default="quick", help="profile in book/profiles.yml (quick, full, smoke)")
+        sub.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                         help="override a chapter parameter, e.g. -p dataset cifar10 (repeatable)")
+        return sub
+
+    run_book = with_params(commands.add_parser("book", help="execute every chapter, then build the HTML"))
+    run_book.add_argument("--only", nargs="+", metavar="CHAPTER", help="execute only these chapters")
+    run_chapter = with_params(commands.add_parser("chapter", help="execute one chapter"))
+    run_chapter.add_argument("chapter", help="chapter name, e.g. 01_training")
+    run_chapter.add_argument("--log", action="store_true", help="stream the notebook's output")
+    commands.add_parser("html", help="build the HTML from the executed chapters")
+    params = commands.add_parser("params", help="list a chapter's parameters and defaults")
+    params.add_argument("chapter")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    root = book.find_root()
+    try:
+        if args.command == "book":
+            book.build_book(root, args.profile, args.only, book.parse_overrides(args.param))
+        elif args.command == "chapter":
+            book.execute_chapter(root, args.chapter, args.profile, book.parse_overrides(args.param),
+                                 log_output=args.log)
+        elif args.command == "html":
+            book.build_html(root)
+        elif args.command == "params":
+            for name, spec in book.chapter_parameters(root, args.chapter).items():
+                print(f"{name:18} = {spec['default']:<24} # {spec['help']}")
+    except (book.ChapterFailed, ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

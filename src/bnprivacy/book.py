@@ -1,0 +1,221 @@
+"""Run the book's chapters through papermill and build the HTML with Jupyter Book.
+
+Chapters are MyST-markdown notebooks (jupytext) listed in ``_toc.yml``. For each one:
+jupytext reads it, papermill executes it with the profile's parameters from ``book/profiles.yml``
+(plus any overrides) and writes the executed notebook into the staging folder
+``_build/stage/`` beside a copy of ``_config.yml``, ``_toc.yml`` and the plain pages; Jupyter Book
+then renders the staged, already executed notebooks into ``_build/html`` without executing them
+again. This is the only module that knows the book exists.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+BUILD = Path("_build")
+STAGE = BUILD / "stage"
+PROFILES_FILE = Path("book") / "profiles.yml"
+KERNEL = "python3"
+
+
+class ChapterFailed(RuntimeError):
+    """A chapter raised while executing; the message names the chapter, the cell and the error."""
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The book's root: the nearest folder at or above ``start`` that holds ``_toc.yml``."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "_toc.yml").is_file() and (folder / PROFILES_FILE).is_file():
+            return folder
+    raise FileNotFoundError(
+        f"no _toc.yml with {PROFILES_FILE} found at or above {start}; run this from the "
+        "bnprivacy repository (the folder with the Makefile)"
+    )
+
+
+def toc_files(root: Path) -> list[str]:
+    """Every page of ``_toc.yml`` in reading order, as paths without suffix (e.g. ``book/intro``)."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    files = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                files.append(entry["file"])
+            walk(entry.get("sections"))
+            for part in entry.get("parts", []) or []:
+                walk(part.get("chapters"))
+
+    walk(toc.get("chapters"))
+    for part in toc.get("parts", []) or []:
+        walk(part.get("chapters"))
+    return [str(Path(f).with_suffix("")) for f in files]
+
+
+def is_notebook(path: Path) -> bool:
+    """A MyST page is a notebook when its front matter declares a jupytext kernel."""
+    text = path.read_text()
+    if not text.startswith("---"):
+        return False
+    front = text.split("---", 2)[1]
+    return "jupytext" in front and "kernelspec" in front
+
+
+def chapter_names(root: Path) -> list[str]:
+    """Short names (e.g. ``01_training``) of the pages that are executable notebooks."""
+    return [Path(f).name for f in toc_files(root) if is_notebook(root / f"{f}.md")]
+
+
+def load_profiles(root: Path) -> dict:
+    return yaml.safe_load((root / PROFILES_FILE).read_text()) or {}
+
+
+def profile_parameters(root: Path, profile: str, chapter: str) -> dict:
+    """Parameters of ``chapter`` under ``profile``: the profile's ``_all`` entries, then the chapter's."""
+    profiles = load_profiles(root)
+    if profile not in profiles:
+        raise ValueError(
+            f"profile {profile!r} is not in {PROFILES_FILE}; allowed profiles: {sorted(profiles)}"
+        )
+    entries = profiles[profile] or {}
+    params = dict(entries.get("_all") or {})
+    params.update(entries.get(chapter) or {})
+    params["profile"] = profile
+    return params
+
+
+def parse_overrides(pairs: list[tuple[str, str]] | None) -> dict:
+    """``[("epochs", "5"), ("dataset", "cifar10")]`` -> typed values (YAML rules: 5 is an int)."""
+    return {key: yaml.safe_load(value) for key, value in (pairs or [])}
+
+
+def stage_static(root: Path) -> Path:
+    """Copy the config, the TOC and every non-notebook page into the staging folder."""
+    stage = root / STAGE
+    (stage / "book").mkdir(parents=True, exist_ok=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(root / name, stage / name)
+    for page in toc_files(root):
+        source = root / f"{page}.md"
+        if not is_notebook(source):
+            shutil.copy2(source, stage / f"{page}.md")
+    for extra in (root / "book").glob("*"):
+        if extra.suffix in (".png", ".svg", ".jpg", ".bib", ".css"):
+            shutil.copy2(extra, stage / "book" / extra.name)
+    return stage
+
+
+def execute_chapter(root: Path, chapter: str, profile: str = "quick",
+                    overrides: dict | None = None, *, log_output: bool = False) -> Path:
+    """Execute one chapter with papermill; return the executed notebook's path.
+
+    Raises :class:`ChapterFailed` naming the chapter, the failing cell and the error; the executed
+    notebook with the traceback is kept for inspection.
+    """
+    import jupytext
+    import papermill
+
+    page = _chapter_page(root, chapter)
+    stage = stage_static(root)
+    source = root / f"{page}.md"
+    notebook = jupytext.read(source)
+    notebook.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
+    staged_input = root / BUILD / "inputs" / f"{chapter}.ipynb"
+    staged_input.parent.mkdir(parents=True, exist_ok=True)
+    jupytext.write(notebook, staged_input, fmt="ipynb")
+    output = stage / f"{page}.ipynb"
+    params = profile_parameters(root, profile, chapter)
+    params.update(overrides or {})
+    started = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(staged_input), str(output), parameters=params, kernel_name=KERNEL,
+            cwd=str(root), progress_bar=False, log_output=log_output,
+        )
+    except papermill.PapermillExecutionError as error:
+        raise ChapterFailed(_failure_message(chapter, error, output)) from None
+    _collapse_injected_parameters(output)
+    print(f"executed {chapter} ({profile}) in {time.perf_counter() - started:.0f} s -> {output}")
+    return output
+
+
+def _collapse_injected_parameters(path: Path) -> None:
+    """Show papermill's injected-parameters cell folded in the HTML rather than in full."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "hide-input" not in tags:
+            tags.append("hide-input")
+    nbformat.write(notebook, path)
+
+
+def _chapter_page(root: Path, chapter: str) -> str:
+    pages = {Path(f).name: f for f in toc_files(root) if is_notebook(root / f"{f}.md")}
+    if chapter not in pages:
+        raise ValueError(f"chapter {chapter!r} is not a notebook in _toc.yml; chapters: {sorted(pages)}")
+    return pages[chapter]
+
+
+def _failure_message(chapter: str, error, output: Path) -> str:
+    source = (error.source or "").strip()
+    if len(source) > 600:
+        source = source[:600] + "\n..."
+    return (
+        f"chapter {chapter} failed in cell {error.cell_index} (execution count {error.exec_count}): "
+        f"{error.ename}: {error.evalue}\n--- failing cell ---\n{source}\n---\n"
+        f"The executed notebook with the full traceback is {output}"
+    )
+
+
+def build_html(root: Path) -> Path:
+    """Render the staged, executed notebooks with Jupyter Book into ``_build/html``."""
+    stage = stage_static(root)
+    missing = [c for c in chapter_names(root) if not (stage / "book" / f"{c}.ipynb").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"chapters {missing} have not been executed yet; run `make book` or "
+            f"`python -m bnprivacy chapter {missing[0]}` first"
+        )
+    command = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage),
+               "--path-output", str(root), "--builder", "html",
+               # Warnings are errors: an unknown glue key or a broken reference fails the build.
+               "-W", "-n", "--keep-going"]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    completed = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(
+            "jupyter-book build failed:\n" + completed.stdout[-4000:] + completed.stderr[-4000:]
+        )
+    index = root / BUILD / "html" / "index.html"
+    print(f"HTML book: {index}")
+    return index
+
+
+def build_book(root: Path, profile: str = "quick", chapters: list[str] | None = None,
+               overrides: dict | None = None) -> Path:
+    """Execute the chapters (all by default) under ``profile``, then build the HTML."""
+    for chapter in chapters or chapter_names(root):
+        execute_chapter(root, chapter, profile, overrides)
+    return build_html(root)
+
+
+def chapter_parameters(root: Path, chapter: str) -> dict:
+    """The parameters cell of ``chapter`` as papermill sees it: name -> {default, help, type}."""
+    import jupytext
+    import papermill
+
+    notebook = jupytext.read(root / f"{_chapter_page(root, chapter)}.md")
+    path = root / BUILD / "inputs" / f"{chapter}.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    jupytext.write(notebook, path, fmt="ipynb")
+    return papermill.inspect_notebook(str(path))

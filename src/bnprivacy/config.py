@@ -1,0 +1,159 @@
+"""The experiment Config: one frozen, validated, hashable description of a training setting.
+
+Every result on disk is keyed by ``Config.key()``, so two runs with the same Config share their
+cache and a changed parameter never silently reuses an old result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
+IMAGEFOLDER_PREFIX = "imagefolder:"
+ARCHS = ("mlp", "cnn", "resnet18", "vgg11", "densenet")
+NORMS = ("batch", "group", "layer", "none")
+AUGMENTS = ("auto", "none", "flip-crop")
+SCHEDULES = ("cosine", "onecycle", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+# Fields that say where a run executes, not what it computes: left out of the cache key so that a
+# run trained on a GPU is found again on a laptop.
+_NOT_IN_KEY = ("device",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What to train: dataset, architecture, normalisation layer and optimisation recipe.
+
+    ``width=0`` takes the architecture's default width (see ``models.DEFAULT_WIDTH``).
+    ``target_accuracy > 0`` switches to matched-accuracy stopping: train until the test accuracy
+    reaches the target, at most ``max_epochs`` epochs, with the learning-rate schedule laid over
+    ``max_epochs``. ``train_size=0`` uses the whole training split.
+    """
+
+    dataset: str = "digits"
+    arch: str = "cnn"
+    norm: str = "batch"
+    width: int = 0
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    schedule: str = "cosine"
+    augment: str = "auto"
+    target_accuracy: float = 0.0
+    max_epochs: int = 100
+    train_size: int = 0
+    image_size: int = 0
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def replace(self, **changes) -> "Config":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """Stable 16-hex-digit cache key of every field that changes what is computed."""
+        fields = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY}
+        blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def matched_accuracy(self) -> bool:
+        return self.target_accuracy > 0
+
+    @property
+    def epoch_budget(self) -> int:
+        """Epochs the learning-rate schedule is laid over (and the most that can run)."""
+        return self.max_epochs if self.matched_accuracy else self.epochs
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        """Build a Config from a dict, naming any key that is not a Config field."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown Config parameter(s) {unknown}; allowed parameters: {sorted(known)}"
+            )
+        return cls(**values)
+
+
+def _fail(name: str, value, allowed: str) -> None:
+    raise ValueError(f"Config.{name}={value!r} is not allowed; allowed values: {allowed}")
+
+
+def _check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        _fail(name, value, ", ".join(repr(c) for c in choices))
+
+
+def _check_number(name: str, value, *, kind, low, high=None, low_open=False, high_open=False) -> None:
+    if isinstance(value, bool) or not isinstance(value, kind):
+        _fail(name, value, f"a number of type {kind.__name__ if isinstance(kind, type) else 'float'}")
+    too_low = value <= low if low_open else value < low
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        _fail(name, value, f"{lo}{low}, {high if high is not None else 'inf'}{hi}")
+
+
+def _validate(cfg: Config) -> None:
+    _check_dataset(cfg.dataset)
+    _check_choice("arch", cfg.arch, ARCHS)
+    _check_choice("norm", cfg.norm, NORMS)
+    _check_choice("schedule", cfg.schedule, SCHEDULES)
+    _check_choice("augment", cfg.augment, AUGMENTS)
+    _check_choice("device", cfg.device, DEVICES)
+    _check_choice("precision", cfg.precision, PRECISIONS)
+    real = (int, float)
+    _check_number("width", cfg.width, kind=int, low=0)
+    _check_number("epochs", cfg.epochs, kind=int, low=1)
+    _check_number("batch_size", cfg.batch_size, kind=int, low=1)
+    _check_number("lr", cfg.lr, kind=real, low=0, low_open=True)
+    _check_number("momentum", cfg.momentum, kind=real, low=0, high=1, high_open=True)
+    _check_number("weight_decay", cfg.weight_decay, kind=real, low=0)
+    _check_number("label_smoothing", cfg.label_smoothing, kind=real, low=0, high=1, high_open=True)
+    _check_number("target_accuracy", cfg.target_accuracy, kind=real, low=0, high=1)
+    _check_number("max_epochs", cfg.max_epochs, kind=int, low=1)
+    _check_number("train_size", cfg.train_size, kind=int, low=0)
+    _check_number("image_size", cfg.image_size, kind=int, low=0)
+    _check_number("seed", cfg.seed, kind=int, low=0)
+    if cfg.norm == "batch" and cfg.batch_size < 2:
+        _fail("batch_size", cfg.batch_size, "an integer >= 2 with norm='batch' (BatchNorm needs "
+              "at least two samples per batch for its statistics)")
+
+
+def _check_dataset(dataset) -> None:
+    if not isinstance(dataset, str):
+        _fail("dataset", dataset, _dataset_help())
+    if dataset.startswith(IMAGEFOLDER_PREFIX):
+        root = Path(dataset[len(IMAGEFOLDER_PREFIX):]).expanduser()
+        if not str(root).strip():
+            _fail("dataset", dataset, _dataset_help())
+        if not root.is_dir():
+            raise ValueError(
+                f"Config.dataset={dataset!r}: folder {str(root)!r} does not exist. An imagefolder "
+                "dataset is a folder ROOT with ROOT/train/<class>/*.png|jpg and "
+                "ROOT/test/<class>/*.png|jpg; pass it as 'imagefolder:ROOT'."
+            )
+        return
+    _check_choice("dataset", dataset, DATASETS + ("imagefolder:ROOT",))
+
+
+def _dataset_help() -> str:
+    return ", ".join(repr(d) for d in DATASETS) + ", 'imagefolder:ROOT'"

@@ -1,0 +1,411 @@
+"""Datasets as normalised tensors on the device, and batched on-device augmentation.
+
+Every dataset becomes a :class:`Dataset`: ``x_train [N, C, H, W]`` float32 normalised with the
+training split's per-channel mean and standard deviation, ``y_train [N]`` int64, and the same for
+the test split. Sources:
+
+- ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images, shipped with scikit-learn, no
+  download), split 1,297 train / 500 test, stratified with a fixed seed.
+- ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``: torchvision's downloads into ``data/``.
+- ``imagefolder:ROOT``: any class-per-folder image set, ``ROOT/train/<class>/*`` and
+  ``ROOT/test/<class>/*``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import IMAGEFOLDER_PREFIX, Config
+
+DATA_DIR_ENV = "BNPRIVACY_DATA"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+NATURAL_IMAGE_DATASETS = ("cifar10", "cifar100")
+DIGITS_TEST_SIZE = 500
+
+
+class DatasetUnavailable(RuntimeError):
+    """A dataset is neither on disk nor downloadable; the message says which files to put where."""
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A dataset as tensors: normalised images and integer labels for both splits."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    mean: torch.Tensor
+    std: torch.Tensor
+    natural_images: bool
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        """The same dataset with every tensor moved to ``device``."""
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[name] = value.to(device)
+        return Dataset(**moved)
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Images back in [0, 1] for display."""
+        mean = self.mean.to(x.device).view(1, -1, 1, 1)
+        std = self.std.to(x.device).view(1, -1, 1, 1)
+        return (x * std + mean).clamp(0, 1)
+
+
+def data_dir() -> Path:
+    """Where downloads and caches live: ``$BNPRIVACY_DATA`` or ``data/`` under the working folder."""
+    return Path(os.environ.get(DATA_DIR_ENV, "data")).expanduser()
+
+
+def load_dataset(cfg: Config, device: torch.device | str = "cpu", *, download: bool = True) -> Dataset:
+    """Load ``cfg.dataset`` as normalised tensors on ``device`` (``cfg.train_size`` honoured).
+
+    Raises :class:`DatasetUnavailable` with instructions when the files are missing and cannot be
+    downloaded, and ``ValueError`` for a malformed image folder.
+    """
+    raw = _load_raw(cfg, download=download)
+    x_train, y_train, x_test, y_test, classes = raw
+    if cfg.train_size:
+        x_train, y_train = _subsample(x_train, y_train, cfg.train_size, seed=cfg.seed)
+    mean, std = _channel_stats(x_train)
+    natural = cfg.dataset in NATURAL_IMAGE_DATASETS or cfg.dataset.startswith(IMAGEFOLDER_PREFIX)
+    data = Dataset(
+        name=cfg.dataset,
+        x_train=_normalise(x_train, mean, std),
+        y_train=y_train,
+        x_test=_normalise(x_test, mean, std),
+        y_test=y_test,
+        classes=classes,
+        mean=mean,
+        std=std,
+        natural_images=natural,
+    )
+    return data.to(device)
+
+
+def _load_raw(cfg: Config, *, download: bool):
+    """Images as float tensors in [0, 1], ``[N, C, H, W]``, labels int64, class names."""
+    name = cfg.dataset
+    if name == "digits":
+        return _load_digits()
+    if name in ("mnist", "fashion-mnist"):
+        return _load_mnist_style(name, data_dir(), download=download)
+    if name in ("cifar10", "cifar100"):
+        return _load_cifar(name, data_dir(), download=download)
+    if name.startswith(IMAGEFOLDER_PREFIX):
+        root = Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser()
+        return load_imagefolder(root, image_size=cfg.image_size)
+    raise ValueError(f"unknown dataset {name!r}")  # Config validation makes this unreachable
+
+
+def _subsample(x: torch.Tensor, y: torch.Tensor, size: int, *, seed: int):
+    if size > len(y):
+        raise ValueError(
+            f"Config.train_size={size} is larger than the training split ({len(y)} images); "
+            "use 0 for the whole split or a smaller number"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(y), generator=generator)[:size].sort().values
+    return x[keep], y[keep]
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    return mean, std
+
+
+def _normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return ((x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).contiguous()
+
+
+def _uint8_images_to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``[N, H, W]`` or ``[N, H, W, C]`` uint8 -> ``[N, C, H, W]`` float in [0, 1]."""
+    tensor = torch.as_tensor(np.asarray(images))
+    if tensor.ndim == 3:
+        tensor = tensor.unsqueeze(-1)
+    return tensor.permute(0, 3, 1, 2).float().div(255.0).contiguous()
+
+
+# --- digits ---------------------------------------------------------------------------------------
+
+def _load_digits():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = digits.images.astype(np.float32) / 16.0
+    labels = digits.target.astype(np.int64)
+    idx_train, idx_test = train_test_split(
+        np.arange(len(labels)), test_size=DIGITS_TEST_SIZE, stratify=labels, random_state=0
+    )
+    as_x = lambda idx: torch.from_numpy(images[np.sort(idx)]).unsqueeze(1).contiguous()  # noqa: E731
+    as_y = lambda idx: torch.from_numpy(labels[np.sort(idx)])  # noqa: E731
+    classes = [str(c) for c in range(10)]
+    return as_x(idx_train), as_y(idx_train), as_x(idx_test), as_y(idx_test), classes
+
+
+# --- MNIST and Fashion-MNIST (idx files) -----------------------------------------------------------
+
+def _load_mnist_style(name: str, root: Path, *, download: bool):
+    from torchvision import datasets
+
+    cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+    splits = []
+    for train in (True, False):
+        try:
+            ds = cls(root=str(root), train=train, download=False)
+        except RuntimeError:
+            if not download:
+                raise DatasetUnavailable(_mnist_help(name, cls, root)) from None
+            ds = _download_or_explain(lambda: cls(root=str(root), train=train, download=True),
+                                      _mnist_help(name, cls, root))
+        splits.append((_uint8_images_to_float(ds.data), ds.targets.long().clone()))
+    (x_train, y_train), (x_test, y_test) = splits
+    return x_train, y_train, x_test, y_test, list(cls.classes)
+
+
+def _mnist_help(name: str, cls, root: Path) -> str:
+    folder = root / cls.__name__ / "raw"
+    files = ", ".join(Path(url).name for url, _ in cls.resources)
+    mirror = cls.mirrors[0]
+    return (
+        f"dataset {name!r} is not in {folder} and could not be downloaded (offline?). Download "
+        f"{files} from {mirror} (or another mirror) on a connected machine and put them, gzipped "
+        f"or not, into {folder}/ ; or set ${DATA_DIR_ENV} to a folder that already holds "
+        f"{cls.__name__}/raw/."
+    )
+
+
+# --- CIFAR-10 / CIFAR-100 (pickled batches) -------------------------------------------------------
+
+_CIFAR = {
+    "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
+                    test=["test_batch"], meta=("batches.meta", "label_names"),
+                    label_key="labels", archive="cifar-10-python.tar.gz"),
+    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"],
+                     meta=("meta", "fine_label_names"), label_key="fine_labels",
+                     archive="cifar-100-python.tar.gz"),
+}
+
+
+def _load_cifar(name: str, root: Path, *, download: bool):
+    spec = _CIFAR[name]
+    folder = root / spec["folder"]
+    needed = spec["train"] + spec["test"] + [spec["meta"][0]]
+    if not all((folder / f).is_file() for f in needed):
+        if not download:
+            raise DatasetUnavailable(_cifar_help(name, root))
+        _download_cifar(name, root)
+    x_train, y_train = _read_cifar_batches(folder, spec["train"], spec["label_key"])
+    x_test, y_test = _read_cifar_batches(folder, spec["test"], spec["label_key"])
+    meta_file, meta_key = spec["meta"]
+    classes = list(_unpickle(folder / meta_file)[meta_key])
+    return x_train, y_train, x_test, y_test, classes
+
+
+def _download_cifar(name: str, root: Path) -> None:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    _download_or_explain(lambda: cls(root=str(root), train=True, download=True),
+                         _cifar_help(name, root))
+
+
+def _read_cifar_batches(folder: Path, files: list[str], label_key: str):
+    images, labels = [], []
+    for file in files:
+        entry = _unpickle(folder / file)
+        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(entry[label_key])
+    x = torch.from_numpy(np.concatenate(images)).float().div(255.0)
+    return x.contiguous(), torch.tensor(labels, dtype=torch.int64)
+
+
+def _unpickle(path: Path) -> dict:
+    # The CIFAR distribution format is Python pickles; we read only files the user put in data/.
+    with open(path, "rb") as handle:
+        return pickle.load(handle, encoding="latin1")
+
+
+def _cifar_help(name: str, root: Path) -> str:
+    spec = _CIFAR[name]
+    url = f"https://www.cs.toronto.edu/~kriz/{spec['archive']}"
+    return (
+        f"dataset {name!r} is not in {root / spec['folder']} and could not be downloaded "
+        f"(offline?). Download {url} on a connected machine and extract it into {root}/ so that "
+        f"{root / spec['folder'] / spec['train'][0]} exists; or use a class-per-folder copy "
+        "with dataset='imagefolder:ROOT'."
+    )
+
+
+def _download_or_explain(fetch, help_text: str):
+    try:
+        return fetch()
+    except Exception as error:  # network errors come as URLError, OSError, RuntimeError, ...
+        raise DatasetUnavailable(f"{help_text} (download error: {error})") from error
+
+
+# --- imagefolder ----------------------------------------------------------------------------------
+
+def load_imagefolder(root: Path, *, image_size: int = 0):
+    """Read ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*`` into tensors in [0, 1].
+
+    Images are converted to RGB unless every image is greyscale. ``image_size > 0`` resizes every
+    image to a square of that side; otherwise all images must share one size. The decoded tensors
+    are cached in ``data/cache/`` keyed by the files' names, sizes and modification times.
+    """
+    root = Path(root)
+    train_dir, test_dir = root / "train", root / "test"
+    for split in (train_dir, test_dir):
+        if not split.is_dir():
+            raise ValueError(
+                f"imagefolder dataset {str(root)!r} has no {split.name}/ folder; expected "
+                f"{root}/train/<class>/<image> and {root}/test/<class>/<image>"
+            )
+    classes = _class_folders(train_dir)
+    test_classes = _class_folders(test_dir)
+    if test_classes != classes:
+        raise ValueError(
+            f"imagefolder dataset {str(root)!r}: train/ has classes {classes} but test/ has "
+            f"{test_classes}; both splits need the same class folders"
+        )
+    train_files = _image_files(train_dir, classes)
+    test_files = _image_files(test_dir, classes)
+    cache = _imagefolder_cache_path(train_files + test_files, image_size)
+    if cache.is_file():
+        try:
+            blob = torch.load(cache, weights_only=True)
+            return blob["x_train"], blob["y_train"], blob["x_test"], blob["y_test"], classes
+        except Exception:  # a cache torn by a kill is rebuilt, never trusted
+            cache.unlink(missing_ok=True)
+    x_train, y_train = _decode_images(train_files, image_size)
+    x_test, y_test = _decode_images(test_files, image_size)
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(
+            f"imagefolder dataset {str(root)!r}: train images are {tuple(x_train.shape[1:])} but "
+            f"test images are {tuple(x_test.shape[1:])}; pass image_size to resize both"
+        )
+    _save_atomic({"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}, cache)
+    return x_train, y_train, x_test, y_test, classes
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise ValueError(
+            f"imagefolder split {str(split_dir)!r} has {len(classes)} class folder(s) "
+            f"({classes}); a classification dataset needs at least two, one folder per class"
+        )
+    return classes
+
+
+def _image_files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    files = []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise ValueError(
+                f"class folder {str(split_dir / name)!r} holds no images "
+                f"(looked for {', '.join(IMAGE_SUFFIXES)})"
+            )
+        files.extend((path, label) for path in found)
+    return files
+
+
+def _decode_images(files: list[tuple[Path, int]], image_size: int):
+    from PIL import Image
+
+    from tqdm.auto import tqdm
+
+    opened = []
+    greyscale = True
+    for path, _ in files:
+        with Image.open(path) as image:
+            image.load()
+            greyscale &= image.mode in ("L", "1", "I;16", "I")
+            opened.append(image.copy())
+    mode = "L" if greyscale else "RGB"
+    arrays = []
+    shape = None
+    for (path, _), image in zip(files, tqdm(opened, desc="decoding images", leave=False,
+                                           disable=len(opened) < 5000)):
+        image = image.convert(mode)
+        if image_size:
+            image = image.resize((image_size, image_size), Image.BILINEAR)
+        array = np.asarray(image, dtype=np.uint8)
+        if shape is None:
+            shape = array.shape
+        elif array.shape != shape:
+            raise ValueError(
+                f"image {str(path)!r} is {array.shape[:2]} but earlier images are {shape[:2]}; "
+                "images of different sizes need Config.image_size (e.g. -p image_size 32)"
+            )
+        arrays.append(array)
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return _uint8_images_to_float(np.stack(arrays)), labels
+
+
+def _imagefolder_cache_path(files: list[tuple[Path, int]], image_size: int) -> Path:
+    digest = hashlib.sha256(f"v1 size={image_size}".encode())
+    for path, label in files:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return data_dir() / "cache" / f"imagefolder-{digest.hexdigest()[:16]}.pt"
+
+
+def _save_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# --- augmentation ---------------------------------------------------------------------------------
+
+def augmentation_enabled(cfg: Config, data: Dataset) -> bool:
+    """Whether training draws flip-and-crop augmentations: ``auto`` means natural images only."""
+    if cfg.augment == "auto":
+        return data.natural_images
+    return cfg.augment == "flip-crop"
+
+
+def flip_crop(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random horizontal flip and pad-and-crop of a batch, drawn per image, on ``x``'s device.
+
+    Padding is by reflection; each image gets its own crop offset in ``[0, 2*padding]`` and its
+    own coin for the flip, all from ``generator`` (which must live on ``x``'s device).
+    """
+    n, _, h, w = x.shape
+    pad = min(padding, h - 1, w - 1)
+    flips = torch.rand(n, generator=generator, device=x.device) < 0.5
+    x = torch.where(flips.view(n, 1, 1, 1), x.flip(3), x)
+    if pad <= 0:
+        return x
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
+    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    channels = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+    return padded[batch, channels, rows, cols]

@@ -1,0 +1,85 @@
+"""The book pipeline: every chapter runs through papermill (smoke profile) and the HTML builds."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bnprivacy import book
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def book_copy(tmp_path):
+    """The book's sources in a temporary folder, so builds never touch the repository's _build."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(REPO / name, root / name)
+    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("*.ipynb"))
+    return root
+
+
+def test_toc_lists_the_intro_and_the_chapters():
+    files = book.toc_files(REPO)
+    assert files[0] == "book/intro" and "book/01_training" in files
+    assert "01_training" in book.chapter_names(REPO) and "intro" not in book.chapter_names(REPO)
+
+
+@pytest.mark.parametrize("chapter", book.chapter_names(REPO))
+def test_every_parameter_is_documented_and_every_profile_names_real_parameters(chapter):
+    params = book.chapter_parameters(REPO, chapter)
+    assert "profile" in params
+    undocumented = [name for name, spec in params.items() if not spec["help"]]
+    assert not undocumented, f"{chapter}: parameters without an inline comment: {undocumented}"
+    for profile in book.load_profiles(REPO):
+        unknown = set(book.profile_parameters(REPO, profile, chapter)) - set(params)
+        assert not unknown, f"profile {profile} sets unknown parameters of {chapter}: {unknown}"
+
+
+def test_overrides_are_typed_like_yaml():
+    assert book.parse_overrides([("epochs", "5"), ("lr", "0.1"), ("dataset", "cifar10"),
+                                 ("norms", "[batch, none]")]) == \
+        {"epochs": 5, "lr": 0.1, "dataset": "cifar10", "norms": ["batch", "none"]}
+
+
+def test_unknown_profile_is_explained():
+    with pytest.raises(ValueError, match="profile 'tiny'.*allowed profiles"):
+        book.profile_parameters(REPO, "tiny", "01_training")
+
+
+@pytest.mark.slow
+def test_every_chapter_executes_and_the_book_builds(book_copy):
+    index = book.build_book(book_copy, profile="smoke")
+    assert index.is_file()
+    html = book_copy / "_build" / "html"
+    for chapter in book.chapter_names(book_copy):
+        page = (html / "book" / f"{chapter}.html").read_text()
+        assert "<img" in page, f"{chapter} has no figure"
+        assert "Traceback" not in page
+
+
+@pytest.mark.slow
+def test_a_bad_parameter_fails_the_chapter_before_training_and_names_the_cell(book_copy, isolated_store):
+    results = isolated_store / "results"
+    (results / "train" / "done").mkdir(parents=True)
+    (results / "train" / "done" / "history.csv").write_text("kept\n")
+    with pytest.raises(book.ChapterFailed) as error:
+        book.execute_chapter(book_copy, "01_training", "smoke", {"norms": ["batch", "rms"]})
+    message = str(error.value)
+    assert "chapter 01_training failed in cell" in message
+    assert "Config.norm='rms'" in message and "allowed values" in message
+    assert [p.name for p in (results / "train").iterdir()] == ["done"]
+    assert (results / "train" / "done" / "history.csv").read_text() == "kept\n"
+
+
+def test_a_failing_chapter_is_named_with_its_cell(book_copy):
+    (book_copy / "book" / "99_broken.md").write_text(
+        (book_copy / "book" / "01_training.md").read_text().split("```{code-cell}")[0]
+        + "```{code-cell} ipython3\n:tags: [parameters]\n\nprofile = 'quick'  # profile\n```\n\n"
+        + "```{code-cell} ipython3\nraise RuntimeError('boom in chapter 99')\n```\n")
+    (book_copy / "_toc.yml").write_text((book_copy / "_toc.yml").read_text() + "  - file: book/99_broken\n")
+    (book_copy / "book" / "profiles.yml").write_text("quick: {}\n")
+    with pytest.raises(book.ChapterFailed, match=r"chapter 99_broken failed in cell \d+.*boom in chapter 99"):
+        book.execute_chapter(book_copy, "99_broken", "quick")

@@ -1,0 +1,74 @@
+import pytest
+
+from bnprivacy.config import ARCHS, NORMS, Config
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("dataset", "imagenet", "digits"),
+    ("arch", "transformer", "resnet18"),
+    ("norm", "instance", "group"),
+    ("schedule", "step", "cosine"),
+    ("device", "tpu", "cuda"),
+    ("precision", "fp8", "bf16"),
+])
+def test_bad_choice_names_parameter_value_and_allowed_values(field, value, allowed):
+    with pytest.raises(ValueError) as error:
+        Config(**{field: value})
+    message = str(error.value)
+    assert f"Config.{field}" in message and repr(value) in message and allowed in message
+
+
+@pytest.mark.parametrize("field, value", [
+    ("epochs", 0), ("epochs", -3), ("batch_size", 0), ("lr", 0.0), ("lr", -0.1),
+    ("momentum", 1.0), ("label_smoothing", 1.0), ("target_accuracy", 1.5), ("max_epochs", 0),
+    ("width", -1), ("seed", -1), ("epochs", 2.5), ("epochs", True), ("lr", "0.1"),
+])
+def test_bad_numbers_are_rejected(field, value):
+    with pytest.raises(ValueError, match=f"Config.{field}"):
+        Config(**{field: value})
+
+
+def test_batchnorm_needs_two_samples_per_batch():
+    with pytest.raises(ValueError, match="at least two samples"):
+        Config(norm="batch", batch_size=1)
+    Config(norm="none", batch_size=1)
+
+
+def test_missing_imagefolder_path_is_explained(tmp_path):
+    with pytest.raises(ValueError, match="does not exist.*ROOT/train/<class>"):
+        Config(dataset=f"imagefolder:{tmp_path / 'nowhere'}")
+
+
+def test_key_is_stable_and_sensitive_to_what_is_computed():
+    assert Config().key() == Config().key()
+    assert len(Config().key()) == 16
+    assert Config(norm="none").key() != Config().key()
+    assert Config(seed=1).key() != Config().key()
+    # Where a run executes is not part of what it computes.
+    assert Config(device="cpu").key() == Config(device="auto").key()
+    assert Config().key() == Config.from_dict(Config().to_dict()).key()
+
+
+def test_from_dict_rejects_unknown_parameters():
+    with pytest.raises(ValueError, match="unknown Config parameter.*'epoch'"):
+        Config.from_dict({"epoch": 3})
+
+
+def test_config_is_frozen_and_replace_validates():
+    cfg = Config()
+    with pytest.raises(Exception):
+        cfg.norm = "none"
+    assert cfg.replace(norm="none").norm == "none"
+    with pytest.raises(ValueError):
+        cfg.replace(norm="bogus")
+
+
+def test_every_arch_and_norm_is_accepted():
+    for arch in ARCHS:
+        for norm in NORMS:
+            Config(arch=arch, norm=norm)
+
+
+def test_matched_accuracy_budget():
+    assert Config(epochs=7).epoch_budget == 7
+    assert Config(epochs=7, target_accuracy=0.9, max_epochs=40).epoch_budget == 40

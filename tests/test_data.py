@@ -1,0 +1,175 @@
+"""Loaders on tiny files written here in each dataset's real on-disk format (no network)."""
+
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bnprivacy.config import Config
+from bnprivacy.data import DatasetUnavailable, flip_crop, load_dataset
+
+
+def write_idx(path, array):
+    """An idx file as MNIST distributes it: magic (dtype code 0x08 = uint8, ndim), dims, data."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def write_mnist_style(root, folder, n_train=12, n_test=6, seed=0):
+    rng = np.random.default_rng(seed)
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_mnist_style_loader_reads_idx_files(isolated_store, name, folder):
+    write_mnist_style(isolated_store / "data", folder)
+    data = load_dataset(Config(dataset=name), download=False)
+    assert data.x_train.shape == (12, 1, 28, 28) and data.x_test.shape == (6, 1, 28, 28)
+    assert data.y_train.tolist() == [i % 10 for i in range(12)]
+    assert data.num_classes == 10 and not data.natural_images
+    assert abs(data.x_train.mean().item()) < 1e-5  # normalised with the training split's stats
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_missing_mnist_offline_says_which_files_to_put_where(isolated_store, name):
+    with pytest.raises(DatasetUnavailable) as error:
+        load_dataset(Config(dataset=name), download=False)
+    assert "train-images-idx3-ubyte.gz" in str(error.value)
+    assert str(isolated_store / "data") in str(error.value)
+
+
+def write_cifar10(root, n_per_batch=4, seed=0):
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                 "labels": list(rng.integers(0, 10, n_per_batch))}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    return folder
+
+
+def test_cifar10_loader_reads_pickled_batches(isolated_store):
+    folder = write_cifar10(isolated_store / "data")
+    data = load_dataset(Config(dataset="cifar10"), download=False)
+    assert data.x_train.shape == (20, 3, 32, 32) and data.x_test.shape == (4, 3, 32, 32)
+    assert data.classes[3] == "c3" and data.natural_images
+    # Pixel layout: the row-major 3072 bytes are (channel, row, column).
+    first = pickle.loads((folder / "data_batch_1").read_bytes())
+    raw = torch.tensor(first["data"][0].reshape(3, 32, 32), dtype=torch.float32) / 255
+    restored = data.x_train[0] * data.std.view(3, 1, 1) + data.mean.view(3, 1, 1)
+    assert torch.allclose(restored, raw, atol=1e-5)
+    assert data.y_train[:4].tolist() == [int(v) for v in first["labels"]]
+
+
+def test_cifar100_loader_reads_fine_labels(isolated_store):
+    rng = np.random.default_rng(1)
+    folder = isolated_store / "data" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name, n in (("train", 8), ("test", 3)):
+        entry = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 "fine_labels": list(range(n)), "coarse_labels": [0] * n}
+        (folder / name).write_bytes(pickle.dumps(entry))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"f{i}" for i in range(100)]}))
+    data = load_dataset(Config(dataset="cifar100"), download=False)
+    assert data.x_train.shape == (8, 3, 32, 32) and data.num_classes == 100
+    assert data.y_test.tolist() == [0, 1, 2]
+
+
+def test_missing_cifar_offline_names_archive_and_folder(isolated_store):
+    with pytest.raises(DatasetUnavailable, match="cifar-10-python.tar.gz.*cifar-10-batches-py"):
+        load_dataset(Config(dataset="cifar10"), download=False)
+
+
+def test_digits_is_embedded_and_normalised():
+    data = load_dataset(Config(dataset="digits"))
+    assert data.x_train.shape == (1297, 1, 8, 8) and data.x_test.shape == (500, 1, 8, 8)
+    assert data.num_classes == 10
+    assert abs(data.x_train.mean().item()) < 1e-5 and abs(data.x_train.std().item() - 1) < 1e-3
+    assert torch.equal(load_dataset(Config(dataset="digits")).y_train, data.y_train)
+
+
+def test_train_size_subsamples_and_rejects_too_large():
+    assert len(load_dataset(Config(train_size=100)).y_train) == 100
+    with pytest.raises(ValueError, match="train_size=5000.*1297"):
+        load_dataset(Config(train_size=5000))
+
+
+def write_imagefolder(root, classes=("cat", "dog"), per_class=3, size=(10, 10), mode="RGB"):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(folder / f"{i}.png")
+    return root
+
+
+def test_imagefolder_loads_and_caches(isolated_store):
+    root = write_imagefolder(isolated_store / "images")
+    cfg = Config(dataset=f"imagefolder:{root}")
+    data = load_dataset(cfg)
+    assert data.x_train.shape == (6, 3, 10, 10) and data.classes == ["cat", "dog"]
+    assert data.y_train.tolist() == [0, 0, 0, 1, 1, 1] and data.natural_images
+    assert list((isolated_store / "data" / "cache").glob("imagefolder-*.pt"))
+    assert torch.equal(load_dataset(cfg).x_train, data.x_train)  # from the cache
+
+
+def test_imagefolder_greyscale_stays_one_channel(isolated_store):
+    root = write_imagefolder(isolated_store / "grey", mode="L")
+    assert load_dataset(Config(dataset=f"imagefolder:{root}")).input_shape == (1, 10, 10)
+
+
+def test_imagefolder_needs_two_classes(isolated_store):
+    root = write_imagefolder(isolated_store / "one", classes=("only",))
+    with pytest.raises(ValueError, match="at least two"):
+        load_dataset(Config(dataset=f"imagefolder:{root}"))
+
+
+def test_imagefolder_needs_a_test_split(isolated_store):
+    root = write_imagefolder(isolated_store / "img")
+    for path in sorted((root / "test").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    (root / "test").rmdir()
+    with pytest.raises(ValueError, match="no test/ folder"):
+        load_dataset(Config(dataset=f"imagefolder:{root}"))
+
+
+def test_imagefolder_mixed_sizes_need_image_size(isolated_store):
+    root = write_imagefolder(isolated_store / "mixed")
+    Image.new("RGB", (7, 5)).save(root / "train" / "cat" / "odd.png")
+    with pytest.raises(ValueError, match="image_size"):
+        load_dataset(Config(dataset=f"imagefolder:{root}"))
+    data = load_dataset(Config(dataset=f"imagefolder:{root}", image_size=8))
+    assert data.input_shape == (3, 8, 8) and len(data.y_train) == 7
+
+
+def test_flip_crop_is_seeded_and_crops_the_padded_image():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    first = flip_crop(x, torch.Generator().manual_seed(0))
+    again = flip_crop(x, torch.Generator().manual_seed(0))
+    assert torch.equal(first, again) and first.shape == x.shape
+    padded = torch.nn.functional.pad(torch.cat([x, x.flip(3)]), (4, 4, 4, 4), mode="reflect")
+    for i in range(2):
+        # Every output is some 8x8 window of the reflect-padded image or of its mirror.
+        windows = padded.unfold(2, 8, 1).unfold(3, 8, 1)  # [2N, C, 9, 9, 8, 8]
+        candidates = windows[[i, i + 2]].permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, 8, 8)
+        assert any(torch.equal(first[i], c) for c in candidates)
+
+
+def test_flip_crop_draws_differ_across_images():
+    x = torch.randn(64, 3, 8, 8)
+    out = flip_crop(x, torch.Generator().manual_seed(1))
+    assert not torch.equal(out, x)
+    assert sum(torch.equal(out[i], x[i]) for i in range(64)) < 16

@@ -1,0 +1,79 @@
+import math
+
+import pytest
+import torch
+
+from bnprivacy.config import Config
+from bnprivacy.data import load_dataset
+from bnprivacy.training import TrainingDiverged, lr_factor, steps_per_epoch, train_model
+
+FAST = dict(width=8, epochs=3, batch_size=64, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(Config(dataset="digits"))
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_training_lowers_the_loss_and_learns(digits, norm):
+    result = train_model(Config(norm=norm, **FAST), digits)
+    history = result.history
+    assert list(history.epoch) == [1, 2, 3]
+    assert history.train_loss.iloc[-1] < history.train_loss.iloc[0] < math.log(10) + 0.5
+    assert history.test_acc.iloc[-1] > 0.5  # chance is 0.1
+
+
+def test_same_seed_gives_identical_model_and_history(digits):
+    cfg = Config(norm="batch", augment="flip-crop", **FAST)
+    first, second = train_model(cfg, digits), train_model(cfg, digits)
+    assert first.history.drop(columns="seconds").equals(second.history.drop(columns="seconds"))
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    other = train_model(cfg.replace(seed=1), digits)
+    assert not torch.equal(next(iter(other.model.parameters())), next(iter(first.model.parameters())))
+
+
+def test_matched_accuracy_stops_at_the_first_epoch_reaching_the_target(digits):
+    cfg = Config(norm="batch", target_accuracy=0.9, max_epochs=20, **FAST)
+    result = train_model(cfg, digits)
+    accs = result.history.test_acc.tolist()
+    assert result.reached_target and accs[-1] >= 0.9 and all(a < 0.9 for a in accs[:-1])
+    assert len(accs) < 20
+
+
+def test_matched_accuracy_stops_at_the_cap_when_unreachable(digits):
+    result = train_model(Config(norm="none", target_accuracy=1.0, max_epochs=2, **FAST), digits)
+    assert not result.reached_target and len(result.history) == 2
+
+
+def test_divergence_stops_with_a_clear_message(digits):
+    with pytest.raises(TrainingDiverged, match="loss became nan.*Lower the learning rate"):
+        train_model(Config(norm="none", lr=1e8, momentum=0.0, **{**FAST, "epochs": 2}), digits)
+
+
+def test_a_pool_smaller_than_a_batch_is_rejected():
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        steps_per_epoch(10, 64)
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("cosine", [1.0, 0.5, 0.0]), ("constant", [1.0, 1.0, 1.0]), ("onecycle", [0.0, 0.625, 0.0]),
+])
+def test_schedules_follow_their_closed_forms(schedule, expected):
+    cfg = Config(schedule=schedule)
+    got = [lr_factor(cfg, step, 100) for step in (0, 50, 100)]
+    assert got == pytest.approx(expected)
+
+
+def test_bf16_on_cpu_is_refused(digits):
+    with pytest.raises(ValueError, match="bf16.*CUDA"):
+        train_model(Config(precision="bf16", **FAST), digits)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_training_on_gpu_learns():
+    data = load_dataset(Config(dataset="digits"), "cuda")
+    result = train_model(Config(norm="batch", device="cuda", **{**FAST, "device": "cuda"}), data)
+    assert result.history.test_acc.iloc[-1] > 0.8
