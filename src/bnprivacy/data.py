@@ -389,23 +389,43 @@ def augmentation_enabled(cfg: Config, data: Dataset) -> bool:
     return cfg.augment == "flip-crop"
 
 
+def draw_flip_crop(n: int, generator: torch.Generator, height: int, width: int,
+                   padding: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image augmentation draws on ``generator``'s device: flip coins and crop offsets."""
+    pad = crop_padding(height, width, padding)
+    device = generator.device
+    flips = torch.rand(n, generator=generator, device=device) < 0.5
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
+    return flips, dy, dx
+
+
+def crop_padding(height: int, width: int, padding: int = 4) -> int:
+    """Reflection padding used for crops; reflection needs it smaller than the image."""
+    return max(0, min(padding, height - 1, width - 1))
+
+
+def apply_flip_crop(x: torch.Tensor, flips: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
+                    padding: int = 4) -> torch.Tensor:
+    """Flip the images where ``flips`` is set, then crop each at its offset from the padded image."""
+    n, channels, h, w = x.shape
+    pad = crop_padding(h, w, padding)
+    x = torch.where(flips.view(n, 1, 1, 1), x.flip(3), x)
+    if pad == 0:
+        return x
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    channel = torch.arange(channels, device=x.device).view(1, -1, 1, 1)
+    return padded[batch, channel, rows, cols]
+
+
 def flip_crop(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
     """Random horizontal flip and pad-and-crop of a batch, drawn per image, on ``x``'s device.
 
     Padding is by reflection; each image gets its own crop offset in ``[0, 2*padding]`` and its
     own coin for the flip, all from ``generator`` (which must live on ``x``'s device).
     """
-    n, _, h, w = x.shape
-    pad = min(padding, h - 1, w - 1)
-    flips = torch.rand(n, generator=generator, device=x.device) < 0.5
-    x = torch.where(flips.view(n, 1, 1, 1), x.flip(3), x)
-    if pad <= 0:
-        return x
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
-    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
-    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
-    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-    channels = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
-    return padded[batch, channels, rows, cols]
+    draws = draw_flip_crop(len(x), generator, x.shape[2], x.shape[3], padding)
+    return apply_flip_crop(x, *draws, padding=padding)

@@ -63,11 +63,15 @@ def autocast(cfg: Config, device: torch.device):
     return contextlib.nullcontext()
 
 
-def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum; weight decay on weights only, not on norm gains and biases."""
+def make_optimizer(params, cfg: Config, ranks: list[int] | None = None) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum; weight decay on weights only, not on norm gains and biases.
+
+    ``ranks`` gives each parameter's rank in one model when the tensors are stacked over models.
+    """
     params = list(params)
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
+    ranks = ranks or [p.ndim for p in params]
+    decay = [p for p, rank in zip(params, ranks) if rank > 1]
+    no_decay = [p for p, rank in zip(params, ranks) if rank <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)

@@ -1,0 +1,99 @@
+"""Per-model, per-sample signals: logits of every shadow model on every pool and test sample.
+
+Queries are the image itself and, optionally, augmented copies: ``queries=2`` adds the mirror image
+(LiRA's "mirrored queries"); more queries add mirrored crops shifted by one pixel at a time.
+
+BN query mode: ``eval`` uses each model's running statistics (a sample's output does not depend on
+the rest of its query batch); ``train`` normalises with the statistics of the query batch itself,
+as the LiRA reference code does, without updating the stored running statistics. In ``train``
+mode the output depends on which samples share the batch: queries are made in batches of
+``query_batch`` consecutive samples of the pool (or the test set), fixed across models.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+from .config import Config
+from .data import apply_flip_crop
+from .ensemble import init_model
+from .training import autocast
+
+QUERY_MODES = ("eval", "train")
+QUERY_BATCH = 512
+
+
+def query_views(x: torch.Tensor, queries: int) -> list[torch.Tensor]:
+    """The ``queries`` views of a batch: identity, mirror, then mirrored/plain one-pixel shifts."""
+    if queries < 1:
+        raise ValueError(f"queries={queries} is not allowed; allowed values: an integer >= 1")
+    views = [x, x.flip(3)][:queries]
+    n, _, h, w = x.shape
+    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    for i in range(queries - len(views)):
+        dy, dx = shifts[(i // 2) % len(shifts)]
+        flips = torch.full((n,), i % 2 == 1, device=x.device)
+        offsets = (torch.full((n,), 1 + dy, device=x.device), torch.full((n,), 1 + dx, device=x.device))
+        views.append(apply_flip_crop(x, flips, *offsets, padding=1))
+    return views
+
+
+@torch.no_grad()
+def collect_logits(cfg: Config, data, state: dict[str, torch.Tensor], x: torch.Tensor, *,
+                   queries: int = 2, mode: str = "eval", query_batch: int = QUERY_BATCH) -> torch.Tensor:
+    """Logits ``[n_models, queries, len(x), classes]`` (float32, on the CPU) of stacked models.
+
+    ``state`` is a stacked state dict ``{name: [n_models, ...]}`` as the engine returns it.
+    """
+    if mode not in QUERY_MODES:
+        raise ValueError(f"mode={mode!r} is not allowed; allowed values: {', '.join(QUERY_MODES)}")
+    device = x.device
+    base = copy.deepcopy(init_model(cfg, data, 0)).to("meta")
+    param_names = {name for name, _ in base.named_parameters()}
+    params = {k: v.to(device) for k, v in state.items() if k in param_names}
+    buffers = {k: v.to(device) for k, v in state.items() if k not in param_names}
+    base.train(mode == "train")
+
+    def forward(p, b, xb):
+        # In train mode BN would update the running statistics in place: give it a throwaway copy.
+        if mode == "train":
+            b = {k: v.clone() for k, v in b.items()}
+        return functional_call(base, (p, b), (xb,))
+
+    batched = vmap(forward, in_dims=(0, 0, None))
+    n_models = next(iter(state.values())).shape[0]
+    out = torch.empty(n_models, queries, len(x), data.num_classes)
+    for start in range(0, len(x), query_batch):
+        chunk = x[start:start + query_batch]
+        for q, view in enumerate(query_views(chunk, queries)):
+            with autocast(cfg, device):
+                out[:, q, start:start + len(chunk)] = batched(params, buffers, view).float().cpu()
+    return out
+
+
+def losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every logit vector ``[..., S, C]`` against ``labels [S]``."""
+    flat = logits.reshape(-1, logits.shape[-2], logits.shape[-1])
+    out = torch.stack([F.cross_entropy(f, labels, reduction="none") for f in flat])
+    return out.view(logits.shape[:-1])
+
+
+def correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Whether the top logit is the label, ``[..., S]`` bool."""
+    return logits.argmax(-1) == labels
+
+
+def lira_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """LiRA's logit-scaled confidence ``log p_y - log sum_{j != y} p_j`` (stable, in logit space).
+
+    Equal to ``z_y - logsumexp_{j != y} z_j``, which never takes the log of a rounded-off
+    probability.
+    """
+    labels_ = labels.view(*([1] * (logits.ndim - 2)), -1, 1).expand(*logits.shape[:-1], 1)
+    true = logits.gather(-1, labels_).squeeze(-1)
+    others = logits.scatter(-1, labels_, float("-inf"))
+    return true - torch.logsumexp(others, dim=-1)
