@@ -6,12 +6,14 @@ generators seeded with ``(seed, k)``. So a run gives the same models whether it 
 piece, in chunks, in shards on several machines, or one model at a time (``strategy="loop"``, the
 obvious baseline and the reference of the equivalence test).
 
-The batched strategy (``strategy="vmap"``) stacks the N models' parameters and buffers
-(``torch.func.stack_module_state``) and runs forward and backward for all of them as one
-computation through ``torch.func.vmap``, which turns each convolution into one grouped convolution.
-Each model keeps its own BatchNorm running statistics (the stacked buffers are updated in place,
-one slice per model). SGD is elementwise, so one optimizer over the stacked parameters is exactly N
-optimizers.
+The batched strategy (``strategy="batched"``) builds the chunk's models as one wide network
+(``models.build_model(n_models=N)``: grouped convolutions, per-model BatchNorm channels, batched
+linear layers) initialised with the N models' own weights, and trains it with one forward, one
+backward and one optimizer step per batch. Each model keeps its own BatchNorm statistics (they are
+its own channels of the wide BatchNorm). SGD is elementwise, so one optimizer over the wide
+parameters is exactly N optimizers. We first tried ``torch.func.stack_module_state`` + ``vmap``:
+it gives the same models but on a 2-core CPU it ran slower than the loop (vmap reshapes every
+activation between its batched layout and the grouped-convolution layout; see BENCHMARKS.md).
 
 Every epoch each model takes ``steps`` full batches from a fresh permutation of its subset, with
 ``steps = min_k |subset_k| // batch_size`` over all N models of the run: vmap needs the same number
@@ -21,7 +23,6 @@ samples left out each epoch.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 
@@ -30,14 +31,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
 
 from .config import Config
 from .data import Dataset, apply_flip_crop, augmentation_enabled, draw_flip_crop
-from .models import build_model
-from .training import autocast, lr_factor, make_optimizer
+from .models import (build_model, ensemble_input, ensemble_output, merge_states, shared_input,
+                     split_state)
+from .training import TrainingDiverged, autocast, lr_factor, make_optimizer
 
-STRATEGIES = ("vmap", "loop")
+STRATEGIES = ("batched", "loop")
 EVAL_BATCH = 1024
 
 
@@ -131,25 +132,21 @@ def epoch_plan(subset: torch.Tensor, generator: torch.Generator, batch_size: int
 
 @dataclasses.dataclass
 class EnsembleResult:
-    """Trained models as one stacked state dict ``{name: [n, ...]}`` and their histories."""
+    """Trained models (one ordinary state dict each, on the CPU) and their per-epoch histories."""
 
     models: list[int]
-    state: dict[str, torch.Tensor]
+    states: list[dict[str, torch.Tensor]]
     history: pd.DataFrame
     reached_target: list[bool]
 
-    def state_dict(self, position: int) -> dict[str, torch.Tensor]:
-        """The state dict of the model at ``position`` in this result (not its global index)."""
-        return {name: tensor[position] for name, tensor in self.state.items()}
-
 
 def train_ensemble(cfg: Config, data: Dataset, masks: torch.Tensor, models: list[int] | None = None,
-                   *, strategy: str = "vmap", progress: bool = False) -> EnsembleResult:
+                   *, strategy: str = "batched", progress: bool = False) -> EnsembleResult:
     """Train the models ``models`` (global indices, default all) of a run with inclusion ``masks``.
 
-    ``masks`` is the whole run's ``[N, P]`` mask (P = ``len(data.y_train)``). ``strategy="vmap"``
-    trains the models as one batched computation; ``"loop"`` trains them one at a time, to the
-    same result up to float rounding. Stops after ``cfg.epochs`` or, with ``cfg.target_accuracy``,
+    ``masks`` is the whole run's ``[N, P]`` mask (P = ``len(data.y_train)``). ``strategy="batched"``
+    trains the models as one wide network; ``"loop"`` trains them one at a time, to the same
+    result up to float rounding. Stops after ``cfg.epochs`` or, with ``cfg.target_accuracy``,
     each model at its first epoch reaching the target (at most ``cfg.max_epochs``).
     """
     if strategy not in STRATEGIES:
@@ -158,12 +155,24 @@ def train_ensemble(cfg: Config, data: Dataset, masks: torch.Tensor, models: list
     models = list(range(masks.shape[0])) if models is None else list(models)
     if not models or min(models) < 0 or max(models) >= masks.shape[0]:
         raise ValueError(f"models {models} must be a non-empty list of indices in [0, {masks.shape[0]})")
-    trainer = _BatchedTrainer if strategy == "vmap" else _LoopTrainer
-    return trainer(cfg, data, masks, models, progress).run()
+    groups = [models] if strategy == "batched" else [[k] for k in models]
+    parts = [_Trainer(cfg, data, masks, group, progress).run() for group in groups]
+    return EnsembleResult(models, [s for p in parts for s in p.states],
+                          pd.concat([p.history for p in parts], ignore_index=True),
+                          [r for p in parts for r in p.reached_target])
+
+
+def build_ensemble(cfg: Config, data: Dataset, states: list[dict[str, torch.Tensor]]) -> nn.Module:
+    """The wide network holding the models of ``states`` (one per model), on the data's device."""
+    wide = build_model(cfg.arch, cfg.norm, cfg.width, data.input_shape, data.num_classes, len(states))
+    wide.load_state_dict(merge_states(states))
+    # channels-last on every device: on a CPU, pooling and BatchNorm of a wide NCHW activation
+    # were 10-25x slower than in channels-last (BENCHMARKS.md).
+    return wide.to(data.x_train.device, memory_format=torch.channels_last)
 
 
 class _Trainer:
-    """What both strategies share: plans, schedule, per-epoch evaluation and stopping."""
+    """Trains a group of models as one wide network (a group of one is an ordinary model)."""
 
     def __init__(self, cfg: Config, data: Dataset, masks: torch.Tensor, models: list[int], progress: bool):
         self.cfg, self.data, self.models = cfg, data, models
@@ -174,182 +183,116 @@ class _Trainer:
         self.augment = augmentation_enabled(cfg, data)
         self.progress = progress
 
-    def plan(self, position: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        plan = epoch_plan(self.subsets[position], generator, self.cfg.batch_size, self.steps,
-                          self.augment, self.data.input_shape[1:])
-        return {name: tensor.to(self.device) for name, tensor in plan.items()}
-
-    def batch(self, plan: dict, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = plan["idx"][step]
-        x, y = self.data.x_train[idx], self.data.y_train[idx]
-        if self.augment:
-            x = apply_flip_crop(x, plan["flips"][step], plan["dy"][step], plan["dx"][step])
-        return x, y
-
-    def set_lr(self, optimizer, step: int) -> None:
-        for group in optimizer.param_groups:
-            group["lr"] = self.cfg.lr * lr_factor(self.cfg, step, self.total_steps)
-
-    def done(self, epoch: int, test_acc: float) -> bool:
-        if self.cfg.matched_accuracy:
-            return test_acc >= self.cfg.target_accuracy or epoch >= self.cfg.max_epochs
-        return epoch >= self.cfg.epochs
-
-    def bar(self, total: int, desc: str):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, unit="epoch", leave=False, disable=not self.progress)
-
-
-def _row(model: int, epoch: int, lr: float, loss: float, acc: float, test: tuple[float, float],
-         seconds: float) -> dict:
-    return dict(model=model, epoch=epoch, lr=lr, train_loss=loss, train_acc=acc, test_loss=test[0],
-                test_acc=test[1], seconds=seconds)
-
-
-def _check_losses(losses: torch.Tensor, models: list[int], epoch: int, cfg: Config) -> None:
-    from .training import TrainingDiverged
-
-    bad = [m for m, value in zip(models, losses.tolist()) if not np.isfinite(value)]
-    if bad:
-        raise TrainingDiverged(
-            f"training diverged: the loss of model(s) {bad} became non-finite in epoch {epoch} "
-            f"(arch={cfg.arch}, norm={cfg.norm}, lr={cfg.lr}); lower the learning rate "
-            f"(e.g. lr={cfg.lr / 4:g}) or use a norm layer"
-        )
-
-
-class _LoopTrainer(_Trainer):
-    """One model at a time, plain ``nn.Module`` training: the baseline and the reference."""
-
-    def run(self) -> EnsembleResult:
-        from .training import evaluate
-
-        cfg, states, rows, reached = self.cfg, [], [], []
-        for position, k in enumerate(self.models):
-            model = init_model(cfg, self.data, k).to(self.device)
-            optimizer = make_optimizer(model.parameters(), cfg)
-            generator = data_generator(cfg, k)
-            step, bar = 0, self.bar(cfg.epoch_budget, f"model {k}")
-            for epoch in range(1, cfg.epoch_budget + 1):
-                started = time.perf_counter()
-                plan = self.plan(position, generator)
-                model.train()
-                loss_sum = torch.zeros((), device=self.device)
-                correct = torch.zeros((), device=self.device)
-                for s in range(self.steps):
-                    x, y = self.batch(plan, s)
-                    self.set_lr(optimizer, step)
-                    with autocast(cfg, self.device):
-                        logits = model(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    step += 1
-                    loss_sum += loss.detach()
-                    correct += (logits.detach().argmax(1) == y).sum()
-                _check_losses(loss_sum.view(1), [k], epoch, cfg)
-                test = evaluate(model, self.data.x_test, self.data.y_test, cfg, self.device)
-                rows.append(_row(k, epoch, cfg.lr * lr_factor(cfg, step, self.total_steps),
-                                 loss_sum.item() / self.steps,
-                                 correct.item() / (self.steps * cfg.batch_size), test,
-                                 time.perf_counter() - started))
-                bar.update(1)
-                bar.set_postfix(test_acc=f"{test[1]:.3f}")
-                if self.done(epoch, test[1]):
-                    break
-            bar.close()
-            reached.append(cfg.matched_accuracy and test[1] >= cfg.target_accuracy)
-            states.append({n: t.detach().clone() for n, t in model.state_dict().items()})
-        stacked = {name: torch.stack([s[name] for s in states]) for name in states[0]}
-        return EnsembleResult(self.models, stacked, pd.DataFrame(rows), reached)
-
-
-class _BatchedTrainer(_Trainer):
-    """All models of the chunk as one vmapped computation over stacked parameters and buffers."""
-
     def run(self) -> EnsembleResult:
         cfg, n = self.cfg, len(self.models)
-        modules = [init_model(cfg, self.data, k).to(self.device) for k in self.models]
-        params, buffers = stack_module_state(modules)
-        params = {name: p.detach().clone().requires_grad_(True) for name, p in params.items()}
-        self.base = copy.deepcopy(modules[0]).to("meta")
-        del modules
-        ranks = {name: p.ndim for name, p in self.base.named_parameters()}
-        optimizer = make_optimizer(params.values(), cfg, [ranks[name] for name in params])
+        wide = build_ensemble(cfg, self.data, [init_model(cfg, self.data, k).state_dict() for k in self.models])
+        optimizer = make_optimizer(wide.parameters(), cfg)
         generators = [data_generator(cfg, k) for k in self.models]
-        active = torch.ones(n, dtype=torch.bool)
+        active = [True] * n
         final: dict[int, dict[str, torch.Tensor]] = {}
         rows, reached, step = [], [False] * n, 0
-        forward = vmap(self._functional, in_dims=(0, 0, 0))
-        bar = self.bar(cfg.epoch_budget, f"models {self.models[0]}-{self.models[-1]}")
+        bar = self.bar()
         for epoch in range(1, cfg.epoch_budget + 1):
             started = time.perf_counter()
             plans = [self.plan(position, g) for position, g in enumerate(generators)]
-            self.base.train()
+            wide.train()
             loss_sum = torch.zeros(n, device=self.device)
             correct = torch.zeros(n, device=self.device)
             for s in range(self.steps):
-                batches = [self.batch(plan, s) for plan in plans]
-                x = torch.stack([b[0] for b in batches])
-                y = torch.stack([b[1] for b in batches])
-                self.set_lr(optimizer, step)
+                x, y = self.batch(plans, s)
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(cfg, step, self.total_steps)
                 with autocast(cfg, self.device):
-                    logits = forward(params, buffers, x)
-                losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
-                                         label_smoothing=cfg.label_smoothing, reduction="none")
-                per_model = losses.view(n, -1).mean(1)
+                    logits = ensemble_output(wide(channels_last(ensemble_input(x))), n)
+                per_model = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
+                                            label_smoothing=cfg.label_smoothing,
+                                            reduction="none").view(n, -1).mean(1)
                 optimizer.zero_grad(set_to_none=True)
                 per_model.sum().backward()
                 optimizer.step()
                 step += 1
                 loss_sum += per_model.detach()
                 correct += (logits.detach().argmax(-1) == y).sum(1)
-            _check_losses(loss_sum[active], [m for m, a in zip(self.models, active) if a], epoch, cfg)
-            test_loss, test_acc = self.evaluate(params, buffers)
+            self.check_finite(loss_sum, active, epoch)
+            test_loss, test_acc = evaluate_ensemble(cfg, wide, n, self.data.x_test, self.data.y_test)
             lr = cfg.lr * lr_factor(cfg, step, self.total_steps)
-            for position in active.nonzero().squeeze(1).tolist():
-                rows.append(_row(self.models[position], epoch, lr, loss_sum[position].item() / self.steps,
-                                 correct[position].item() / (self.steps * cfg.batch_size),
-                                 (test_loss[position].item(), test_acc[position].item()),
-                                 time.perf_counter() - started))
-                if self.done(epoch, test_acc[position].item()):
-                    active[position] = False
-                    reached[position] = cfg.matched_accuracy and test_acc[position].item() >= cfg.target_accuracy
-                    final[position] = _slice(params, buffers, position)
+            for p in [p for p in range(n) if active[p]]:
+                rows.append(dict(model=self.models[p], epoch=epoch, lr=lr,
+                                 train_loss=loss_sum[p].item() / self.steps,
+                                 train_acc=correct[p].item() / (self.steps * cfg.batch_size),
+                                 test_loss=test_loss[p].item(), test_acc=test_acc[p].item(),
+                                 seconds=time.perf_counter() - started))
+                if self.done(epoch, test_acc[p].item()):
+                    active[p] = False
+                    reached[p] = cfg.matched_accuracy and test_acc[p].item() >= cfg.target_accuracy
+                    final[p] = split_state(_cpu_state(wide), n)[p]
             bar.update(1)
-            bar.set_postfix(test_acc=f"{test_acc.mean().item():.3f}", active=int(active.sum()))
-            if not active.any():
+            bar.set_postfix(test_acc=f"{test_acc.mean().item():.3f}", training=sum(active))
+            if not any(active):
                 break
         bar.close()
-        states = [final[position] for position in range(n)]
-        stacked = {name: torch.stack([s[name] for s in states]) for name in states[0]}
-        return EnsembleResult(self.models, stacked, pd.DataFrame(rows), reached)
+        return EnsembleResult(self.models, [final[p] for p in range(n)], pd.DataFrame(rows), reached)
 
-    def _functional(self, params, buffers, x):
-        return functional_call(self.base, (params, buffers), (x,))
+    def plan(self, position: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        plan = epoch_plan(self.subsets[position], generator, self.cfg.batch_size, self.steps,
+                          self.augment, self.data.input_shape[1:])
+        return {name: tensor.to(self.device) for name, tensor in plan.items()}
 
-    @torch.no_grad()
-    def evaluate(self, params, buffers) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-model test loss and accuracy in eval mode (running statistics)."""
-        self.base.eval()
-        forward = vmap(self._functional, in_dims=(0, 0, None))
-        x_test, y_test = self.data.x_test, self.data.y_test
-        n = len(self.models)
-        loss = torch.zeros(n, device=self.device)
-        correct = torch.zeros(n, device=self.device)
-        for start in range(0, len(y_test), EVAL_BATCH):
-            xb, yb = x_test[start:start + EVAL_BATCH], y_test[start:start + EVAL_BATCH]
-            with autocast(self.cfg, self.device):
-                logits = forward(params, buffers, xb).float()
-            loss += F.cross_entropy(logits.flatten(0, 1), yb.repeat(n), reduction="none").view(n, -1).sum(1)
-            correct += (logits.argmax(-1) == yb).sum(1)
-        self.base.train()
-        return loss / len(y_test), correct / len(y_test)
+    def batch(self, plans: list[dict], step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every model's batch of this step: images ``[N, B, C, H, W]``, labels ``[N, B]``."""
+        idx = torch.stack([plan["idx"][step] for plan in plans])
+        x, y = self.data.x_train[idx], self.data.y_train[idx]
+        if self.augment:
+            draws = [torch.cat([plan[key][step] for plan in plans]) for key in ("flips", "dy", "dx")]
+            x = apply_flip_crop(x.flatten(0, 1), *draws).view(x.shape)
+        return x, y
+
+    def done(self, epoch: int, test_acc: float) -> bool:
+        if self.cfg.matched_accuracy:
+            return test_acc >= self.cfg.target_accuracy or epoch >= self.cfg.max_epochs
+        return epoch >= self.cfg.epochs
+
+    def check_finite(self, losses: torch.Tensor, active: list[bool], epoch: int) -> None:
+        bad = [m for m, value, a in zip(self.models, losses.tolist(), active) if a and not np.isfinite(value)]
+        if bad:
+            cfg = self.cfg
+            raise TrainingDiverged(
+                f"training diverged: the loss of model(s) {bad} became non-finite in epoch {epoch} "
+                f"(arch={cfg.arch}, norm={cfg.norm}, lr={cfg.lr}); lower the learning rate "
+                f"(e.g. lr={cfg.lr / 4:g}) or use a norm layer"
+            )
+
+    def bar(self):
+        from tqdm.auto import tqdm
+
+        first, last = self.models[0], self.models[-1]
+        name = f"model {first}" if first == last else f"models {first}-{last}"
+        return tqdm(total=self.cfg.epoch_budget, desc=name, unit="epoch", leave=False,
+                    disable=not self.progress)
 
 
-def _slice(params: dict, buffers: dict, position: int) -> dict[str, torch.Tensor]:
-    state = {name: p[position].detach().clone() for name, p in params.items()}
-    state.update({name: b[position].detach().clone() for name, b in buffers.items()})
-    return state
+@torch.no_grad()
+def evaluate_ensemble(cfg: Config, wide: nn.Module, n: int, x: torch.Tensor,
+                      y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-model mean cross-entropy and accuracy of a wide network in eval mode on ``(x, y)``."""
+    was_training = wide.training
+    wide.eval()
+    loss = torch.zeros(n, device=x.device)
+    correct = torch.zeros(n, device=x.device)
+    for start in range(0, len(y), EVAL_BATCH):
+        xb, yb = x[start:start + EVAL_BATCH], y[start:start + EVAL_BATCH]
+        with autocast(cfg, x.device):
+            logits = ensemble_output(wide(channels_last(shared_input(xb, n))), n).float()
+        loss += F.cross_entropy(logits.flatten(0, 1), yb.repeat(n), reduction="none").view(n, -1).sum(1)
+        correct += (logits.argmax(-1) == yb).sum(1)
+    wide.train(was_training)
+    return loss / len(y), correct / len(y)
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Images in channels-last memory order (other tensors unchanged)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}

@@ -23,11 +23,22 @@ branches of ``resnet18`` are multiplied by a learnable scalar initialised at zer
 Smith 2020): without BN the sum of residual branches makes the activations' variance grow with
 depth and the un-normalised ResNet diverges at usual learning rates; SkipInit starts every block as
 the identity, which is what BN does implicitly, and the network trains.
+
+Ensembles: ``n_models=N`` builds N independent copies as one "wide" network. Every layer keeps
+the N models' channels side by side, model-major (channel ``k*C + c`` is channel c of model k):
+convolutions are grouped (``groups=N``), BatchNorm over N*C channels is exactly N BatchNorms (its
+statistics are per channel), GroupNorm with N times the groups is exactly N GroupNorms, linear
+layers are batched matrix products, and pools and ReLUs act per channel anyway. Every parameter and
+buffer is then N per-model tensors stacked along dimension 0, so :func:`split_state` and
+:func:`merge_states` convert between one wide state dict and N ordinary ones, and ``n_models=1``
+is the ordinary model. Inputs are ``[B, N*C, H, W]`` (see :func:`ensemble_input`), outputs
+``[B, N*K]`` (see :func:`ensemble_output`).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ARCHS, NORMS
@@ -36,10 +47,12 @@ DEFAULT_WIDTH = {"mlp": 256, "cnn": 32, "resnet18": 64, "vgg11": 64, "densenet":
 
 
 def build_model(arch: str, norm: str, width: int, input_shape: tuple[int, int, int],
-                num_classes: int) -> nn.Module:
+                num_classes: int, n_models: int = 1) -> nn.Module:
     """Build ``arch`` with normalisation ``norm`` for inputs of ``input_shape`` = (C, H, W).
 
-    ``width=0`` takes ``DEFAULT_WIDTH[arch]``. Raises ``ValueError`` for an unknown arch or norm.
+    ``width=0`` takes ``DEFAULT_WIDTH[arch]``; ``n_models > 1`` builds that many independent
+    models as one wide network (module docstring). Raises ``ValueError`` for an unknown arch or
+    norm.
     """
     if arch not in ARCHS:
         raise ValueError(f"arch={arch!r} is not allowed; allowed values: {', '.join(ARCHS)}")
@@ -50,11 +63,44 @@ def build_model(arch: str, norm: str, width: int, input_shape: tuple[int, int, i
     builders = {"mlp": MLP, "cnn": SmallCNN, "resnet18": ResNet18, "vgg11": VGG11,
                 "densenet": DenseNet}
     if arch == "mlp":
-        model = MLP(int(torch.tensor(input_shape).prod()), width, num_classes, norm)
+        model = MLP(int(torch.tensor(input_shape).prod()), width, num_classes, norm, n_models)
     else:
-        model = builders[arch](channels, height, width, num_classes, norm)
+        model = builders[arch](channels, height, width, num_classes, norm, n_models)
     _kaiming_init(model)
     return model
+
+
+def ensemble_input(x: torch.Tensor) -> torch.Tensor:
+    """``[N, B, C, H, W]`` (model k's batch at index k) -> the wide input ``[B, N*C, H, W]``."""
+    n, b, c, h, w = x.shape
+    return x.permute(1, 0, 2, 3, 4).reshape(b, n * c, h, w)
+
+
+def shared_input(x: torch.Tensor, n_models: int) -> torch.Tensor:
+    """One batch ``[B, C, H, W]`` shown to all N models: ``[B, N*C, H, W]``."""
+    return x.repeat(1, n_models, 1, 1) if n_models > 1 else x
+
+
+def ensemble_output(logits: torch.Tensor, n_models: int) -> torch.Tensor:
+    """The wide output ``[B, N*K]`` -> ``[N, B, K]``."""
+    b = logits.shape[0]
+    return logits.view(b, n_models, -1).transpose(0, 1)
+
+
+def split_state(state: dict[str, torch.Tensor], n_models: int) -> list[dict[str, torch.Tensor]]:
+    """A wide model's state dict -> the N per-model state dicts (scalars are shared)."""
+    out = [{} for _ in range(n_models)]
+    for name, tensor in state.items():
+        parts = [tensor] * n_models if tensor.ndim == 0 else tensor.chunk(n_models, dim=0)
+        for k, part in enumerate(parts):
+            out[k][name] = part
+    return out
+
+
+def merge_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """N per-model state dicts -> the state dict of the wide model of N models."""
+    return {name: states[0][name] if states[0][name].ndim == 0
+            else torch.cat([s[name] for s in states], dim=0) for name in states[0]}
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -76,109 +122,136 @@ def group_count(channels: int) -> int:
     return 1
 
 
-def conv_norm(channels: int, norm: str) -> nn.Module:
-    """The normalisation layer after a convolution with ``channels`` outputs."""
+def conv_norm(channels: int, norm: str, n: int = 1) -> nn.Module:
+    """The normalisation layer after a convolution with ``channels`` outputs (per model)."""
     if norm == "batch":
-        return nn.BatchNorm2d(channels)
+        return nn.BatchNorm2d(n * channels)
     if norm == "group":
-        return nn.GroupNorm(group_count(channels), channels)
+        return nn.GroupNorm(n * group_count(channels), n * channels)
     if norm == "layer":
-        return nn.GroupNorm(1, channels)
+        return nn.GroupNorm(n, n * channels)
     return nn.Identity()
 
 
-def _features_norm(features: int, norm: str) -> nn.Module:
+def _features_norm(features: int, norm: str, n: int = 1) -> nn.Module:
+    # LayerNorm over a model's features is GroupNorm with one group per model (same arithmetic).
     if norm == "batch":
-        return nn.BatchNorm1d(features)
+        return nn.BatchNorm1d(n * features)
     if norm == "group":
-        return nn.GroupNorm(group_count(features), features)
+        return nn.GroupNorm(n * group_count(features), n * features)
     if norm == "layer":
-        return nn.LayerNorm(features)
+        return nn.GroupNorm(n, n * features)
     return nn.Identity()
 
 
-def _conv(c_in: int, c_out: int, norm: str, kernel: int = 3, stride: int = 1) -> nn.Conv2d:
+def _conv(c_in: int, c_out: int, norm: str, kernel: int = 3, stride: int = 1, n: int = 1) -> nn.Conv2d:
     # A bias before a norm layer is cancelled by its mean subtraction; without a norm it is needed.
-    return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=norm == "none")
+    return nn.Conv2d(n * c_in, n * c_out, kernel, stride=stride, padding=kernel // 2,
+                     bias=norm == "none", groups=n)
 
 
-def _conv_block(c_in: int, c_out: int, norm: str) -> list[nn.Module]:
-    return [_conv(c_in, c_out, norm), conv_norm(c_out, norm), nn.ReLU(inplace=True)]
+def _conv_block(c_in: int, c_out: int, norm: str, n: int = 1) -> list[nn.Module]:
+    return [_conv(c_in, c_out, norm, n=n), conv_norm(c_out, norm, n), nn.ReLU(inplace=True)]
+
+
+class EnsembleLinear(nn.Module):
+    """N independent linear layers on ``[B, N*in]`` -> ``[B, N*out]``; ``nn.Linear`` when N = 1.
+
+    The weight is ``[N*out, in]``: model k's ``[out, in]`` block at rows ``k*out ... (k+1)*out``.
+    """
+
+    def __init__(self, n: int, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.n, self.in_features, self.out_features = n, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(n * out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(n * out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.n == 1:
+            return F.linear(x, self.weight, self.bias)
+        b = x.shape[0]
+        weight = self.weight.view(self.n, self.out_features, self.in_features)
+        out = torch.bmm(x.view(b, self.n, self.in_features).transpose(0, 1), weight.transpose(1, 2))
+        out = out.transpose(0, 1).reshape(b, self.n * self.out_features)
+        return out if self.bias is None else out + self.bias
 
 
 def _kaiming_init(model: nn.Module) -> None:
     for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        if isinstance(module, (nn.Conv2d, nn.Linear, EnsembleLinear)):
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
 
 class MLP(nn.Sequential):
-    def __init__(self, in_features: int, width: int, num_classes: int, norm: str):
+    def __init__(self, in_features: int, width: int, num_classes: int, norm: str, n: int = 1):
         bias = norm == "none"
         super().__init__(
             nn.Flatten(),
-            nn.Linear(in_features, width, bias=bias), _features_norm(width, norm), nn.ReLU(inplace=True),
-            nn.Linear(width, width, bias=bias), _features_norm(width, norm), nn.ReLU(inplace=True),
-            nn.Linear(width, num_classes),
+            EnsembleLinear(n, in_features, width, bias=bias), _features_norm(width, norm, n),
+            nn.ReLU(inplace=True),
+            EnsembleLinear(n, width, width, bias=bias), _features_norm(width, norm, n),
+            nn.ReLU(inplace=True),
+            EnsembleLinear(n, width, num_classes),
         )
 
 
 class SmallCNN(nn.Sequential):
-    def __init__(self, channels: int, height: int, width: int, num_classes: int, norm: str):
-        layers = _conv_block(channels, width, norm) + _conv_block(width, width, norm)
+    def __init__(self, channels: int, height: int, width: int, num_classes: int, norm: str, n: int = 1):
+        layers = _conv_block(channels, width, norm, n) + _conv_block(width, width, norm, n)
         size = height
         if size >= 2:
             layers.append(nn.MaxPool2d(2))
             size //= 2
-        layers += _conv_block(width, 2 * width, norm) + _conv_block(2 * width, 2 * width, norm)
+        layers += _conv_block(width, 2 * width, norm, n) + _conv_block(2 * width, 2 * width, norm, n)
         if size >= 2:
             layers.append(nn.MaxPool2d(2))
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes)]
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), EnsembleLinear(n, 2 * width, num_classes)]
         super().__init__(*layers)
 
 
 class BasicBlock(nn.Module):
     """ResNet basic block; with ``norm='none'`` the residual branch is scaled by a zero-init gain."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, norm: str):
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str, n: int = 1):
         super().__init__()
+        self.n, self.c_out = n, c_out
         self.branch = nn.Sequential(
-            _conv(c_in, c_out, norm, stride=stride), conv_norm(c_out, norm), nn.ReLU(inplace=True),
-            _conv(c_out, c_out, norm), conv_norm(c_out, norm),
+            _conv(c_in, c_out, norm, stride=stride, n=n), conv_norm(c_out, norm, n), nn.ReLU(inplace=True),
+            _conv(c_out, c_out, norm, n=n), conv_norm(c_out, norm, n),
         )
         self.shortcut = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(_conv(c_in, c_out, norm, kernel=1, stride=stride),
-                                          conv_norm(c_out, norm))
-        self.skip_gain = nn.Parameter(torch.zeros(())) if norm == "none" else None
+            self.shortcut = nn.Sequential(_conv(c_in, c_out, norm, kernel=1, stride=stride, n=n),
+                                          conv_norm(c_out, norm, n))
+        self.skip_gain = nn.Parameter(torch.zeros(n)) if norm == "none" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branch = self.branch(x)
         if self.skip_gain is not None:
-            branch = branch * self.skip_gain
+            branch = branch * self.skip_gain.repeat_interleave(self.c_out).view(1, -1, 1, 1)
         return torch.relu(branch + self.shortcut(x))
 
 
 class ResNet18(nn.Module):
-    def __init__(self, channels: int, height: int, width: int, num_classes: int, norm: str):
+    def __init__(self, channels: int, height: int, width: int, num_classes: int, norm: str, n: int = 1):
         super().__init__()
-        self.stem = nn.Sequential(*_conv_block(channels, width, norm))
+        self.stem = nn.Sequential(*_conv_block(channels, width, norm, n))
         blocks, c_in = [], width
         for stage, c_out in enumerate((width, 2 * width, 4 * width, 8 * width)):
             stride = 1 if stage == 0 else 2
-            blocks += [BasicBlock(c_in, c_out, stride, norm), BasicBlock(c_out, c_out, 1, norm)]
+            blocks += [BasicBlock(c_in, c_out, stride, norm, n), BasicBlock(c_out, c_out, 1, norm, n)]
             c_in = c_out
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), EnsembleLinear(n, c_in, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))
 
 
 class VGG11(nn.Sequential):
-    def __init__(self, channels: int, height: int, width: int, num_classes: int, norm: str):
+    def __init__(self, channels: int, height: int, width: int, num_classes: int, norm: str, n: int = 1):
         plan = [1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M"]
         layers, c_in, size = [], channels, height
         for item in plan:
@@ -187,44 +260,51 @@ class VGG11(nn.Sequential):
                     layers.append(nn.MaxPool2d(2))
                     size //= 2
                 continue
-            layers += _conv_block(c_in, item * width, norm)
+            layers += _conv_block(c_in, item * width, norm, n)
             c_in = item * width
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), EnsembleLinear(n, c_in, num_classes)]
         super().__init__(*layers)
 
 
 class DenseLayer(nn.Module):
     """Bottleneck dense layer: norm-ReLU-conv1x1(4k)-norm-ReLU-conv3x3(k), output concatenated."""
 
-    def __init__(self, c_in: int, growth: int, norm: str):
+    def __init__(self, c_in: int, growth: int, norm: str, n: int = 1):
         super().__init__()
+        self.n = n
         self.body = nn.Sequential(
-            conv_norm(c_in, norm), nn.ReLU(), _conv(c_in, 4 * growth, norm, kernel=1),
-            conv_norm(4 * growth, norm), nn.ReLU(inplace=True), _conv(4 * growth, growth, norm),
+            conv_norm(c_in, norm, n), nn.ReLU(), _conv(c_in, 4 * growth, norm, kernel=1, n=n),
+            conv_norm(4 * growth, norm, n), nn.ReLU(inplace=True), _conv(4 * growth, growth, norm, n=n),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, self.body(x)], dim=1)
+        new = self.body(x)
+        if self.n == 1:
+            return torch.cat([x, new], dim=1)
+        # Concatenate within each model's block of channels, keeping the model-major layout.
+        b, _, h, w = x.shape
+        joined = torch.cat([x.view(b, self.n, -1, h, w), new.view(b, self.n, -1, h, w)], dim=2)
+        return joined.view(b, -1, h, w)
 
 
 class DenseNet(nn.Sequential):
-    def __init__(self, channels: int, height: int, width: int, num_classes: int, norm: str,
+    def __init__(self, channels: int, height: int, width: int, num_classes: int, norm: str, n: int = 1,
                  layers_per_block: int = 4):
         growth = width
         c = 2 * growth
-        layers: list[nn.Module] = [_conv(channels, c, norm)]
+        layers: list[nn.Module] = [_conv(channels, c, norm, n=n)]
         size = height
         for block in range(3):
             for _ in range(layers_per_block):
-                layers.append(DenseLayer(c, growth, norm))
+                layers.append(DenseLayer(c, growth, norm, n))
                 c += growth
             if block < 2:
                 c_out = c // 2
-                layers += [conv_norm(c, norm), nn.ReLU(), _conv(c, c_out, norm, kernel=1)]
+                layers += [conv_norm(c, norm, n), nn.ReLU(), _conv(c, c_out, norm, kernel=1, n=n)]
                 if size >= 2:
                     layers.append(nn.AvgPool2d(2))
                     size //= 2
                 c = c_out
-        layers += [conv_norm(c, norm), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                   nn.Linear(c, num_classes)]
+        layers += [conv_norm(c, norm, n), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                   EnsembleLinear(n, c, num_classes)]
         super().__init__(*layers)

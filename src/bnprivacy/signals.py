@@ -12,15 +12,13 @@ mode the output depends on which samples share the batch: queries are made in ba
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, vmap
 
 from .config import Config
 from .data import apply_flip_crop
-from .ensemble import init_model
+from .ensemble import build_ensemble, channels_last
+from .models import ensemble_output, shared_input
 from .training import autocast
 
 QUERY_MODES = ("eval", "train")
@@ -43,35 +41,28 @@ def query_views(x: torch.Tensor, queries: int) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def collect_logits(cfg: Config, data, state: dict[str, torch.Tensor], x: torch.Tensor, *,
+def collect_logits(cfg: Config, data, states: list[dict[str, torch.Tensor]], x: torch.Tensor, *,
                    queries: int = 2, mode: str = "eval", query_batch: int = QUERY_BATCH) -> torch.Tensor:
-    """Logits ``[n_models, queries, len(x), classes]`` (float32, on the CPU) of stacked models.
+    """Logits ``[n_models, queries, len(x), classes]`` (float32, on the CPU) of the given models.
 
-    ``state`` is a stacked state dict ``{name: [n_models, ...]}`` as the engine returns it.
+    ``states`` holds one state dict per model. The models run together as one wide network on
+    ``x``'s device, ``query_batch`` samples at a time.
     """
     if mode not in QUERY_MODES:
         raise ValueError(f"mode={mode!r} is not allowed; allowed values: {', '.join(QUERY_MODES)}")
-    device = x.device
-    base = copy.deepcopy(init_model(cfg, data, 0)).to("meta")
-    param_names = {name for name, _ in base.named_parameters()}
-    params = {k: v.to(device) for k, v in state.items() if k in param_names}
-    buffers = {k: v.to(device) for k, v in state.items() if k not in param_names}
-    base.train(mode == "train")
-
-    def forward(p, b, xb):
-        # In train mode BN would update the running statistics in place: give it a throwaway copy.
-        if mode == "train":
-            b = {k: v.clone() for k, v in b.items()}
-        return functional_call(base, (p, b), (xb,))
-
-    batched = vmap(forward, in_dims=(0, 0, None))
-    n_models = next(iter(state.values())).shape[0]
-    out = torch.empty(n_models, queries, len(x), data.num_classes)
+    wide = build_ensemble(cfg, data, states)
+    wide.train(mode == "train")
+    for module in wide.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.0  # train-mode queries must leave the running statistics as trained
+    n = len(states)
+    out = torch.empty(n, queries, len(x), data.num_classes)
     for start in range(0, len(x), query_batch):
         chunk = x[start:start + query_batch]
         for q, view in enumerate(query_views(chunk, queries)):
-            with autocast(cfg, device):
-                out[:, q, start:start + len(chunk)] = batched(params, buffers, view).float().cpu()
+            with autocast(cfg, x.device):
+                logits = wide(channels_last(shared_input(view, n)))
+            out[:, q, start:start + len(chunk)] = ensemble_output(logits.float(), n).cpu()
     return out
 
 

@@ -7,6 +7,7 @@ detected as unfinished and redone, never silently used.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -63,15 +64,15 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def seal(folder: Path, files: list[str], extra: dict | None = None) -> None:
+def seal(folder: Path, files: list[str], extra: dict | None = None, manifest: str = MANIFEST) -> None:
     """Mark ``folder`` complete: write the manifest of ``files`` with their checksums, last."""
     entries = {name: sha256(folder / name) for name in files}
-    save_json(folder / MANIFEST, {"files": entries, **(extra or {})})
+    save_json(folder / manifest, {"files": entries, **(extra or {})})
 
 
-def is_complete(folder: Path) -> bool:
-    """True when ``folder`` has a manifest and every listed file matches its checksum."""
-    manifest = folder / MANIFEST
+def is_complete(folder: Path, manifest: str = MANIFEST) -> bool:
+    """True when ``folder`` has the manifest and every listed file matches its checksum."""
+    manifest = folder / manifest
     if not manifest.is_file():
         return False
     try:
@@ -127,3 +128,239 @@ def _load_training(folder: Path) -> dict:
         "reached_target": bool(manifest["reached_target"]),
         "state_dict": load_torch(folder / "model.pt"),
     }
+
+
+# --- shadow runs ----------------------------------------------------------------------------------
+
+MASK_KINDS = ("balanced", "fraction")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """A shadow run: ``n_models`` models of ``config``, each on its inclusion mask of the pool.
+
+    ``mask="balanced"`` puts every pool sample IN for exactly half of the models (LiRA; needs an
+    even ``n_models``); ``mask="fraction"`` gives each model a random ``fraction`` of the pool
+    (Feldman & Zhang). The pool is the training split of ``config.dataset``.
+    """
+
+    config: Config
+    n_models: int
+    mask: str = "balanced"
+    fraction: float = 0.5
+    mask_seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.n_models, bool) or not isinstance(self.n_models, int) or self.n_models < 1:
+            raise ValueError(f"n_models={self.n_models!r} is not allowed; allowed values: an integer >= 1")
+        if self.mask not in MASK_KINDS:
+            raise ValueError(f"mask={self.mask!r} is not allowed; allowed values: {', '.join(MASK_KINDS)}")
+        if self.mask == "balanced" and self.n_models % 2:
+            raise ValueError(f"mask='balanced' needs an even n_models, got {self.n_models}")
+        if not 0 < self.fraction < 1:
+            raise ValueError(f"fraction={self.fraction!r} is not allowed; allowed values: a number in (0, 1)")
+
+    def to_dict(self) -> dict:
+        return {"config": self.config.to_dict(), "n_models": self.n_models, "mask": self.mask,
+                "fraction": self.fraction if self.mask == "fraction" else None,
+                "mask_seed": self.mask_seed}
+
+    def key(self) -> str:
+        described = {**self.to_dict(), "config": self.config.key()}
+        blob = json.dumps(described, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def masks(self, pool_size: int):
+        from .ensemble import balanced_masks, fraction_masks
+
+        if self.mask == "balanced":
+            return balanced_masks(self.n_models, pool_size, self.mask_seed)
+        return fraction_masks(self.n_models, pool_size, self.fraction, self.mask_seed)
+
+
+@dataclasses.dataclass
+class ShadowRun:
+    """A finished shadow run: masks, histories and the signals of every model on every sample.
+
+    ``logits_pool [N, Q, P, K]`` and ``logits_test [N, Q, T, K]`` hold the logits of model n under
+    query view q (0 identity, 1 mirror, ...) on pool sample p or test sample t.
+    """
+
+    spec: RunSpec
+    folder: Path
+    masks: torch.Tensor
+    history: pd.DataFrame
+    reached_target: torch.Tensor
+    logits_pool: torch.Tensor
+    logits_test: torch.Tensor
+    y_pool: torch.Tensor
+    y_test: torch.Tensor
+    query_mode: str
+    queries: int
+
+    def final_accuracy(self) -> pd.DataFrame:
+        """One row per model: epochs trained, final train and test accuracy, target reached."""
+        last = self.history.sort_values("epoch").groupby("model").tail(1).set_index("model").sort_index()
+        return pd.DataFrame({"epochs": last["epoch"], "train_acc": last["train_acc"],
+                             "test_acc": last["test_acc"], "reached_target": self.reached_target.numpy()})
+
+    def state_dict(self, model: int) -> dict[str, torch.Tensor]:
+        """The trained weights and buffers of model ``model``."""
+        for folder in _chunk_folders(self.folder):
+            first, last = _chunk_range(folder)
+            if first <= model <= last:
+                return load_torch(folder / "states.pt")[str(model)]
+        raise ValueError(f"model {model} is outside the run's {self.spec.n_models} models")
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    """``"i/k"`` -> ``(i, k)`` with ``0 <= i < k``."""
+    try:
+        index, count = (int(part) for part in str(shard).split("/"))
+    except ValueError:
+        index = count = -1
+    if not 0 <= index < count:
+        raise ValueError(f"shard={shard!r} is not allowed; allowed values: 'i/k' with 0 <= i < k, "
+                         "e.g. '0/4' for the first of four shards")
+    return index, count
+
+
+def run_folder(spec: RunSpec) -> Path:
+    return results_dir() / "runs" / spec.key()
+
+
+def shadow_run(spec: RunSpec, data=None, *, chunk_size: int = 16, shard: str = "0/1",
+               queries: int = 2, query_mode: str = "eval", strategy: str = "batched",
+               progress: bool = True) -> ShadowRun | None:
+    """Train (or resume, or load) the shadow run ``spec`` and return it with its signals.
+
+    Models are trained ``chunk_size`` at a time as one batched computation; each finished chunk
+    is written atomically with a checksummed manifest, so a killed run resumes from the chunks it
+    finished. ``shard="i/k"`` trains only the chunks ``c`` with ``c % k == i`` (run the k shards in
+    separate processes or machines on the same ``results/`` folder, or copy their chunk folders
+    together); it returns ``None`` while other shards' models are missing. Signals (logits under
+    ``queries`` views, BN ``query_mode``) are computed once per chunk and cached.
+    """
+    from .data import load_dataset
+    from .training import resolve_device
+
+    shard_index, shard_count = parse_shard(shard)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} is not allowed; allowed values: an integer >= 1")
+    cfg = spec.config
+    if data is None:
+        data = load_dataset(cfg, resolve_device(cfg))
+    folder = run_folder(spec)
+    masks = _run_masks(spec, folder, len(data.y_train))
+    from .ensemble import check_masks
+
+    check_masks(masks, len(data.y_train), cfg.batch_size)
+    todo = _missing_chunks(folder, spec.n_models, chunk_size)
+    mine = [models for models in todo if (models[0] // chunk_size) % shard_count == shard_index]
+    from tqdm.auto import tqdm
+
+    for models in tqdm(mine, desc=f"chunks ({cfg.arch}/{cfg.norm}, {spec.n_models} models)",
+                       unit="chunk", disable=not progress or len(mine) < 2):
+        _train_chunk(spec, data, masks, models, folder, strategy, progress)
+    if _missing_chunks(folder, spec.n_models, chunk_size):
+        return None
+    return _load_run(spec, folder, data, masks, queries, query_mode)
+
+
+def _run_masks(spec: RunSpec, folder: Path, pool_size: int) -> torch.Tensor:
+    path = folder / "masks.pt"
+    masks = spec.masks(pool_size)
+    if not (folder / "spec.json").is_file():
+        save_json(folder / "spec.json", spec.to_dict())
+    if path.is_file():
+        try:
+            stored = load_torch(path)
+            if torch.equal(stored, masks):
+                return masks
+        except Exception:
+            pass
+    save_torch(path, masks)
+    return masks
+
+
+def _chunk_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("models-*") if p.is_dir())
+
+
+def _chunk_range(chunk: Path) -> tuple[int, int]:
+    first, last = chunk.name.split("-")[1:3]
+    return int(first), int(last)
+
+
+def _missing_chunks(folder: Path, n_models: int, chunk_size: int) -> list[list[int]]:
+    """Models without a complete chunk, grouped into chunks of the run's grid."""
+    done = set()
+    for chunk in _chunk_folders(folder):
+        if is_complete(chunk):
+            first, last = _chunk_range(chunk)
+            done.update(range(first, last + 1))
+    chunks = []
+    for start in range(0, n_models, chunk_size):
+        models = [m for m in range(start, min(start + chunk_size, n_models)) if m not in done]
+        if models:
+            chunks.append(models)
+    return chunks
+
+
+def _train_chunk(spec: RunSpec, data, masks, models: list[int], folder: Path, strategy: str,
+                 progress: bool) -> None:
+    from .ensemble import train_ensemble
+
+    chunk = folder / f"models-{models[0]:05d}-{models[-1]:05d}"
+    if models != list(range(models[0], models[-1] + 1)):
+        # A chunk folder always holds a contiguous range of models.
+        for model in models:
+            _train_chunk(spec, data, masks, [model], folder, strategy, progress)
+        return
+    reset(chunk)
+    result = train_ensemble(spec.config, data, masks, models, strategy=strategy, progress=progress)
+    save_torch(chunk / "states.pt", {str(m): s for m, s in zip(models, result.states)})
+    write_atomic(chunk / "history.csv", result.history.to_csv(index=False).encode())
+    save_json(chunk / "reached.json", dict(zip(map(str, models), result.reached_target)))
+    seal(chunk, ["states.pt", "history.csv", "reached.json"])
+
+
+def _chunk_signals(spec: RunSpec, chunk: Path, data, queries: int, query_mode: str) -> dict:
+    from .signals import collect_logits
+
+    name = f"signals-{query_mode}-q{queries}"
+    if is_complete(chunk, f"{name}.json"):
+        return load_torch(chunk / f"{name}.pt")
+    states = load_torch(chunk / "states.pt")
+    ordered = [states[k] for k in sorted(states, key=int)]
+    signals = {
+        "pool": collect_logits(spec.config, data, ordered, data.x_train, queries=queries, mode=query_mode),
+        "test": collect_logits(spec.config, data, ordered, data.x_test, queries=queries, mode=query_mode),
+    }
+    save_torch(chunk / f"{name}.pt", signals)
+    seal(chunk, [f"{name}.pt"], manifest=f"{name}.json")
+    return signals
+
+
+def _load_run(spec: RunSpec, folder: Path, data, masks, queries: int, query_mode: str) -> ShadowRun:
+    histories, reached, pool, test = [], {}, [], []
+    chunks = [c for c in _chunk_folders(folder) if is_complete(c)]
+    chunks.sort(key=_chunk_range)
+    covered = []
+    for chunk in chunks:
+        first, last = _chunk_range(chunk)
+        if covered and first <= covered[-1]:
+            continue  # an overlapping chunk left by an earlier grid: the first one wins
+        covered.extend(range(first, last + 1))
+        histories.append(pd.read_csv(chunk / "history.csv"))
+        reached.update({int(k): v for k, v in json.loads((chunk / "reached.json").read_text()).items()})
+        signals = _chunk_signals(spec, chunk, data, queries, query_mode)
+        pool.append(signals["pool"])
+        test.append(signals["test"])
+    return ShadowRun(
+        spec=spec, folder=folder, masks=masks,
+        history=pd.concat(histories, ignore_index=True),
+        reached_target=torch.tensor([bool(reached[m]) for m in range(spec.n_models)]),
+        logits_pool=torch.cat(pool), logits_test=torch.cat(test),
+        y_pool=data.y_train.cpu(), y_test=data.y_test.cpu(), query_mode=query_mode, queries=queries,
+    )

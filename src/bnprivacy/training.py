@@ -63,15 +63,15 @@ def autocast(cfg: Config, device: torch.device):
     return contextlib.nullcontext()
 
 
-def make_optimizer(params, cfg: Config, ranks: list[int] | None = None) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum; weight decay on weights only, not on norm gains and biases.
 
-    ``ranks`` gives each parameter's rank in one model when the tensors are stacked over models.
+    SGD acts elementwise, so on a wide ensemble (``models.build_model(n_models=N)``) one optimizer
+    is exactly N optimizers, and a wide tensor has the rank of its per-model pieces.
     """
     params = list(params)
-    ranks = ranks or [p.ndim for p in params]
-    decay = [p for p, rank in zip(params, ranks) if rank > 1]
-    no_decay = [p for p, rank in zip(params, ranks) if rank <= 1]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)

@@ -1,0 +1,115 @@
+"""The results store for shadow runs: resume after a kill, corrupt files, shards, bad input."""
+
+import shutil
+
+import pytest
+import torch
+
+from bnprivacy import store
+from bnprivacy.config import Config
+from bnprivacy.data import load_dataset
+from bnprivacy.store import RunSpec, shadow_run
+
+CFG = Config(norm="batch", width=8, epochs=2, batch_size=32, train_size=128, device="cpu")
+SPEC = RunSpec(CFG, n_models=4)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(CFG)
+
+
+def assert_same_run(a, b):
+    assert torch.equal(a.masks, b.masks)
+    assert torch.allclose(a.logits_pool, b.logits_pool, atol=1e-5)
+    assert torch.allclose(a.logits_test, b.logits_test, atol=1e-5)
+    cols = ["model", "epoch", "train_loss", "test_acc"]
+    assert torch.allclose(torch.tensor(a.history[cols].values), torch.tensor(b.history[cols].values), atol=1e-5)
+
+
+def test_a_run_killed_after_its_first_chunk_resumes_to_the_same_result(data, isolated_store, monkeypatch):
+    monkeypatch.setenv("BNPRIVACY_RESULTS", str(isolated_store / "uninterrupted"))
+    reference = shadow_run(SPEC, data, chunk_size=2, progress=False)
+
+    monkeypatch.setenv("BNPRIVACY_RESULTS", str(isolated_store / "killed"))
+    real_train = store._train_chunk
+    calls = []
+
+    def killed_in_second_chunk(*args, **kwargs):
+        calls.append(args[3])
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_train_chunk", killed_in_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        shadow_run(SPEC, data, chunk_size=2, progress=False)
+    monkeypatch.setattr(store, "_train_chunk", real_train)
+
+    trained_again = []
+    monkeypatch.setattr(store, "_train_chunk", lambda *a, **k: (trained_again.append(a[3]), real_train(*a, **k)))
+    resumed = shadow_run(SPEC, data, chunk_size=2, progress=False)
+    assert trained_again == [[2, 3]], "the finished first chunk was retrained"
+    assert_same_run(resumed, reference)
+
+
+def test_a_finished_run_loads_without_training(data, monkeypatch):
+    first = shadow_run(SPEC, data, chunk_size=4, progress=False)
+    monkeypatch.setattr(store, "_train_chunk", lambda *a, **k: pytest.fail("retrained a finished run"))
+    again = shadow_run(SPEC, data, chunk_size=4, progress=False)
+    assert_same_run(first, again)
+    assert first.final_accuracy().shape[0] == 4
+    assert set(first.state_dict(3)) == set(first.state_dict(0))
+
+
+def test_a_corrupt_chunk_is_redone_not_used(data):
+    first = shadow_run(SPEC, data, chunk_size=2, progress=False)
+    chunk = store.run_folder(SPEC) / "models-00002-00003"
+    (chunk / "states.pt").write_bytes(b"garbage")
+    assert not store.is_complete(chunk)
+    redone = shadow_run(SPEC, data, chunk_size=2, progress=False)
+    assert store.is_complete(chunk)
+    assert_same_run(first, redone)
+
+
+def test_a_corrupt_signal_file_is_recomputed(data):
+    first = shadow_run(SPEC, data, chunk_size=4, progress=False)
+    signals = store.run_folder(SPEC) / "models-00000-00003" / "signals-eval-q2.pt"
+    signals.write_bytes(signals.read_bytes()[:100])
+    assert_same_run(first, shadow_run(SPEC, data, chunk_size=4, progress=False))
+
+
+def test_shards_trained_apart_merge_into_the_whole_run(data, isolated_store, monkeypatch):
+    monkeypatch.setenv("BNPRIVACY_RESULTS", str(isolated_store / "whole"))
+    whole = shadow_run(SPEC, data, chunk_size=1, progress=False)
+    parts = []
+    for i in range(2):
+        monkeypatch.setenv("BNPRIVACY_RESULTS", str(isolated_store / f"machine{i}"))
+        assert shadow_run(SPEC, data, chunk_size=1, shard=f"{i}/2", progress=False) is None
+        parts.append(store.run_folder(SPEC))
+    merged = isolated_store / "merged"
+    monkeypatch.setenv("BNPRIVACY_RESULTS", str(merged))
+    for part in parts:
+        shutil.copytree(part, store.run_folder(SPEC), dirs_exist_ok=True)
+    monkeypatch.setattr(store, "_train_chunk", lambda *a, **k: pytest.fail("merged run retrained"))
+    assert_same_run(shadow_run(SPEC, data, chunk_size=1, progress=False), whole)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: RunSpec(CFG, n_models=0), "n_models=0"),
+    (lambda: RunSpec(CFG, n_models=3), "even n_models"),
+    (lambda: RunSpec(CFG, n_models=4, mask="fraction", fraction=1.5), "fraction=1.5"),
+    (lambda: RunSpec(CFG, n_models=4, mask="poisson"), "mask='poisson'"),
+    (lambda: store.parse_shard("2/2"), "shard='2/2'"),
+    (lambda: store.parse_shard("first"), "shard='first'"),
+])
+def test_bad_run_input_is_explained(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_a_pool_smaller_than_a_batch_fails_before_training(isolated_store):
+    spec = RunSpec(CFG.replace(train_size=40, batch_size=32), n_models=4)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        shadow_run(spec, progress=False)
+    assert not list(store.run_folder(spec).glob("models-*"))
