@@ -1,4 +1,4 @@
-"""Command line: ``python -m bnprivacy {book,chapter,html,params} ...``."""
+"""Command line: ``python -m bnprivacy {book,chapter,html,params,shadow} ...``."""
 
 from __future__ import annotations
 
@@ -27,7 +27,31 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("html", help="build the HTML from the executed chapters")
     params = commands.add_parser("params", help="list a chapter's parameters and defaults")
     params.add_argument("chapter")
+    shadow = commands.add_parser("shadow", help="train (a shard of) a shadow run into results/runs/")
+    shadow.add_argument("n_models", type=int, help="models in the run (even for balanced masks)")
+    shadow.add_argument("-c", "--config", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                        help="a Config field, e.g. -c dataset cifar10 -c arch resnet18 (repeatable)")
+    shadow.add_argument("--shard", default="0/1", help="i/k: train only shard i of k (default 0/1, all)")
+    shadow.add_argument("--chunk-size", type=int, default=16, help="models trained at once")
+    shadow.add_argument("--mask", default="balanced", choices=["balanced", "fraction"])
+    shadow.add_argument("--fraction", type=float, default=0.5, help="pool fraction per model with --mask fraction")
+    shadow.add_argument("--mask-seed", type=int, default=0)
     return parser
+
+
+def _shadow(args) -> None:
+    from .config import Config
+    from .store import RunSpec, run_folder, shadow_run
+
+    cfg = Config.from_dict(book.parse_overrides(args.config))
+    spec = RunSpec(cfg, args.n_models, args.mask, args.fraction, args.mask_seed)
+    run = shadow_run(spec, chunk_size=args.chunk_size, shard=args.shard)
+    where = run_folder(spec)
+    if run is None:
+        print(f"shard {args.shard} finished; other shards' models are still missing in {where}")
+    else:
+        print(f"shadow run complete: {where}")
+        print(run.final_accuracy().describe().loc[["mean", "std", "min", "max"]].to_string())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                                  log_output=args.log)
         elif args.command == "html":
             book.build_html(root)
+        elif args.command == "shadow":
+            _shadow(args)
         elif args.command == "params":
             for name, spec in book.chapter_parameters(root, args.chapter).items():
                 print(f"{name:18} = {spec['default']:<24} # {spec['help']}")
