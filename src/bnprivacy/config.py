@@ -20,6 +20,10 @@ SCHEDULES = ("cosine", "onecycle", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
+# Bumped when a change of the code changes what a Config trains to, so old cached results are not
+# mistaken for new ones.
+RESULTS_VERSION = 2
+
 # Fields that say where a run executes, not what it computes: left out of the cache key so that a
 # run trained on a GPU is found again on a laptop.
 _NOT_IN_KEY = ("device",)
@@ -68,6 +72,7 @@ class Config:
     def key(self) -> str:
         """Stable 16-hex-digit cache key of every field that changes what is computed."""
         fields = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY}
+        fields["results_version"] = RESULTS_VERSION
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -1,7 +1,8 @@
-"""Training one model: device and precision, SGD with a schedule, epochs or matched-accuracy stopping.
+"""Training recipe: device and precision, SGD with a schedule, and ``train_model`` for one model.
 
-The pieces (``resolve_device``, ``autocast``, ``make_optimizer``, ``lr_factor``, ``epoch_order``,
-``evaluate``) are separate so the multi-model engine reuses them with the same semantics.
+The recipe's pieces (``resolve_device``, ``autocast``, ``make_optimizer``, ``lr_factor``) are
+shared with the shadow-model engine (``ensemble.py``), which also trains single models: one
+training loop serves both.
 """
 
 from __future__ import annotations
@@ -9,19 +10,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import time
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import Config
-from .data import Dataset, augmentation_enabled, flip_crop
-from .models import build_model
-
-EVAL_BATCH = 1024
-
+from .data import Dataset
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the message says when and what to change."""
@@ -92,125 +87,23 @@ def lr_factor(cfg: Config, step: int, total_steps: int) -> float:
     return 1.0
 
 
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Full batches per epoch: the last partial batch is dropped so BN never sees a batch of one."""
-    if n_train < batch_size:
-        raise ValueError(
-            f"the training set has {n_train} samples, fewer than one batch of {batch_size}; "
-            "lower batch_size or use more data"
-        )
-    return n_train // batch_size
-
-
-def epoch_order(n_train: int, generator: torch.Generator) -> torch.Tensor:
-    """A fresh random permutation of the training indices for one epoch."""
-    return torch.randperm(n_train, generator=generator, device=generator.device)
-
-
-def loss_fn(logits: torch.Tensor, y: torch.Tensor, cfg: Config) -> torch.Tensor:
-    """Mean cross-entropy with the configured label smoothing, computed in float32."""
-    return F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Config,
-             device: torch.device) -> tuple[float, float]:
-    """Mean cross-entropy (no smoothing) and accuracy of ``model`` in eval mode on ``(x, y)``."""
-    was_training = model.training
-    model.eval()
-    total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    for start in range(0, len(y), EVAL_BATCH):
-        xb, yb = _prepare(x[start:start + EVAL_BATCH], device), y[start:start + EVAL_BATCH]
-        with autocast(cfg, device):
-            logits = model(xb).float()
-        total_loss += F.cross_entropy(logits, yb, reduction="sum")
-        correct += (logits.argmax(1) == yb).sum()
-    model.train(was_training)
-    return total_loss.item() / len(y), correct.item() / len(y)
-
-
-def _prepare(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda" and x.ndim == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
 def train_model(cfg: Config, data: Dataset, *, progress: bool = False) -> TrainResult:
-    """Train one model of ``cfg`` on ``data`` (already on the device) and record every epoch.
+    """Train one model of ``cfg`` on the whole training split of ``data`` and record every epoch.
 
-    Deterministic on a CPU for a fixed ``cfg.seed``: the seed fixes the initialisation, the data
-    order and the augmentation draws. Stops after ``cfg.epochs`` epochs, or with
-    ``cfg.target_accuracy`` set, at the first epoch whose test accuracy reaches it (at most
-    ``cfg.max_epochs``). Raises :class:`TrainingDiverged` on a NaN or infinite loss.
+    This is the shadow-model engine with one model whose mask includes every sample, so a single
+    model and a shadow model of the same setting are trained by the same code. Deterministic on a
+    CPU for a fixed ``cfg.seed`` (it fixes the initialisation, the data order and the
+    augmentation draws). Stops after ``cfg.epochs`` epochs, or with ``cfg.target_accuracy`` set,
+    at the first epoch whose test accuracy reaches it (at most ``cfg.max_epochs``). Raises
+    :class:`TrainingDiverged` on a NaN or infinite loss.
     """
-    device = data.x_train.device
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, cfg.norm, cfg.width, data.input_shape, data.num_classes).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model.parameters(), cfg)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    augment = augmentation_enabled(cfg, data)
-    n_train = len(data.y_train)
-    per_epoch = steps_per_epoch(n_train, cfg.batch_size)
-    total_steps = per_epoch * cfg.epoch_budget
-    rows, step, reached = [], 0, False
-    bar = _epoch_bar(cfg, progress)
-    for epoch in range(1, cfg.epoch_budget + 1):
-        started = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        order = epoch_order(n_train, generator)
-        for batch in range(per_epoch):
-            idx = order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size]
-            xb, yb = data.x_train[idx], data.y_train[idx]
-            if augment:
-                xb = flip_crop(xb, generator)
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(cfg, step, total_steps)
-            with autocast(cfg, device):
-                logits = model(_prepare(xb, device))
-            loss = loss_fn(logits, yb, cfg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            loss_sum += loss.detach()
-            correct += (logits.detach().argmax(1) == yb).sum()
-        train_loss = loss_sum.item() / per_epoch
-        _check_finite(train_loss, epoch, cfg)
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, cfg, device)
-        rows.append(dict(epoch=epoch, lr=cfg.lr * lr_factor(cfg, step, total_steps),
-                         train_loss=train_loss, train_acc=correct.item() / (per_epoch * cfg.batch_size),
-                         test_loss=test_loss, test_acc=test_acc,
-                         seconds=time.perf_counter() - started))
-        bar.update(1)
-        bar.set_postfix(test_acc=f"{test_acc:.3f}")
-        if cfg.matched_accuracy and test_acc >= cfg.target_accuracy:
-            reached = True
-            break
-        if not cfg.matched_accuracy and epoch >= cfg.epochs:
-            break
-    bar.close()
-    return TrainResult(model=model, history=pd.DataFrame(rows), reached_target=reached)
+    from .ensemble import build_ensemble, train_ensemble
 
-
-def _epoch_bar(cfg: Config, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=cfg.epoch_budget, desc=f"{cfg.arch}/{cfg.norm} seed {cfg.seed}",
-                unit="epoch", leave=False, disable=not enabled)
-
-
-def _check_finite(train_loss: float, epoch: int, cfg: Config) -> None:
-    if not math.isfinite(train_loss):
-        raise TrainingDiverged(
-            f"training diverged: the loss became {train_loss} in epoch {epoch} "
-            f"(dataset={cfg.dataset}, arch={cfg.arch}, norm={cfg.norm}, lr={cfg.lr}). "
-            f"Lower the learning rate (e.g. lr={cfg.lr / 4:g}) or use a norm layer."
-        )
+    everything = torch.ones(1, len(data.y_train), dtype=torch.bool)
+    result = train_ensemble(cfg, data, everything, progress=progress)
+    model = build_ensemble(cfg, data, result.states)
+    return TrainResult(model=model, history=result.history.drop(columns="model"),
+                       reached_target=result.reached_target[0])
 
 
 def describe_hardware(device: torch.device) -> str:
