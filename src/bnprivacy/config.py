@@ -18,6 +18,7 @@ NORMS = ("batch", "group", "layer", "none")
 AUGMENTS = ("auto", "none", "flip-crop")
 SCHEDULES = ("cosine", "onecycle", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+CANARY_KINDS = ("noise", "mislabeled", "ood", "atypical")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 # Bumped when a change of the code changes what a Config trains to, so old cached results are not
@@ -36,7 +37,9 @@ class Config:
     ``width=0`` takes the architecture's default width (see ``models.DEFAULT_WIDTH``).
     ``target_accuracy > 0`` switches to matched-accuracy stopping: train until the test accuracy
     reaches the target, at most ``max_epochs`` epochs, with the learning-rate schedule laid over
-    ``max_epochs``. ``train_size=0`` uses the whole training split.
+    ``max_epochs``. ``train_size=0`` uses the whole training split. ``canaries`` injects outliers
+    into the training pool, e.g. ``"noise:10,mislabeled:10"`` (see ``canaries.py``), with
+    ``canary_references`` never-trained reference candidates per kind for exposure.
     """
 
     dataset: str = "digits"
@@ -55,6 +58,9 @@ class Config:
     max_epochs: int = 100
     train_size: int = 0
     image_size: int = 0
+    canaries: str = ""
+    canary_references: int = 0
+    canary_seed: int = 0
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -138,6 +144,9 @@ def _validate(cfg: Config) -> None:
     _check_number("train_size", cfg.train_size, kind=int, low=0)
     _check_number("image_size", cfg.image_size, kind=int, low=0)
     _check_number("seed", cfg.seed, kind=int, low=0)
+    _check_number("canary_references", cfg.canary_references, kind=int, low=0)
+    _check_number("canary_seed", cfg.canary_seed, kind=int, low=0)
+    parse_canaries(cfg.canaries)
     if cfg.norm == "batch" and cfg.batch_size < 2:
         _fail("batch_size", cfg.batch_size, "an integer >= 2 with norm='batch' (BatchNorm needs "
               "at least two samples per batch for its statistics)")
@@ -162,3 +171,22 @@ def _check_dataset(dataset) -> None:
 
 def _dataset_help() -> str:
     return ", ".join(repr(d) for d in DATASETS) + ", 'imagefolder:ROOT'"
+
+
+def parse_canaries(spec) -> dict[str, int]:
+    """``"noise:10,mislabeled:5"`` -> ``{"noise": 10, "mislabeled": 5}``; ``""`` -> ``{}``."""
+    if not isinstance(spec, str):
+        _fail("canaries", spec, "a string like 'noise:10,mislabeled:10' (kinds: "
+              + ", ".join(CANARY_KINDS) + ")")
+    counts: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        kind, _, count = part.partition(":")
+        kind = kind.strip()
+        if kind not in CANARY_KINDS:
+            raise ValueError(f"Config.canaries={spec!r}: canary kind {kind!r} is not allowed; "
+                             f"allowed values: {', '.join(CANARY_KINDS)}")
+        if not count.strip().isdigit() or int(count) < 1 or kind in counts:
+            raise ValueError(f"Config.canaries={spec!r}: {part!r} must be KIND:COUNT with a "
+                             "positive count, each kind once, e.g. 'noise:10,mislabeled:10'")
+        counts[kind] = int(count)
+    return counts

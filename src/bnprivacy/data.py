@@ -47,6 +47,10 @@ class Dataset:
     mean: torch.Tensor
     std: torch.Tensor
     natural_images: bool
+    kinds: list[str] | None = None
+    x_ref: torch.Tensor | None = None
+    y_ref: torch.Tensor | None = None
+    ref_kinds: list[str] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -79,6 +83,11 @@ def data_dir() -> Path:
 def load_dataset(cfg: Config, device: torch.device | str = "cpu", *, download: bool = True) -> Dataset:
     """Load ``cfg.dataset`` as normalised tensors on ``device`` (``cfg.train_size`` honoured).
 
+    With ``cfg.canaries`` the training split becomes the pool of ``canaries.inject_canaries``:
+    ``data.kinds`` flags every training sample (``"typical"`` or its canary kind) and
+    ``x_ref``/``y_ref``/``ref_kinds`` hold the never-trained reference candidates. Normalisation
+    statistics come from the training split before injection.
+
     Raises :class:`DatasetUnavailable` with instructions when the files are missing and cannot be
     downloaded, and ``ValueError`` for a malformed image folder.
     """
@@ -88,6 +97,15 @@ def load_dataset(cfg: Config, device: torch.device | str = "cpu", *, download: b
         x_train, y_train = _subsample(x_train, y_train, cfg.train_size, seed=cfg.seed)
     mean, std = _channel_stats(x_train)
     natural = cfg.dataset in NATURAL_IMAGE_DATASETS or cfg.dataset.startswith(IMAGEFOLDER_PREFIX)
+    extra = {}
+    if cfg.canaries:
+        from .canaries import inject_canaries
+
+        pool = inject_canaries(x_train, y_train, x_test, y_test, len(classes), cfg.canaries,
+                               cfg.canary_references, cfg.canary_seed)
+        x_train, y_train = pool.x, pool.y
+        extra = dict(kinds=pool.kinds, x_ref=_normalise(pool.x_ref, mean, std), y_ref=pool.y_ref,
+                     ref_kinds=pool.ref_kinds)
     data = Dataset(
         name=cfg.dataset,
         x_train=_normalise(x_train, mean, std),
@@ -98,6 +116,7 @@ def load_dataset(cfg: Config, device: torch.device | str = "cpu", *, download: b
         mean=mean,
         std=std,
         natural_images=natural,
+        **extra,
     )
     return data.to(device)
 

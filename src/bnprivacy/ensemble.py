@@ -138,6 +138,7 @@ class EnsembleResult:
     states: list[dict[str, torch.Tensor]]
     history: pd.DataFrame
     reached_target: list[bool]
+    canary_history: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
 
 def train_ensemble(cfg: Config, data: Dataset, masks: torch.Tensor, models: list[int] | None = None,
@@ -159,7 +160,8 @@ def train_ensemble(cfg: Config, data: Dataset, masks: torch.Tensor, models: list
     parts = [_Trainer(cfg, data, masks, group, progress).run() for group in groups]
     return EnsembleResult(models, [s for p in parts for s in p.states],
                           pd.concat([p.history for p in parts], ignore_index=True),
-                          [r for p in parts for r in p.reached_target])
+                          [r for p in parts for r in p.reached_target],
+                          pd.concat([p.canary_history for p in parts], ignore_index=True))
 
 
 def build_ensemble(cfg: Config, data: Dataset, states: list[dict[str, torch.Tensor]]) -> nn.Module:
@@ -182,6 +184,9 @@ class _Trainer:
         self.subsets = [masks[k].nonzero().squeeze(1) for k in models]
         self.augment = augmentation_enabled(cfg, data)
         self.progress = progress
+        kinds = data.kinds or []
+        self.canaries = torch.tensor([i for i, kind in enumerate(kinds) if kind != "typical"],
+                                     dtype=torch.long)
 
     def run(self) -> EnsembleResult:
         cfg, n = self.cfg, len(self.models)
@@ -190,7 +195,7 @@ class _Trainer:
         generators = [data_generator(cfg, k) for k in self.models]
         active = [True] * n
         final: dict[int, dict[str, torch.Tensor]] = {}
-        rows, reached, step = [], [False] * n, 0
+        rows, canary_rows, reached, step = [], [], [False] * n, 0
         bar = self.bar()
         for epoch in range(1, cfg.epoch_budget + 1):
             started = time.perf_counter()
@@ -215,6 +220,7 @@ class _Trainer:
                 correct += (logits.detach().argmax(-1) == y).sum(1)
             self.check_finite(loss_sum, active, epoch)
             test_loss, test_acc = evaluate_ensemble(cfg, wide, n, self.data.x_test, self.data.y_test)
+            canary_rows.extend(self.probe_canaries(wide, epoch, active))
             lr = cfg.lr * lr_factor(cfg, step, self.total_steps)
             for p in [p for p in range(n) if active[p]]:
                 rows.append(dict(model=self.models[p], epoch=epoch, lr=lr,
@@ -231,7 +237,27 @@ class _Trainer:
             if not any(active):
                 break
         bar.close()
-        return EnsembleResult(self.models, [final[p] for p in range(n)], pd.DataFrame(rows), reached)
+        return EnsembleResult(self.models, [final[p] for p in range(n)], pd.DataFrame(rows), reached,
+                              pd.DataFrame(canary_rows))
+
+    @torch.no_grad()
+    def probe_canaries(self, wide: nn.Module, epoch: int, active: list[bool]) -> list[dict]:
+        """Each active model's prediction on every canary after this epoch (eval mode)."""
+        if not len(self.canaries):
+            return []
+        n = len(self.models)
+        idx = self.canaries.to(self.device)
+        x, y = self.data.x_train[idx], self.data.y_train[idx]
+        was_training = wide.training
+        wide.eval()
+        with autocast(self.cfg, self.device):
+            logits = ensemble_output(wide(channels_last(shared_input(x, n))), n).float()
+        wide.train(was_training)
+        confidence = logits.softmax(-1).gather(-1, y.view(1, -1, 1).expand(n, -1, 1)).squeeze(-1).cpu()
+        hits = (logits.argmax(-1) == y).cpu()
+        return [dict(model=self.models[p], epoch=epoch, sample=int(i), correct=bool(hits[p, j]),
+                     confidence=float(confidence[p, j]))
+                for p in range(n) if active[p] for j, i in enumerate(self.canaries.tolist())]
 
     def plan(self, position: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         plan = epoch_plan(self.subsets[position], generator, self.cfg.batch_size, self.steps,

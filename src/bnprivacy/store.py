@@ -183,7 +183,9 @@ class ShadowRun:
     """A finished shadow run: masks, histories and the signals of every model on every sample.
 
     ``logits_pool [N, Q, P, K]`` and ``logits_test [N, Q, T, K]`` hold the logits of model n under
-    query view q (0 identity, 1 mirror, ...) on pool sample p or test sample t.
+    query view q (0 identity, 1 mirror, ...) on pool sample p or test sample t. With canaries,
+    ``kinds[p]`` flags pool sample p, ``logits_ref [N, Q, R, K]`` covers the never-trained reference
+    candidates, and ``canary_history`` holds every model's prediction on every canary per epoch.
     """
 
     spec: RunSpec
@@ -197,6 +199,11 @@ class ShadowRun:
     y_test: torch.Tensor
     query_mode: str
     queries: int
+    kinds: list[str] = dataclasses.field(default_factory=list)
+    canary_history: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    logits_ref: torch.Tensor | None = None
+    y_ref: torch.Tensor | None = None
+    ref_kinds: list[str] = dataclasses.field(default_factory=list)
 
     def final_accuracy(self) -> pd.DataFrame:
         """One row per model: epochs trained, final train and test accuracy, target reached."""
@@ -322,7 +329,8 @@ def _train_chunk(spec: RunSpec, data, masks, models: list[int], folder: Path, st
     save_torch(chunk / "states.pt", {str(m): s for m, s in zip(models, result.states)})
     write_atomic(chunk / "history.csv", result.history.to_csv(index=False).encode())
     save_json(chunk / "reached.json", dict(zip(map(str, models), result.reached_target)))
-    seal(chunk, ["states.pt", "history.csv", "reached.json"])
+    write_atomic(chunk / "canaries.csv", result.canary_history.to_csv(index=False).encode())
+    seal(chunk, ["states.pt", "history.csv", "reached.json", "canaries.csv"])
 
 
 def _chunk_signals(spec: RunSpec, chunk: Path, data, queries: int, query_mode: str) -> dict:
@@ -333,17 +341,18 @@ def _chunk_signals(spec: RunSpec, chunk: Path, data, queries: int, query_mode: s
         return load_torch(chunk / f"{name}.pt")
     states = load_torch(chunk / "states.pt")
     ordered = [states[k] for k in sorted(states, key=int)]
-    signals = {
-        "pool": collect_logits(spec.config, data, ordered, data.x_train, queries=queries, mode=query_mode),
-        "test": collect_logits(spec.config, data, ordered, data.x_test, queries=queries, mode=query_mode),
-    }
+    sets = {"pool": data.x_train, "test": data.x_test}
+    if data.x_ref is not None:
+        sets["ref"] = data.x_ref
+    signals = {name: collect_logits(spec.config, data, ordered, x, queries=queries, mode=query_mode)
+               for name, x in sets.items()}
     save_torch(chunk / f"{name}.pt", signals)
     seal(chunk, [f"{name}.pt"], manifest=f"{name}.json")
     return signals
 
 
 def _load_run(spec: RunSpec, folder: Path, data, masks, queries: int, query_mode: str) -> ShadowRun:
-    histories, reached, pool, test = [], {}, [], []
+    histories, canary_histories, reached, pool, test, ref = [], [], {}, [], [], []
     chunks = [c for c in _chunk_folders(folder) if is_complete(c)]
     chunks.sort(key=_chunk_range)
     covered = []
@@ -353,14 +362,29 @@ def _load_run(spec: RunSpec, folder: Path, data, masks, queries: int, query_mode
             continue  # an overlapping chunk left by an earlier grid: the first one wins
         covered.extend(range(first, last + 1))
         histories.append(pd.read_csv(chunk / "history.csv"))
+        canary_histories.append(_read_csv_or_empty(chunk / "canaries.csv"))
         reached.update({int(k): v for k, v in json.loads((chunk / "reached.json").read_text()).items()})
         signals = _chunk_signals(spec, chunk, data, queries, query_mode)
         pool.append(signals["pool"])
         test.append(signals["test"])
+        if "ref" in signals:
+            ref.append(signals["ref"])
     return ShadowRun(
         spec=spec, folder=folder, masks=masks,
         history=pd.concat(histories, ignore_index=True),
         reached_target=torch.tensor([bool(reached[m]) for m in range(spec.n_models)]),
         logits_pool=torch.cat(pool), logits_test=torch.cat(test),
         y_pool=data.y_train.cpu(), y_test=data.y_test.cpu(), query_mode=query_mode, queries=queries,
+        kinds=list(data.kinds) if data.kinds else ["typical"] * len(data.y_train),
+        canary_history=pd.concat(canary_histories, ignore_index=True),
+        logits_ref=torch.cat(ref) if ref else None,
+        y_ref=data.y_ref.cpu() if data.y_ref is not None else None,
+        ref_kinds=list(data.ref_kinds or []),
     )
+
+
+def _read_csv_or_empty(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # a run without canaries has nothing to probe
+        return pd.DataFrame()
