@@ -83,3 +83,10 @@ def test_a_failing_chapter_is_named_with_its_cell(book_copy):
     (book_copy / "book" / "profiles.yml").write_text("quick: {}\n")
     with pytest.raises(book.ChapterFailed, match=r"chapter 99_broken failed in cell \d+.*boom in chapter 99"):
         book.execute_chapter(book_copy, "99_broken", "quick")
+
+
+@pytest.mark.slow
+def test_chapter_02_refuses_a_reference_set_too_small_before_training(book_copy, isolated_store):
+    with pytest.raises(book.ChapterFailed, match="resolve exposure up to.*fewer than the 8 bits"):
+        book.execute_chapter(book_copy, "02_canaries", "smoke", {"exposure_bits": 8})
+    assert not (isolated_store / "results" / "runs").exists()

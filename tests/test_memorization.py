@@ -106,3 +106,15 @@ def test_canary_curves_split_by_kind_and_membership():
     curves = canary_curves(history, masks, ["typical", "typical", "noise"]).set_index(["membership", "epoch"])
     assert curves.loc[("IN", 1), "accuracy"] == 1 and curves.loc[("OUT", 1), "accuracy"] == 0
     assert curves.loc[("OUT", 2), "confidence"] == pytest.approx(0.6)
+
+
+def test_paired_difference_matches_the_t_interval():
+    from scipy import stats
+
+    from bnprivacy.memorization import paired_difference
+
+    a, b = [0.5, 0.7, 0.6], [0.1, 0.2, 0.3]
+    got = paired_difference(a, b)
+    expected = stats.t.interval(0.95, 2, loc=np.mean([0.4, 0.5, 0.3]), scale=stats.sem([0.4, 0.5, 0.3]))
+    assert got["diff"] == pytest.approx(0.4) and (got["lo"], got["hi"]) == pytest.approx(expected)
+    assert math.isnan(paired_difference([1.0], [0.0])["lo"])

@@ -99,14 +99,21 @@ def exposure(canary_losses: torch.Tensor, reference_losses: torch.Tensor,
     (``|R| >= 2**resolution_bits``).
     """
     size = reference_losses.shape[-1] + 1
-    if resolution_bits is not None and size < 2 ** resolution_bits:
+    if resolution_bits is not None:
+        check_exposure_resolution(size - 1, resolution_bits)
+    lower = (reference_losses.unsqueeze(-2) < canary_losses.unsqueeze(-1)).sum(-1)
+    return math.log2(size) - torch.log2((1 + lower).double())
+
+
+def check_exposure_resolution(references: int, resolution_bits: float) -> None:
+    """Raise ``ValueError`` unless ``references`` candidates resolve ``resolution_bits`` of exposure."""
+    size = references + 1
+    if size < 2 ** resolution_bits:
         raise ValueError(
-            f"{size - 1} reference candidates resolve exposure up to log2({size}) = "
+            f"{references} reference candidates resolve exposure up to log2({size}) = "
             f"{math.log2(size):.2f} bits, fewer than the {resolution_bits} bits asked; use at least "
             f"{math.ceil(2 ** resolution_bits) - 1} references (Config.canary_references)"
         )
-    lower = (reference_losses.unsqueeze(-2) < canary_losses.unsqueeze(-1)).sum(-1)
-    return math.log2(size) - torch.log2((1 + lower).double())
 
 
 def canary_curves(canary_history: pd.DataFrame, masks: torch.Tensor, kinds: list[str]) -> pd.DataFrame:
@@ -122,3 +129,57 @@ def canary_curves(canary_history: pd.DataFrame, masks: torch.Tensor, kinds: list
     frame["membership"] = np.where(inside, "IN", "OUT")
     return (frame.groupby(["kind", "membership", "epoch"])
             .agg(accuracy=("correct", "mean"), confidence=("confidence", "mean")).reset_index())
+
+
+def run_memorization(run, *, n_boot: int = 200, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Memorization of every pool sample of a ShadowRun (identity query) and its per-kind means.
+
+    Returns ``(scores, groups)``: ``scores`` has one row per pool sample (with ``kind`` and
+    ``label``), ``groups`` one row per kind with its bootstrap interval over models.
+    """
+    correct = (run.logits_pool[:, 0].argmax(-1) == run.y_pool)
+    scores = memorization_scores(correct, run.masks, n_boot=n_boot, seed=seed)
+    scores["kind"] = run.kinds
+    scores["label"] = run.y_pool.numpy()
+    groups = group_memorization(correct, run.masks, run.kinds, n_boot=n_boot, seed=seed)
+    return scores, groups
+
+
+def run_exposure(run, resolution_bits: float | None = None) -> pd.DataFrame:
+    """Exposure of every canary of a ShadowRun, averaged over its IN and over its OUT models.
+
+    Each canary is ranked against the reference candidates of its own kind (identity query).
+    """
+    from .signals import losses
+
+    if run.logits_ref is None or not run.ref_kinds:
+        raise ValueError("this run has no reference candidates; set Config.canary_references > 0")
+    pool_losses = losses(run.logits_pool[:, 0], run.y_pool)
+    ref_losses = losses(run.logits_ref[:, 0], run.y_ref)
+    ref_kinds = np.asarray(run.ref_kinds)
+    rows = []
+    for i, kind in enumerate(run.kinds):
+        if kind == "typical":
+            continue
+        refs = ref_losses[:, torch.from_numpy(ref_kinds == kind)]
+        bits = exposure(pool_losses[:, i:i + 1], refs, resolution_bits)[:, 0]
+        inside = run.masks[:, i]
+        rows.append({"sample": i, "kind": kind, "exposure_in": float(bits[inside].mean()),
+                     "exposure_out": float(bits[~inside].mean()),
+                     "max_bits": math.log2(refs.shape[1] + 1)})
+    return pd.DataFrame(rows)
+
+
+def paired_difference(a, b, level: float = 0.95) -> dict:
+    """Mean of ``a - b`` over paired replicates (seeds) with a Student-t interval.
+
+    With one replicate the interval is undefined (NaN): say so rather than pretend.
+    """
+    from scipy import stats
+
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    mean = float(diff.mean())
+    if len(diff) < 2:
+        return {"diff": mean, "lo": float("nan"), "hi": float("nan"), "n": len(diff)}
+    half = stats.t.ppf((1 + level) / 2, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
+    return {"diff": mean, "lo": mean - half, "hi": mean + half, "n": len(diff)}
