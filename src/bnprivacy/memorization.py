@@ -31,8 +31,11 @@ def memorization_scores(correct: torch.Tensor, masks: torch.Tensor, *, n_boot: i
     correct, masks = _check_pair(correct, masks)
     p_in, p_out = _in_out_rates(correct, masks, torch.ones(1, correct.shape[0], dtype=torch.float64))
     mem = (p_in - p_out)[0]
-    boot = bootstrap_memorization(correct, masks, n_boot=n_boot, seed=seed)
-    lo, hi = np.nanquantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0) if n_boot else (mem, mem)
+    if n_boot:
+        boot = bootstrap_memorization(correct, masks, n_boot=n_boot, seed=seed)
+        lo, hi = np.nanquantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    else:
+        lo = hi = np.full(mem.shape, np.nan)
     return pd.DataFrame({
         "p_in": p_in[0].numpy(), "p_out": p_out[0].numpy(), "mem": mem.numpy(),
         "mem_lo": lo, "mem_hi": hi,
@@ -65,8 +68,10 @@ def group_memorization(correct: torch.Tensor, masks: torch.Tensor, kinds: list[s
     rows = []
     for kind in dict.fromkeys(kinds):
         members = kinds_ == kind
-        means = np.nanmean(boot[:, members], axis=1)
-        lo, hi = np.nanquantile(means, [(1 - level) / 2, (1 + level) / 2])
+        if n_boot:
+            lo, hi = np.nanquantile(np.nanmean(boot[:, members], axis=1), [(1 - level) / 2, (1 + level) / 2])
+        else:
+            lo = hi = float("nan")
         rows.append({"kind": kind, "samples": int(members.sum()),
                      "mem": float(np.nanmean(scores["mem"].to_numpy()[members])), "lo": lo, "hi": hi})
     return pd.DataFrame(rows).set_index("kind")
