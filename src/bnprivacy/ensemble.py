@@ -16,7 +16,7 @@ it gives the same models but on a 2-core CPU it ran slower than the loop (vmap r
 activation between its batched layout and the grouped-convolution layout; see BENCHMARKS.md).
 
 Every epoch each model takes ``steps`` full batches from a fresh permutation of its subset, with
-``steps = min_k |subset_k| // batch_size`` over all N models of the run: vmap needs the same number
+``steps = min_k |subset_k| // batch_size`` over all N models of the run: the wide network needs the same number
 of steps for every model, and a model whose subset is a little larger sees a different few
 samples left out each epoch.
 """
