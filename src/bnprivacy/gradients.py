@@ -1,0 +1,167 @@
+"""Per-sample gradients under BatchNorm, defined three ways.
+
+In train mode BatchNorm normalises each sample with the statistics of its batch, so the loss of
+sample i depends on every sample of the batch and "the gradient of sample i" needs a definition.
+For a batch B and losses ``l_j(theta; B)`` (cross-entropy of sample j, computed with B's statistics):
+
+(a) ``own``: the gradient of sample i's own loss term with the batch statistics as they are,
+    ``g_i = d l_i(theta; B) / d theta`` (including the paths through the batch mean and
+    variance). The batch gradient of the mean loss is ``mean_i g_i``.
+(b) ``loo``: the leave-one-out step influence,
+    ``G(B) - G(B \\ {i})`` with ``G(S) = sum_{j in S} d l_j(theta; S) / d theta``: what including i
+    changes in the (summed) update, through its own loss *and* through the batch statistics it
+    shifts for every other sample. We use the summed loss so that, without any coupling between
+    samples, ``G(B) - G(B \\ {i}) = g_i`` exactly; with the mean loss the difference would carry an
+    extra ``1/|B|`` scale and a term from the changed batch size.
+(c) ``eval``: the gradient of ``l_i`` with the running statistics (eval mode): no coupling.
+
+Without BatchNorm (norm ``none``, ``group`` or ``layer``, whose statistics are per sample) the
+three agree; ``tests/test_gradients.py`` shows it. Only the *norms* of these vectors are returned
+(one float per sample), which is what the chapters compare.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, jacrev, vmap
+
+DEFINITIONS = ("own", "loo", "eval")
+METHODS = ("auto", "jacobian", "loop")
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether the model contains a BatchNorm layer (which couples a batch in train mode)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _frozen_copy(model: nn.Module, train: bool) -> nn.Module:
+    """A copy whose BN layers use batch statistics (train) without updating running ones, or the
+    running statistics (eval); measuring gradients must never change the model."""
+    clone = copy.deepcopy(model)
+    clone.train(train)
+    if train:
+        for module in clone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                # Without running buffers BN normalises with the batch and updates nothing, which
+                # torch.func's transforms require (no in-place update of captured tensors).
+                module.track_running_stats = False
+                module.running_mean = module.running_var = module.num_batches_tracked = None
+    return clone
+
+
+def _split(model: nn.Module):
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    buffers = {name: b.detach() for name, b in model.named_buffers()}
+    return params, buffers
+
+
+def _norms(grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-sample L2 norm over all parameters of ``{name: [S, *shape]}``."""
+    return torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
+
+
+def _check_batch(model: nn.Module, x: torch.Tensor, coupled: bool) -> None:
+    if coupled and len(x) < 2:
+        raise ValueError(
+            "a batch of one sample has no batch statistics: BatchNorm in train mode divides by the "
+            "batch's variance, which is undefined for one sample; use a batch of at least 2 or the "
+            "'eval' definition (running statistics)"
+        )
+
+
+def per_sample_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, definition: str = "own",
+                          *, method: str = "auto", samples=None) -> torch.Tensor:
+    """Gradient norms of the samples ``samples`` (default all) of the batch ``(x, y)``.
+
+    ``definition``: ``own`` (a), ``loo`` (b) or ``eval`` (c); see the module docstring. ``method``
+    picks how (a) is computed for a coupled (BatchNorm, train-mode) batch: ``jacobian`` (one
+    batched Jacobian through the shared batch graph), ``loop`` (one backward pass per sample
+    through the same graph) or ``auto`` (the jacobian on CUDA, the loop on a CPU, where it measured
+    faster: BENCHMARKS.md). The model is never modified. Raises ``ValueError`` for an unknown
+    definition or method, a sample index outside the batch, or a batch of one with BN in train mode.
+    """
+    if definition not in DEFINITIONS:
+        raise ValueError(f"definition={definition!r} is not allowed; allowed values: {', '.join(DEFINITIONS)}")
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not allowed; allowed values: {', '.join(METHODS)}")
+    samples = _check_samples(samples, len(x))
+    coupled = definition != "eval" and has_batchnorm(model)
+    _check_batch(model, x, coupled)
+    if definition == "loo":
+        return _loo_norms(_frozen_copy(model, True), x, y, samples)
+    frozen = _frozen_copy(model, train=definition == "own")
+    if not coupled:
+        return _independent_norms(frozen, x[samples], y[samples])
+    if method == "auto":
+        method = "jacobian" if x.device.type == "cuda" else "loop"
+    if method == "jacobian":
+        return _jacobian_norms(frozen, x, y)[samples]
+    return _loop_norms(frozen, x, y, samples)
+
+
+def _check_samples(samples, batch: int) -> torch.Tensor:
+    if samples is None:
+        return torch.arange(batch)
+    samples = torch.as_tensor(samples, dtype=torch.long).flatten()
+    bad = samples[(samples < 0) | (samples >= batch)].tolist()
+    if bad:
+        raise ValueError(f"sample index(es) {bad} outside the batch; allowed values: 0 ... {batch - 1}")
+    return samples
+
+
+def _independent_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """No coupling: each sample as a batch of one, vectorised with vmap(grad)."""
+    params, buffers = _split(model)
+
+    def loss(p, xi, yi):
+        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    return _norms(vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y))
+
+
+def _batch_losses(model: nn.Module, buffers):
+    def losses(p, x, y):
+        return F.cross_entropy(functional_call(model, (p, buffers), (x,)), y, reduction="none")
+    return losses
+
+
+def _jacobian_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Coupled batch: the Jacobian of all per-sample losses at once (B vector-Jacobian products)."""
+    params, buffers = _split(model)
+    return _norms(jacrev(_batch_losses(model, buffers))(params, x, y))
+
+
+def _loop_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+    """Coupled batch: one forward, then one backward pass per sample through the shared graph."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = F.cross_entropy(model(x), y, reduction="none")
+    out = []
+    for k, i in enumerate(samples.tolist()):
+        grads = torch.autograd.grad(losses[i], params, retain_graph=k < len(samples) - 1)
+        out.append(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
+    return torch.stack(out).detach()
+
+
+def _loo_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+    """``|G(B) - G(B \\ {i})|`` for each i, the leave-one-out batches vectorised with vmap."""
+    params, buffers = _split(model)
+    losses = _batch_losses(model, buffers)
+
+    def summed(p, xb, yb):
+        return losses(p, xb, yb).sum()
+
+    full = grad(summed)(params, x, y)
+    batch = len(x)
+    keep = torch.ones(len(samples), batch, dtype=torch.bool, device=x.device)
+    keep[torch.arange(len(samples)), samples.to(x.device)] = False
+    x_loo = x.unsqueeze(0).expand(len(samples), *x.shape)[keep].view(len(samples), batch - 1, *x.shape[1:])
+    y_loo = y.unsqueeze(0).expand(len(samples), batch)[keep].view(len(samples), batch - 1)
+    if batch - 1 < 2 and has_batchnorm(model):
+        raise ValueError("leave-one-out influence with BatchNorm needs a batch of at least 3 samples")
+    without = vmap(grad(summed), in_dims=(None, 0, 0))(params, x_loo, y_loo)
+    return _norms({name: full[name].unsqueeze(0) - without[name] for name in full})
