@@ -106,3 +106,16 @@ def test_samples_select_a_subset_consistently():
     assert torch.allclose(per_sample_grad_norms(model, x, y, "loo", samples=[2, 5]), everything[[2, 5]])
     own = per_sample_grad_norms(model, x, y, "own")
     assert torch.allclose(per_sample_grad_norms(model, x, y, "own", samples=[7]), own[[7]])
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_probe_norms_equal_the_definitions_on_the_batch_with_the_probe(norm):
+    from bnprivacy.gradients import probe_norms
+
+    model, x, y = model_and_batch(norm, batch=10)
+    base_x, base_y, px, py = x[:7], y[:7], x[7:], y[7:]
+    own, loo = probe_norms(model, base_x, base_y, px, py, chunk=2)
+    for k in range(3):
+        bx, by = torch.cat([base_x, px[k:k + 1]]), torch.cat([base_y, py[k:k + 1]])
+        assert torch.allclose(own[k], per_sample_grad_norms(model, bx, by, "own", samples=[7])[0], atol=1e-10)
+        assert torch.allclose(loo[k], per_sample_grad_norms(model, bx, by, "loo", samples=[7])[0], atol=1e-10)

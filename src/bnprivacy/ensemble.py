@@ -128,6 +128,44 @@ def epoch_plan(subset: torch.Tensor, generator: torch.Generator, batch_size: int
     return plan
 
 
+# --- gradient probes ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSpec:
+    """Record per-sample gradients during training (``gradients.probe_norms``).
+
+    Every ``every`` steps, for the models with global index below ``models``, each probe sample
+    (every canary plus ``typical`` random typical pool samples, drawn with ``seed``) is inserted
+    into the model's current batch in place of its last sample, and the norms of its own-loss
+    gradient (a) and of its leave-one-out step influence (b) are recorded, at the parameters
+    before the step.
+    """
+
+    every: int
+    typical: int = 20
+    models: int = 2
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("every", "models"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"probe {name}={value!r} is not allowed; allowed values: an integer >= 1")
+        if self.typical < 0:
+            raise ValueError(f"probe typical={self.typical!r} is not allowed; allowed values: an integer >= 0")
+
+    def samples(self, data: Dataset) -> torch.Tensor:
+        """Pool indices probed: every canary, then the random typical samples."""
+        kinds = data.kinds or ["typical"] * len(data.y_train)
+        canaries = [i for i, k in enumerate(kinds) if k != "typical"]
+        typical = torch.tensor([i for i, k in enumerate(kinds) if k == "typical"])
+        if self.typical > len(typical):
+            raise ValueError(f"probe typical={self.typical} is more than the {len(typical)} typical samples")
+        generator = torch.Generator().manual_seed(self.seed)
+        chosen = typical[torch.randperm(len(typical), generator=generator)[: self.typical]].sort().values
+        return torch.tensor(canaries + chosen.tolist(), dtype=torch.long)
+
+
 # --- results --------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -139,16 +177,19 @@ class EnsembleResult:
     history: pd.DataFrame
     reached_target: list[bool]
     canary_history: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    probe_history: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
 
 def train_ensemble(cfg: Config, data: Dataset, masks: torch.Tensor, models: list[int] | None = None,
-                   *, strategy: str = "batched", progress: bool = False) -> EnsembleResult:
+                   *, strategy: str = "batched", progress: bool = False,
+                   probe: ProbeSpec | None = None) -> EnsembleResult:
     """Train the models ``models`` (global indices, default all) of a run with inclusion ``masks``.
 
     ``masks`` is the whole run's ``[N, P]`` mask (P = ``len(data.y_train)``). ``strategy="batched"``
     trains the models as one wide network; ``"loop"`` trains them one at a time, to the same
     result up to float rounding. Stops after ``cfg.epochs`` or, with ``cfg.target_accuracy``,
-    each model at its first epoch reaching the target (at most ``cfg.max_epochs``).
+    each model at its first epoch reaching the target (at most ``cfg.max_epochs``). ``probe``
+    records per-sample gradient norms during training (:class:`ProbeSpec`).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r} is not allowed; allowed values: {', '.join(STRATEGIES)}")
@@ -157,11 +198,12 @@ def train_ensemble(cfg: Config, data: Dataset, masks: torch.Tensor, models: list
     if not models or min(models) < 0 or max(models) >= masks.shape[0]:
         raise ValueError(f"models {models} must be a non-empty list of indices in [0, {masks.shape[0]})")
     groups = [models] if strategy == "batched" else [[k] for k in models]
-    parts = [_Trainer(cfg, data, masks, group, progress).run() for group in groups]
+    parts = [_Trainer(cfg, data, masks, group, progress, probe).run() for group in groups]
     return EnsembleResult(models, [s for p in parts for s in p.states],
                           pd.concat([p.history for p in parts], ignore_index=True),
                           [r for p in parts for r in p.reached_target],
-                          pd.concat([p.canary_history for p in parts], ignore_index=True))
+                          pd.concat([p.canary_history for p in parts], ignore_index=True),
+                          pd.concat([p.probe_history for p in parts], ignore_index=True))
 
 
 def build_ensemble(cfg: Config, data: Dataset, states: list[dict[str, torch.Tensor]]) -> nn.Module:
@@ -176,8 +218,12 @@ def build_ensemble(cfg: Config, data: Dataset, states: list[dict[str, torch.Tens
 class _Trainer:
     """Trains a group of models as one wide network (a group of one is an ordinary model)."""
 
-    def __init__(self, cfg: Config, data: Dataset, masks: torch.Tensor, models: list[int], progress: bool):
+    def __init__(self, cfg: Config, data: Dataset, masks: torch.Tensor, models: list[int], progress: bool,
+                 probe: ProbeSpec | None = None):
         self.cfg, self.data, self.models = cfg, data, models
+        self.masks, self.probe = masks, probe
+        self.probe_samples = probe.samples(data) if probe else None
+        self.probed = [p for p, k in enumerate(models) if probe and k < probe.models]
         self.device = data.x_train.device
         self.steps = steps_for(masks, cfg.batch_size)
         self.total_steps = self.steps * cfg.epoch_budget
@@ -195,7 +241,7 @@ class _Trainer:
         generators = [data_generator(cfg, k) for k in self.models]
         active = [True] * n
         final: dict[int, dict[str, torch.Tensor]] = {}
-        rows, canary_rows, reached, step = [], [], [False] * n, 0
+        rows, canary_rows, probe_rows, reached, step = [], [], [], [False] * n, 0
         bar = self.bar()
         for epoch in range(1, cfg.epoch_budget + 1):
             started = time.perf_counter()
@@ -205,6 +251,8 @@ class _Trainer:
             correct = torch.zeros(n, device=self.device)
             for s in range(self.steps):
                 x, y = self.batch(plans, s)
+                if self.probed and step % self.probe.every == 0:
+                    probe_rows.extend(self.probe_gradients(wide, x, y, step, epoch, active))
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg, step, self.total_steps)
                 with autocast(cfg, self.device):
@@ -238,7 +286,30 @@ class _Trainer:
                 break
         bar.close()
         return EnsembleResult(self.models, [final[p] for p in range(n)], pd.DataFrame(rows), reached,
-                              pd.DataFrame(canary_rows))
+                              pd.DataFrame(canary_rows), pd.DataFrame(probe_rows))
+
+    def probe_gradients(self, wide: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int, epoch: int,
+                        active: list[bool]) -> list[dict]:
+        """Gradient norms of the probe samples inserted into each probed model's current batch."""
+        from .gradients import probe_norms
+
+        n, rows = len(self.models), []
+        states = split_state(wide.state_dict(), n)
+        samples = self.probe_samples.to(self.device)
+        for p in self.probed:
+            if not active[p]:
+                continue
+            single = build_model(self.cfg.arch, self.cfg.norm, self.cfg.width, self.data.input_shape,
+                                 self.data.num_classes).to(self.device)
+            single.load_state_dict(states[p])
+            single.train()
+            own, loo = probe_norms(single, x[p, :-1], y[p, :-1], self.data.x_train[samples],
+                                   self.data.y_train[samples])
+            k = self.models[p]
+            for j, i in enumerate(self.probe_samples.tolist()):
+                rows.append(dict(model=k, step=step, epoch=epoch, sample=i, member=bool(self.masks[k, i]),
+                                 own=float(own[j]), loo=float(loo[j])))
+        return rows
 
     @torch.no_grad()
     def probe_canaries(self, wide: nn.Module, epoch: int, active: list[bool]) -> list[dict]:

@@ -165,3 +165,36 @@ def _loo_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, samples: torc
         raise ValueError("leave-one-out influence with BatchNorm needs a batch of at least 3 samples")
     without = vmap(grad(summed), in_dims=(None, 0, 0))(params, x_loo, y_loo)
     return _norms({name: full[name].unsqueeze(0) - without[name] for name in full})
+
+
+def probe_norms(model: nn.Module, x_base: torch.Tensor, y_base: torch.Tensor, x_probe: torch.Tensor,
+                y_probe: torch.Tensor, *, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Definitions (a) and (b) for probe samples inserted one at a time into a batch.
+
+    For each probe p the batch is ``B_p = base + [p]`` (train mode, batch statistics of ``B_p``).
+    Returns ``own[p] = |d l_p(theta; B_p)/d theta|`` (a) and
+    ``loo[p] = |G(B_p) - G(base)|`` (b), the change that adding p makes to the summed-loss
+    gradient of the batch. All probes are computed at once with vmap, ``chunk`` at a time.
+    """
+    if len(x_base) + 1 < 2 or (has_batchnorm(model) and len(x_base) < 2):
+        raise ValueError("probing needs a base batch of at least 2 samples")
+    frozen = _frozen_copy(model, True)
+    params, buffers = _split(frozen)
+    losses = _batch_losses(frozen, buffers)
+
+    def last_loss(p, xb, yb):
+        return losses(p, xb, yb)[-1]
+
+    def summed(p, xb, yb):
+        return losses(p, xb, yb).sum()
+
+    base = grad(summed)(params, x_base, y_base)
+    own, loo = [], []
+    for start in range(0, len(x_probe), chunk):
+        xp, yp = x_probe[start:start + chunk], y_probe[start:start + chunk]
+        xb = torch.cat([x_base.unsqueeze(0).expand(len(xp), *x_base.shape), xp.unsqueeze(1)], dim=1)
+        yb = torch.cat([y_base.unsqueeze(0).expand(len(yp), -1), yp.unsqueeze(1)], dim=1)
+        own.append(_norms(vmap(grad(last_loss), in_dims=(None, 0, 0))(params, xb, yb)))
+        with_p = vmap(grad(summed), in_dims=(None, 0, 0))(params, xb, yb)
+        loo.append(_norms({name: with_p[name] - base[name].unsqueeze(0) for name in base}))
+    return torch.cat(own), torch.cat(loo)

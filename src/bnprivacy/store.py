@@ -149,6 +149,9 @@ class RunSpec:
     mask: str = "balanced"
     fraction: float = 0.5
     mask_seed: int = 0
+    probe_every: int = 0
+    probe_typical: int = 20
+    probe_models: int = 2
 
     def __post_init__(self):
         if isinstance(self.n_models, bool) or not isinstance(self.n_models, int) or self.n_models < 1:
@@ -159,11 +162,27 @@ class RunSpec:
             raise ValueError(f"mask='balanced' needs an even n_models, got {self.n_models}")
         if not 0 < self.fraction < 1:
             raise ValueError(f"fraction={self.fraction!r} is not allowed; allowed values: a number in (0, 1)")
+        if self.probe_every < 0:
+            raise ValueError(f"probe_every={self.probe_every!r} is not allowed; allowed values: 0 (off) "
+                             "or a number of steps >= 1")
+        self.probe()
 
     def to_dict(self) -> dict:
-        return {"config": self.config.to_dict(), "n_models": self.n_models, "mask": self.mask,
-                "fraction": self.fraction if self.mask == "fraction" else None,
-                "mask_seed": self.mask_seed}
+        described = {"config": self.config.to_dict(), "n_models": self.n_models, "mask": self.mask,
+                     "fraction": self.fraction if self.mask == "fraction" else None,
+                     "mask_seed": self.mask_seed}
+        if self.probe_every:  # runs without probes keep the keys they had before probes existed
+            described.update(probe_every=self.probe_every, probe_typical=self.probe_typical,
+                             probe_models=self.probe_models)
+        return described
+
+    def probe(self):
+        """The gradient probes of this run (``ensemble.ProbeSpec``), or None."""
+        from .ensemble import ProbeSpec
+
+        if not self.probe_every:
+            return None
+        return ProbeSpec(self.probe_every, self.probe_typical, self.probe_models, self.mask_seed)
 
     def key(self) -> str:
         described = {**self.to_dict(), "config": self.config.key()}
@@ -186,6 +205,8 @@ class ShadowRun:
     query view q (0 identity, 1 mirror, ...) on pool sample p or test sample t. With canaries,
     ``kinds[p]`` flags pool sample p, ``logits_ref [N, Q, R, K]`` covers the never-trained reference
     candidates, and ``canary_history`` holds every model's prediction on every canary per epoch.
+    With gradient probes (``RunSpec.probe_every``), ``probe_history`` holds the probed samples'
+    gradient norms (``own``, ``loo``) per model and step.
     """
 
     spec: RunSpec
@@ -201,6 +222,7 @@ class ShadowRun:
     queries: int
     kinds: list[str] = dataclasses.field(default_factory=list)
     canary_history: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    probe_history: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
     logits_ref: torch.Tensor | None = None
     y_ref: torch.Tensor | None = None
     ref_kinds: list[str] = dataclasses.field(default_factory=list)
@@ -325,12 +347,14 @@ def _train_chunk(spec: RunSpec, data, masks, models: list[int], folder: Path, st
             _train_chunk(spec, data, masks, [model], folder, strategy, progress)
         return
     reset(chunk)
-    result = train_ensemble(spec.config, data, masks, models, strategy=strategy, progress=progress)
+    result = train_ensemble(spec.config, data, masks, models, strategy=strategy, progress=progress,
+                            probe=spec.probe())
     save_torch(chunk / "states.pt", {str(m): s for m, s in zip(models, result.states)})
     write_atomic(chunk / "history.csv", result.history.to_csv(index=False).encode())
     save_json(chunk / "reached.json", dict(zip(map(str, models), result.reached_target)))
     write_atomic(chunk / "canaries.csv", result.canary_history.to_csv(index=False).encode())
-    seal(chunk, ["states.pt", "history.csv", "reached.json", "canaries.csv"])
+    write_atomic(chunk / "probes.csv", result.probe_history.to_csv(index=False).encode())
+    seal(chunk, ["states.pt", "history.csv", "reached.json", "canaries.csv", "probes.csv"])
 
 
 def _chunk_signals(spec: RunSpec, chunk: Path, data, queries: int, query_mode: str) -> dict:
@@ -352,7 +376,7 @@ def _chunk_signals(spec: RunSpec, chunk: Path, data, queries: int, query_mode: s
 
 
 def _load_run(spec: RunSpec, folder: Path, data, masks, queries: int, query_mode: str) -> ShadowRun:
-    histories, canary_histories, reached, pool, test, ref = [], [], {}, [], [], []
+    histories, canary_histories, probe_histories, reached, pool, test, ref = [], [], [], {}, [], [], []
     chunks = [c for c in _chunk_folders(folder) if is_complete(c)]
     chunks.sort(key=_chunk_range)
     covered = []
@@ -363,6 +387,7 @@ def _load_run(spec: RunSpec, folder: Path, data, masks, queries: int, query_mode
         covered.extend(range(first, last + 1))
         histories.append(pd.read_csv(chunk / "history.csv"))
         canary_histories.append(_read_csv_or_empty(chunk / "canaries.csv"))
+        probe_histories.append(_read_csv_or_empty(chunk / "probes.csv"))
         reached.update({int(k): v for k, v in json.loads((chunk / "reached.json").read_text()).items()})
         signals = _chunk_signals(spec, chunk, data, queries, query_mode)
         pool.append(signals["pool"])
@@ -377,6 +402,7 @@ def _load_run(spec: RunSpec, folder: Path, data, masks, queries: int, query_mode
         y_pool=data.y_train.cpu(), y_test=data.y_test.cpu(), query_mode=query_mode, queries=queries,
         kinds=list(data.kinds) if data.kinds else ["typical"] * len(data.y_train),
         canary_history=pd.concat(canary_histories, ignore_index=True),
+        probe_history=pd.concat(probe_histories, ignore_index=True),
         logits_ref=torch.cat(ref) if ref else None,
         y_ref=data.y_ref.cpu() if data.y_ref is not None else None,
         ref_kinds=list(data.ref_kinds or []),
