@@ -113,3 +113,20 @@ def test_a_pool_smaller_than_a_batch_fails_before_training(isolated_store):
     with pytest.raises(ValueError, match="fewer than one batch"):
         shadow_run(spec, progress=False)
     assert not list(store.run_folder(spec).glob("models-*"))
+
+
+def test_probed_runs_record_gradients_of_every_canary_for_the_probed_models(isolated_store):
+    cfg = CFG.replace(canaries="noise:3,mislabeled:2")
+    data = load_dataset(cfg)
+    spec = RunSpec(cfg, n_models=4, probe_every=2, probe_typical=4, probe_models=1)
+    run = shadow_run(spec, data, chunk_size=2, progress=False)
+    probes = run.probe_history
+    assert set(probes["model"]) == {0}
+    assert len(set(probes["sample"])) == 5 + 4
+    assert (probes["own"] > 0).all() and (probes["loo"] > 0).all()
+    assert list(probes["member"]) == [bool(run.masks[0, s]) for s in probes["sample"]]
+    assert RunSpec(cfg, n_models=4).key() != spec.key()
+    with pytest.raises(ValueError, match="probe_every=-1"):
+        RunSpec(cfg, n_models=4, probe_every=-1)
+    with pytest.raises(ValueError, match="probe typical=-2"):
+        RunSpec(cfg, n_models=4, probe_every=1, probe_typical=-2)

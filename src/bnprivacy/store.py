@@ -410,7 +410,9 @@ def _load_run(spec: RunSpec, folder: Path, data, masks, queries: int, query_mode
 
 
 def _read_csv_or_empty(path: Path) -> pd.DataFrame:
+    """A recorded table, or an empty one for a run without canaries/probes (or stored before
+    that table existed)."""
     try:
         return pd.read_csv(path)
-    except pd.errors.EmptyDataError:  # a run without canaries has nothing to probe
+    except (pd.errors.EmptyDataError, FileNotFoundError):
         return pd.DataFrame()
