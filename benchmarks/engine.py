@@ -14,26 +14,17 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bnprivacy.config import Config  # noqa: E402
 from bnprivacy.data import load_dataset  # noqa: E402
 from bnprivacy.ensemble import balanced_masks, train_ensemble  # noqa: E402
-
-
-def timed(fn) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
+from timing import timed  # noqa: E402
 
 
 def compare(cfg: Config, n_models: int, repeats: int) -> float:

@@ -14,32 +14,24 @@ Prints figures; asserts nothing about time.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bnprivacy.gradients import per_sample_grad_norms  # noqa: E402
 from bnprivacy.models import build_model  # noqa: E402
+from timing import timed  # noqa: E402
 
 BATCH, WIDTH, REPEATS = 128, 16, 3
 
 
 def best_time(fn) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(REPEATS):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return min(times)
+    return min(timed(fn) for _ in range(REPEATS))
 
 
 def loop_of_ones(model, x, y):
