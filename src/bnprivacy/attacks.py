@@ -29,6 +29,8 @@ import math
 import numpy as np
 import torch
 
+from .signals import lira_score, losses
+
 ATTACKS = ("loss", "lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed", "rmia")
 
 
@@ -60,10 +62,7 @@ class AttackInput:
 
 def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """LiRA's ``log p_y - log sum_{j != y} p_j`` in float64, ``[..., S, K] -> [..., S]``."""
-    logits = logits.double()
-    index = labels.view(*([1] * (logits.ndim - 2)), -1, 1).expand(*logits.shape[:-1], 1)
-    true = logits.gather(-1, index).squeeze(-1)
-    return true - torch.logsumexp(logits.scatter(-1, index, float("-inf")), dim=-1)
+    return lira_score(logits.double(), labels)
 
 
 def true_class_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -75,8 +74,7 @@ def true_class_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.
 
 def negative_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``-cross-entropy`` of the identity view: ``[N, Q, S, K] -> [N, S]``."""
-    return -(torch.logsumexp(logits[:, 0].double(), -1)
-             - logits[:, 0].double().gather(-1, labels.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(-1))
+    return -losses(logits[:, 0].double(), labels)
 
 
 # --- attacks --------------------------------------------------------------------------------------

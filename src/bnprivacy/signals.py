@@ -13,7 +13,6 @@ mode the output depends on which samples share the batch: queries are made in ba
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .config import Config
 from .data import apply_flip_crop
@@ -66,11 +65,15 @@ def collect_logits(cfg: Config, data, states: list[dict[str, torch.Tensor]], x: 
     return out
 
 
+def _label_index(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``labels [S]`` shaped to gather the label's logit from ``logits [..., S, C]``."""
+    return labels.view(*([1] * (logits.ndim - 2)), -1, 1).expand(*logits.shape[:-1], 1)
+
+
 def losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of every logit vector ``[..., S, C]`` against ``labels [S]``."""
-    flat = logits.reshape(-1, logits.shape[-2], logits.shape[-1])
-    out = torch.stack([F.cross_entropy(f, labels, reduction="none") for f in flat])
-    return out.view(logits.shape[:-1])
+    true = logits.gather(-1, _label_index(logits, labels)).squeeze(-1)
+    return torch.logsumexp(logits, dim=-1) - true
 
 
 def correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -84,7 +87,7 @@ def lira_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     Equal to ``z_y - logsumexp_{j != y} z_j``, which never takes the log of a rounded-off
     probability.
     """
-    labels_ = labels.view(*([1] * (logits.ndim - 2)), -1, 1).expand(*logits.shape[:-1], 1)
+    labels_ = _label_index(logits, labels)
     true = logits.gather(-1, labels_).squeeze(-1)
     others = logits.scatter(-1, labels_, float("-inf"))
     return true - torch.logsumexp(others, dim=-1)
