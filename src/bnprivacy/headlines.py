@@ -1,0 +1,93 @@
+"""Each chapter's headline comparison (BN against no normalisation), saved for the verdict chapter.
+
+A chapter calls :func:`record` with one row per comparison it concludes on; chapter 07 reads every
+chapter's rows back with :func:`load` and puts them in one table. The rows live in
+``results/headlines/<profile>/<chapter>.json`` (written atomically), so the verdict always shows what
+the chapters last measured under that profile, with the dataset and architecture they ran on.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .store import results_dir, save_json
+
+SETTINGS = ("equal epochs", "matched accuracy")
+COLUMNS = ["chapter", "measure", "setting", "batch", "none", "diff", "lo", "hi", "interval",
+           "higher_means", "dataset", "arch", "profile"]
+
+
+def headline_row(measure: str, setting: str, batch: float, none: float, diff: float, lo: float,
+                 hi: float, interval: str, higher_means: str) -> dict:
+    """One BN-vs-none comparison: values with BN and without, ``diff`` = BN − none with its interval.
+
+    ``interval`` says what the interval is over (e.g. "95% t-interval over 3 seeds");
+    ``higher_means`` what a positive difference would mean (e.g. "BN memorizes more").
+    """
+    if setting not in SETTINGS:
+        raise ValueError(f"setting {setting!r} is not one of {SETTINGS}")
+    values = {"batch": batch, "none": none, "diff": diff, "lo": lo, "hi": hi}
+    row = {"measure": measure, "setting": setting, "interval": interval, "higher_means": higher_means}
+    row.update({key: float(value) for key, value in values.items()})
+    return row
+
+
+def paired_headline(measure: str, setting: str, batch_values, none_values, higher_means: str) -> dict:
+    """A headline row from per-seed values paired by seed (Student-t interval of the mean difference)."""
+    import numpy as np
+
+    from .memorization import paired_difference
+
+    batch_values, none_values = np.asarray(batch_values, float), np.asarray(none_values, float)
+    if batch_values.shape != none_values.shape:
+        raise ValueError(f"paired values need one per seed on both sides; got {batch_values.shape} "
+                         f"with BN and {none_values.shape} without")
+    d = paired_difference(batch_values, none_values)
+    return headline_row(measure, setting, batch_values.mean(), none_values.mean(), d["diff"], d["lo"],
+                        d["hi"], f"95% t-interval over {d['n']} seeds", higher_means)
+
+
+def headline_folder(profile: str) -> Path:
+    return results_dir() / "headlines" / profile
+
+
+def record(chapter: str, profile: str, rows: list[dict], *, dataset: str, arch: str) -> Path:
+    """Save ``chapter``'s headline rows (from :func:`headline_row`) under ``profile``."""
+    if not rows:
+        raise ValueError(f"chapter {chapter} recorded no headline rows; pass at least one comparison")
+    rows = [dict(row, chapter=chapter, dataset=dataset, arch=arch, profile=profile) for row in rows]
+    path = headline_folder(profile) / f"{chapter}.json"
+    save_json(path, rows)
+    return path
+
+
+def load(profile: str, chapters: list[str]) -> pd.DataFrame:
+    """Every listed chapter's headline rows under ``profile``, in chapter order.
+
+    Raises FileNotFoundError naming the chapters whose rows are missing and how to produce them.
+    """
+    folder = headline_folder(profile)
+    missing = [c for c in chapters if not (folder / f"{c}.json").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"no headline results of chapters {missing} under profile {profile!r} in {folder}; "
+            f"execute them first, e.g. `make chapter CH={missing[0]} PROFILE={profile}` "
+            f"(or `make book PROFILE={profile}` for all)"
+        )
+    rows = [row for c in chapters for row in json.loads((folder / f"{c}.json").read_text())]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def judge(lo: float, hi: float) -> str:
+    """What an interval of BN − none says: "BN higher", "BN lower", "no clear difference" or
+    "no interval" (a single replicate)."""
+    if math.isnan(lo) or math.isnan(hi):
+        return "no interval"
+    if lo > 0:
+        return "BN higher"
+    if hi < 0:
+        return "BN lower"
+    return "no clear difference"
