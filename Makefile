@@ -7,7 +7,7 @@ PROFILE ?= quick
 CH ?= 01_training
 ARGS ?=
 
-.PHONY: help venv book html chapter params test clean clean-results
+.PHONY: help venv book html chapter params test assignments check-html publish clean clean-results
 
 help:
 	@echo "make book [PROFILE=quick|full]      execute every chapter, then build _build/html"
@@ -15,6 +15,9 @@ help:
 	@echo "make chapter CH=01_training ARGS='-p dataset mnist -p arch resnet18'   rerun one chapter"
 	@echo "make params CH=01_training          list a chapter's parameters"
 	@echo "make html                           rebuild the HTML from the executed chapters"
+	@echo "make assignments                    student and teacher notebooks in _build/assignments/"
+	@echo "make check-html                     visit every built page in headless Chromium"
+	@echo "make publish                        push _build/html to the gh-pages branch (GitHub Pages)"
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +42,18 @@ params: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+assignments: $(STAMP)
+	$(PY) -m bnprivacy assignments
+
+check-html: $(STAMP)
+	$(PY) -m bnprivacy check-html
+
+# -n: add .nojekyll (Sphinx's _static/ must be served); -p: push; -f: gh-pages holds only the site.
+publish: $(STAMP)
+	@test -f _build/html/index.html || { echo "no built book in _build/html: run make book first"; exit 1; }
+	rm -rf _build/html/binder && cp -r binder _build/html/binder
+	$(VENV)/bin/ghp-import -n -p -f -m "Publish the book" _build/html
 
 clean:
 	rm -rf _build

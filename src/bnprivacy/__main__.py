@@ -1,4 +1,4 @@
-"""Command line: ``python -m bnprivacy {book,chapter,html,params,shadow} ...``."""
+"""Command line: ``python -m bnprivacy {book,chapter,html,params,shadow,assignments,check-html} ...``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("html", help="build the HTML from the executed chapters")
     params = commands.add_parser("params", help="list a chapter's parameters and defaults")
     params.add_argument("chapter")
+    classroom = commands.add_parser("assignments", help="write student and teacher notebooks of every chapter")
+    classroom.add_argument("--out", default="_build/assignments", help="folder for student/ and teacher/")
+    check = commands.add_parser("check-html", help="visit every page of the built book in headless Chromium")
+    check.add_argument("--site", default="_build/html", help="the built HTML book")
+    check.add_argument("--screenshots", default="_build/check-html", help="folder for one screenshot per page")
     shadow = commands.add_parser("shadow", help="train (a shard of) a shadow run into results/runs/")
     shadow.add_argument("n_models", type=int, help="models in the run (even for balanced masks)")
     shadow.add_argument("-c", "--config", nargs=2, action="append", metavar=("NAME", "VALUE"),
@@ -65,12 +70,25 @@ def main(argv: list[str] | None = None) -> int:
                                  log_output=args.log)
         elif args.command == "html":
             book.build_html(root)
+        elif args.command == "assignments":
+            from .assignments import write_assignments
+
+            written = write_assignments(root, book.chapter_names(root), root / args.out)
+            for version, paths in written.items():
+                print(f"{version}: {len(paths)} notebooks in {root / args.out / version}")
+        elif args.command == "check-html":
+            from .htmlcheck import check_site
+
+            reports = check_site(root / args.site, root / args.screenshots)
+            print(f"{len(reports)} pages checked in headless Chromium, no problems; "
+                  f"screenshots in {root / args.screenshots}")
         elif args.command == "shadow":
             _shadow(args)
         elif args.command == "params":
             for name, spec in book.chapter_parameters(root, args.chapter).items():
                 print(f"{name:18} = {spec['default']:<24} # {spec['help']}")
     except (book.ChapterFailed, ValueError, FileNotFoundError, RuntimeError) as error:
+        # ValueError covers assignments.AssignmentError, RuntimeError htmlcheck.HtmlCheckFailed.
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

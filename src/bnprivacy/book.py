@@ -29,6 +29,10 @@ class ChapterFailed(RuntimeError):
     """A chapter raised while executing; the message names the chapter, the cell and the error."""
 
 
+# A line in a non-notebook page that the build replaces with every chapter's parameter table.
+PARAMETER_TABLES = "% bnprivacy: parameter tables"
+
+
 def find_root(start: Path | None = None) -> Path:
     """The book's root: the nearest folder at or above ``start`` that holds ``_toc.yml``."""
     start = (start or Path.cwd()).resolve()
@@ -86,7 +90,9 @@ def profile_parameters(root: Path, profile: str, chapter: str) -> dict:
             f"profile {profile!r} is not in {PROFILES_FILE}; allowed profiles: {sorted(profiles)}"
         )
     entries = profiles[profile] or {}
-    params = dict(entries.get("_all") or {})
+    # `_all` applies to every chapter that has the parameter (the verdict chapter has no device).
+    declared = chapter_parameters(root, chapter)
+    params = {k: v for k, v in (entries.get("_all") or {}).items() if k in declared}
     params.update(entries.get(chapter) or {})
     params["profile"] = profile
     return params
@@ -95,6 +101,28 @@ def profile_parameters(root: Path, profile: str, chapter: str) -> dict:
 def parse_overrides(pairs: list[tuple[str, str]] | None) -> dict:
     """``[("epochs", "5"), ("dataset", "cifar10")]`` -> typed values (YAML rules: 5 is an int)."""
     return {key: yaml.safe_load(value) for key, value in (pairs or [])}
+
+
+def repository_url(root: Path) -> str:
+    """The book's git repository (``repository.url`` in ``_config.yml``), or "" when none is set."""
+    config = yaml.safe_load((root / "_config.yml").read_text()) or {}
+    return str((config.get("repository") or {}).get("url", "")).rstrip("/")
+
+
+def add_install_cell(root: Path, notebook) -> None:
+    """Put a hidden first cell in ``notebook`` that installs bnprivacy from the book's repository
+    when the notebook runs where the package is missing (Colab, Binder, a student's laptop)."""
+    import nbformat
+
+    url = repository_url(root)
+    if not url:
+        return
+    source = ("# Outside the book's repository (Colab, Binder): install the bnprivacy package first.\n"
+              "import importlib.util\n"
+              "if importlib.util.find_spec(\"bnprivacy\") is None:\n"
+              f"    %pip install --quiet \"bnprivacy[notebooks] @ git+{url}@main\"")
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["remove-cell", "install-bnprivacy"]})
+    notebook.cells.insert(0, cell)
 
 
 def stage_static(root: Path) -> Path:
@@ -106,7 +134,10 @@ def stage_static(root: Path) -> Path:
     for page in toc_files(root):
         source = root / f"{page}.md"
         if not is_notebook(source):
-            shutil.copy2(source, stage / f"{page}.md")
+            text = source.read_text()
+            if PARAMETER_TABLES in text:
+                text = text.replace(PARAMETER_TABLES, parameter_tables(root))
+            (stage / f"{page}.md").write_text(text)
     for extra in (root / "book").glob("*"):
         if extra.suffix in (".png", ".svg", ".jpg", ".bib", ".css"):
             shutil.copy2(extra, stage / "book" / extra.name)
@@ -123,11 +154,12 @@ def execute_chapter(root: Path, chapter: str, profile: str = "quick",
     import jupytext
     import papermill
 
-    page = _chapter_page(root, chapter)
+    page = chapter_page(root, chapter)
     stage = stage_static(root)
     source = root / f"{page}.md"
     notebook = jupytext.read(source)
     notebook.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
+    add_install_cell(root, notebook)
     staged_input = root / BUILD / "inputs" / f"{chapter}.ipynb"
     staged_input.parent.mkdir(parents=True, exist_ok=True)
     jupytext.write(notebook, staged_input, fmt="ipynb")
@@ -159,7 +191,8 @@ def _collapse_injected_parameters(path: Path) -> None:
     nbformat.write(notebook, path)
 
 
-def _chapter_page(root: Path, chapter: str) -> str:
+def chapter_page(root: Path, chapter: str) -> str:
+    """The TOC entry (``book/NN_name``) of the notebook chapter ``chapter``."""
     pages = {Path(f).name: f for f in toc_files(root) if is_notebook(root / f"{f}.md")}
     if chapter not in pages:
         raise ValueError(f"chapter {chapter!r} is not a notebook in _toc.yml; chapters: {sorted(pages)}")
@@ -209,12 +242,41 @@ def build_book(root: Path, profile: str = "quick", chapters: list[str] | None = 
     return build_html(root)
 
 
+def parameter_tables(root: Path) -> str:
+    """Markdown: per chapter, a table of its parameters with their default (the chapter's value),
+    the value each profile sets instead, and the meaning (the parameters cell's inline comment)."""
+    profiles = [p for p in load_profiles(root)]
+    sections = []
+    for chapter in chapter_names(root):
+        params = chapter_parameters(root, chapter)
+        per_profile = {p: profile_parameters(root, p, chapter) for p in profiles}
+        header = ["parameter", "default", *[f"`{p}`" for p in profiles], "meaning"]
+        rows = [header, ["---"] * len(header)]
+        for name, spec in params.items():
+            overrides = []
+            for profile in profiles:
+                value = per_profile[profile].get(name)
+                overrides.append("" if value is None or name == "profile" else f"`{_yaml_inline(value)}`")
+            rows.append([f"`{name}`", f"`{spec['default']}`", *overrides, _escape_cell(spec["help"])])
+        table = "\n".join("| " + " | ".join(row) + " |" for row in rows)
+        sections.append(f"### {chapter}\n\n`make chapter CH={chapter} ARGS=\"-p NAME VALUE\"`\n\n{table}\n")
+    return "\n".join(sections)
+
+
+def _yaml_inline(value) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+def _escape_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def chapter_parameters(root: Path, chapter: str) -> dict:
     """The parameters cell of ``chapter`` as papermill sees it: name -> {default, help, type}."""
     import jupytext
     import papermill
 
-    notebook = jupytext.read(root / f"{_chapter_page(root, chapter)}.md")
+    notebook = jupytext.read(root / f"{chapter_page(root, chapter)}.md")
     path = root / BUILD / "inputs" / f"{chapter}.ipynb"
     path.parent.mkdir(parents=True, exist_ok=True)
     jupytext.write(notebook, path, fmt="ipynb")

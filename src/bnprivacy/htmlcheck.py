@@ -1,0 +1,222 @@
+"""Check the built HTML book in a real browser: headless Chromium driven by Selenium.
+
+:func:`check_site` serves ``_build/html`` on localhost, visits every page and reports
+
+- a JavaScript console error (Chromium's SEVERE log entries),
+- a request for a file of the site that does not exist (broken image, script, stylesheet),
+- an image that the browser could not decode, or a figure that holds no image,
+- an internal link to a missing page or a missing ``#anchor``,
+- an executed cell whose output is a traceback,
+
+and saves a screenshot of every page. External links are not followed (the book is checked
+offline).
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import threading
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urldefrag, urljoin, urlparse
+
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+DRIVER_CANDIDATES = ("/usr/bin/chromedriver",)
+INSTALL_HINT = ("install Debian's packages with `apt-get install chromium chromium-driver` (or set "
+                "BNPRIVACY_CHROMIUM and BNPRIVACY_CHROMEDRIVER to the browser and its driver)")
+# Flags for a root, sandbox-less, offline machine: without the background-networking ones Chromium
+# keeps trying to reach Google's hosts and logs those failures as console errors.
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-extensions",
+                  "--window-size=1280,900")
+# Pages that Sphinx generates for every site and that carry no book content of ours.
+SKIPPED_PAGES = {"genindex.html", "search.html", "py-modindex.html"}
+
+
+class HtmlCheckFailed(RuntimeError):
+    """Some pages of the site have problems; the message lists them page by page."""
+
+
+@dataclass
+class PageReport:
+    """What the browser found on one page."""
+    page: str
+    problems: list[str] = field(default_factory=list)
+    screenshot: Path | None = None
+
+
+def find_executable(env: str, candidates: tuple[str, ...]) -> str:
+    """The browser or driver: ``$env`` if set, else the first candidate that exists."""
+    chosen = os.environ.get(env) or next((c for c in candidates if Path(c).is_file()), None)
+    if not chosen or not Path(chosen).is_file():
+        raise FileNotFoundError(f"no {env.split('_')[-1].lower()} found at {chosen or candidates}; {INSTALL_HINT}")
+    return chosen
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the site, silently, remembering every request it could not satisfy."""
+    missing: list[str]
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass
+
+    def send_error(self, code, message=None, explain=None):
+        if code == 404:
+            self.server.missing.append(unquote(urlparse(self.path).path))
+        super().send_error(code, message, explain)
+
+
+def serve(folder: Path) -> http.server.ThreadingHTTPServer:
+    """Serve ``folder`` on a free localhost port in a daemon thread; ``server.missing`` lists 404s."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.missing = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class _Anchors(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in ("id", "name") and value:
+                self.ids.add(value)
+
+
+@functools.lru_cache(maxsize=None)
+def anchors_of(path: Path) -> frozenset[str]:
+    """Every ``id``/``name`` in an HTML file: the anchors a ``#fragment`` link may point at."""
+    parser = _Anchors()
+    parser.feed(path.read_text(errors="replace"))
+    return frozenset(parser.ids)
+
+
+def broken_internal_link(site: Path, base_url: str, page_url: str, href: str) -> str | None:
+    """Why ``href`` (as found on ``page_url``) is broken, or None when it is fine or external."""
+    url = urljoin(page_url, href)
+    if not url.startswith(base_url):
+        return None
+    address, fragment = urldefrag(url)
+    relative = unquote(urlparse(address).path).lstrip("/")
+    target = site / relative
+    if target.is_dir():
+        target = target / "index.html"
+    if not target.is_file():
+        return f"broken link {href!r}: {relative or 'index.html'} does not exist"
+    if fragment and target.suffix == ".html" and unquote(fragment) not in anchors_of(target):
+        return f"broken link {href!r}: no anchor #{fragment} in {target.relative_to(site)}"
+    return None
+
+
+# Runs in the page: images that failed to load, figures without an image, links, tracebacks.
+PAGE_PROBE = """
+const images = Array.from(document.images);
+images.forEach(img => { img.loading = 'eager'; });
+const broken = images.filter(img => img.getAttribute('src') && img.complete && img.naturalWidth === 0)
+                     .map(img => img.getAttribute('src'));
+const emptyFigures = Array.from(document.querySelectorAll('figure, div.figure'))
+    .filter(f => !f.querySelector('img, svg, canvas, video, object'))
+    .map(f => (f.id || (f.querySelector('[id]') || {}).id || f.textContent.trim().slice(0, 60)));
+const links = Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'));
+const tracebacks = document.querySelectorAll('.output.traceback, .output_error, div.cell_output .traceback').length;
+return {broken, emptyFigures, links, tracebacks, height: document.documentElement.scrollHeight};
+"""
+
+
+def site_pages(site: Path) -> list[str]:
+    """The site's HTML pages, relative to its root, without Sphinx's generated index pages."""
+    pages = []
+    for path in sorted(site.rglob("*.html")):
+        relative = path.relative_to(site).as_posix()
+        if relative.startswith(("_static/", "_sources/", "_images/")) or relative in SKIPPED_PAGES:
+            continue
+        pages.append(relative)
+    return pages
+
+
+def make_driver(width: int = 1280, height: int = 900):
+    """Headless Chromium under Selenium, with the browser's console log switched on."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = find_executable("BNPRIVACY_CHROMIUM", CHROMIUM_CANDIDATES)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={_fresh_profile()}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(executable_path=find_executable("BNPRIVACY_CHROMEDRIVER", DRIVER_CANDIDATES))
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_window_size(width, height)
+    driver.set_page_load_timeout(60)
+    return driver
+
+
+def _fresh_profile() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="bnprivacy-chromium-")
+
+
+def check_page(driver, server, site: Path, base_url: str, page: str, screenshots: Path | None) -> PageReport:
+    """Visit one page and report its problems; save its screenshot into ``screenshots``."""
+    report, url = PageReport(page), urljoin(base_url, page)
+    server.missing.clear()
+    driver.get(url)
+    url = driver.current_url  # index.html redirects: links resolve against the page shown
+    found = driver.execute_script(PAGE_PROBE)
+    for entry in driver.get_log("browser"):
+        if entry.get("level") == "SEVERE":
+            report.problems.append(f"console error: {entry.get('message', '')[:300]}")
+    report.problems += [f"image not loaded: {src}" for src in found["broken"]]
+    report.problems += [f"figure without an image: {name}" for name in found["emptyFigures"]]
+    report.problems += [f"file not found on the site: {path}" for path in sorted(set(server.missing))]
+    if found["tracebacks"]:
+        report.problems.append(f"{found['tracebacks']} cell output(s) show a traceback")
+    for href in sorted(set(found["links"])):
+        problem = broken_internal_link(site, base_url, url, href)
+        if problem:
+            report.problems.append(problem)
+    if screenshots is not None:
+        report.screenshot = screenshots / (re.sub(r"[^\w.-]+", "_", page.removesuffix(".html")) + ".png")
+        driver.set_window_size(1280, min(max(int(found["height"]), 900), 12000))
+        driver.save_screenshot(str(report.screenshot))
+        driver.set_window_size(1280, 900)
+    return report
+
+
+def check_site(site: Path, screenshots: Path | None = None, *, progress: bool = True) -> list[PageReport]:
+    """Check every page of the built site ``site``; raise :class:`HtmlCheckFailed` listing problems."""
+    site = Path(site).resolve()
+    if not (site / "index.html").is_file():
+        raise FileNotFoundError(f"no built book in {site} (index.html missing); run `make book` first")
+    if screenshots is not None:
+        shutil.rmtree(screenshots, ignore_errors=True)
+        screenshots.mkdir(parents=True)
+    anchors_of.cache_clear()
+    server = serve(site)
+    base_url = f"http://127.0.0.1:{server.server_address[1]}/"
+    driver = make_driver()
+    try:
+        reports = []
+        for page in site_pages(site):
+            reports.append(check_page(driver, server, site, base_url, page, screenshots))
+            if progress:
+                state = "ok" if not reports[-1].problems else f"{len(reports[-1].problems)} problem(s)"
+                print(f"checked {page}: {state}", flush=True)
+    finally:
+        driver.quit()
+        server.shutdown()
+    failing = [r for r in reports if r.problems]
+    if failing:
+        lines = [f"{r.page}:\n" + "\n".join(f"  - {p}" for p in r.problems) for r in failing]
+        raise HtmlCheckFailed(f"{len(failing)} of {len(reports)} pages have problems:\n" + "\n".join(lines))
+    return reports
