@@ -10,7 +10,9 @@ again. This is the only module that knows the book exists.
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -230,8 +232,23 @@ def build_html(root: Path) -> Path:
             "jupyter-book build failed:\n" + completed.stdout[-4000:] + completed.stderr[-4000:]
         )
     index = root / BUILD / "html" / "index.html"
+    _complete_redirect_page(index, (yaml.safe_load((root / "_config.yml").read_text()) or {}).get("title", "Book"))
     print(f"HTML book: {index}")
     return index
+
+
+def _complete_redirect_page(index: Path, title: str) -> None:
+    """Jupyter Book's root ``index.html`` is a bare redirect; give it a title and the book's icon,
+    or browsers ask for a ``/favicon.ico`` the site does not have."""
+    text = index.read_text() if index.is_file() else ""
+    redirect = re.search(r'url=([^"\s]+)', text)
+    if "Refresh" not in text or "<link" in text or not redirect:
+        return
+    icon = '<link rel="icon" href="_static/favicon.svg" />' if (index.parent / "_static" / "favicon.svg").is_file() else ""
+    index.write_text(
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8" />\n{text.strip()}\n{icon}\n'
+        f'<title>{html.escape(title)}</title></head>\n'
+        f'<body><a href="{redirect[1]}">Open the book</a></body></html>\n')
 
 
 def build_book(root: Path, profile: str = "quick", chapters: list[str] | None = None,
