@@ -1,0 +1,197 @@
+"""Closed-form per-sample gradients of a linear layer with and without BatchNorm (chapter 5).
+
+The model is one linear layer whose outputs are the logits of a softmax cross-entropy loss:
+
+- without BN: ``logits_j = W x_j + b``;
+- with BN (train mode, batch statistics): ``z_j = W x_j``, per output unit r
+  ``mu_r = mean_j z_jr``, ``sigma_r^2 = mean_j (z_jr - mu_r)^2 + eps`` (biased variance, as
+  PyTorch), ``yhat_jr = (z_jr - mu_r) / sigma_r`` and ``logits_jr = gamma_r yhat_jr + beta_r``.
+
+With ``delta_j = softmax(logits_j) - onehot(y_j)``, centred inputs ``c_j = x_j - xbar`` and the
+batch covariance ``Sigma = mean_j c_j c_j^T``, the gradient of sample i's own loss term (batch
+statistics as they are, including the paths through them; ``gradients.py`` definition (a)) is
+
+    d l_i / d w_r     = delta_ir (gamma_r / sigma_r) P_r c_i,  P_r = I - Sigma w_r w_r^T / sigma_r^2
+    d l_i / d gamma_r = delta_ir yhat_ir,   d l_i / d beta_r = delta_ir
+
+against ``delta_ir x_i`` and ``delta_ir`` without BN. ``c_i`` carries the path through the mean,
+the ``Sigma w_r w_r^T`` term the path through the variance. The leave-one-out influence
+(definition (b)) follows because the summed-loss batch gradient is the sum of the own gradients.
+
+Every function takes float tensors ``x [B, p]``, integer labels ``y [B]``, ``weight [K, p]`` and
+returns per-sample gradients as a dict ``{name: [B, *shape]}`` (or one gradient ``{name: shape}``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+BN_EPS = 1e-5  # PyTorch's BatchNorm default, so that the closed forms match nn.BatchNorm1d
+
+
+def _check_inputs(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, *vectors: torch.Tensor,
+                  batchnorm: bool) -> None:
+    if x.ndim != 2:
+        raise ValueError(f"x must be a batch of vectors [B, p]; got shape {tuple(x.shape)}: flatten the inputs first")
+    if weight.ndim != 2 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight must be [K, p] with p = {x.shape[1]} input features (x is {tuple(x.shape)}); "
+                         f"got {tuple(weight.shape)}")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must hold one label per sample, shape ({x.shape[0]},); got {tuple(y.shape)}")
+    if len(y) and (y.min() < 0 or y.max() >= weight.shape[0]):
+        raise ValueError(f"labels must lie in 0 ... {weight.shape[0] - 1} (weight has K = {weight.shape[0]} rows)")
+    for v in vectors:
+        if v.shape != (weight.shape[0],):
+            raise ValueError(f"bias, gamma and beta must have one entry per output unit, shape "
+                             f"({weight.shape[0]},); got {tuple(v.shape)}")
+    if batchnorm and x.shape[0] < 2:
+        raise ValueError("BatchNorm in train mode needs a batch of at least 2 samples: the variance of one "
+                         "sample is zero and its normalised value undefined; pass a larger batch")
+
+
+def softmax_residual(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``delta = softmax(logits) - onehot(y)``: the gradient of cross-entropy w.r.t. the logits."""
+    return torch.softmax(logits, dim=1) - torch.nn.functional.one_hot(y, logits.shape[1]).to(logits.dtype)
+
+
+def batch_norm_forward(x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+                       eps: float = BN_EPS) -> dict[str, torch.Tensor]:
+    """The BN layer's intermediate quantities: centred inputs ``c``, covariance ``Sigma``,
+    ``sigma`` per unit, normalised values ``yhat`` and ``logits``."""
+    c = x - x.mean(0)
+    cov = c.T @ c / len(x)
+    sigma = torch.sqrt(torch.einsum("rp,pq,rq->r", weight, cov, weight) + eps)
+    yhat = c @ weight.T / sigma
+    return {"c": c, "cov": cov, "sigma": sigma, "yhat": yhat, "logits": gamma * yhat + beta}
+
+
+def linear_own_grads(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample gradients without BN: ``delta_ir x_i`` for ``w_r`` and ``delta_ir`` for ``b_r``.
+    Samples are independent, so this is every definition (own, leave-one-out, eval) at once."""
+    _check_inputs(x, y, weight, bias, batchnorm=False)
+    delta = softmax_residual(x @ weight.T + bias, y)
+    return {"weight": delta.unsqueeze(2) * x.unsqueeze(1), "bias": delta}
+
+
+def bn_linear_own_grads(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor,
+                        beta: torch.Tensor, eps: float = BN_EPS) -> dict[str, torch.Tensor]:
+    """Per-sample own gradients (definition (a)) through BN with the batch's statistics:
+    ``delta_ir (gamma_r / sigma_r) P_r c_i`` for ``w_r``, ``delta_ir yhat_ir`` for ``gamma_r``,
+    ``delta_ir`` for ``beta_r``. They sum to the gradient of the summed batch loss."""
+    _check_inputs(x, y, weight, gamma, beta, batchnorm=True)
+    f = batch_norm_forward(x, weight, gamma, beta, eps)
+    delta = softmax_residual(f["logits"], y)
+    # P_r c_i = c_i - Sigma w_r (w_r . c_i) / sigma_r^2, with w_r . c_i = sigma_r yhat_ir.
+    cov_w = weight @ f["cov"]  # row r is Sigma w_r
+    projected = f["c"].unsqueeze(1) - f["yhat"].unsqueeze(2) * (cov_w / f["sigma"].unsqueeze(1)).unsqueeze(0)
+    scale = delta * gamma / f["sigma"]
+    return {"weight": scale.unsqueeze(2) * projected, "gamma": delta * f["yhat"], "beta": delta}
+
+
+def batch_gradient(grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The gradient of the summed loss of a batch from its per-sample own gradients."""
+    return {name: g.sum(0) for name, g in grads.items()}
+
+
+def bn_linear_loo_grad(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor,
+                       beta: torch.Tensor, i: int, eps: float = BN_EPS) -> dict[str, torch.Tensor]:
+    """Leave-one-out influence (definition (b)) of sample ``i``: ``G(B) - G(B without i)`` for the
+    summed loss. It differs from i's own gradient because i moves the mean and variance that every
+    other sample is normalised with."""
+    if not -len(x) <= i < len(x):
+        raise ValueError(f"sample index i={i} outside the batch of {len(x)}; allowed values: 0 ... {len(x) - 1}")
+    if len(x) < 3:
+        raise ValueError("leave-one-out influence under BatchNorm needs a batch of at least 3 samples, so that "
+                         "the batch without the sample still has a variance; pass a larger batch")
+    keep = torch.ones(len(x), dtype=torch.bool)
+    keep[i] = False
+    full = batch_gradient(bn_linear_own_grads(x, y, weight, gamma, beta, eps))
+    without = batch_gradient(bn_linear_own_grads(x[keep], y[keep], weight, gamma, beta, eps))
+    return {name: full[name] - without[name] for name in full}
+
+
+def grad_norm(grads: dict[str, torch.Tensor], batched: bool = True) -> torch.Tensor:
+    """L2 norm over all parameters; per sample (``[B]``) when ``batched``, else one number."""
+    if batched:
+        return torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
+    return torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
+
+
+def outlier_batch(x_rest: torch.Tensor, direction: torch.Tensor, distance: float) -> torch.Tensor:
+    """The batch ``x_rest`` plus one outlier, last, at ``mean(x_rest) + distance * u`` with ``u``
+    the unit vector along ``direction``."""
+    if direction.shape != x_rest.shape[1:]:
+        raise ValueError(f"direction must have the shape of one sample, {tuple(x_rest.shape[1:])}; "
+                         f"got {tuple(direction.shape)}")
+    u = direction / direction.norm()
+    return torch.cat([x_rest, (x_rest.mean(0) + distance * u).unsqueeze(0)])
+
+
+def bn_outlier_limit(batch_size: int) -> tuple[float, float]:
+    """Normalised values as the outlier's distance d -> infinity (for eps -> 0), for a unit whose
+    weight has a component along the outlier's direction: the outlier tends to
+    ``sign * sqrt(B - 1)`` and every other sample to ``-sign / sqrt(B - 1)``. The largest value BN can give
+    any sample of a batch of B is sqrt(B - 1), whatever its distance."""
+    if batch_size < 2:
+        raise ValueError(f"batch_size={batch_size}: BatchNorm needs a batch of at least 2 samples")
+    return math.sqrt(batch_size - 1), -1 / math.sqrt(batch_size - 1)
+
+
+def bn_own_grad_limit(y_outlier: int, weight: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+                      direction: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+    """The outlier's own gradient as its distance d -> infinity (eps -> 0): the weight part
+    vanishes (see :func:`bn_own_weight_grad_asymptote`), the gamma and beta parts tend to
+    ``delta_r yhat_r`` and ``delta_r`` at the limiting logits ``gamma_r sign(w_r . u) sqrt(B-1) + beta_r``."""
+    far, _ = bn_outlier_limit(batch_size)
+    yhat = torch.sign(weight @ direction) * far
+    delta = softmax_residual((gamma * yhat + beta).unsqueeze(0), torch.tensor([y_outlier]))[0]
+    return {"weight": torch.zeros_like(weight), "gamma": delta * yhat, "beta": delta}
+
+
+def bn_own_weight_grad_asymptote(x_rest: torch.Tensor, y_outlier: int, weight: torch.Tensor, gamma: torch.Tensor,
+                                 beta: torch.Tensor, direction: torch.Tensor, eps: float = BN_EPS) -> float:
+    """The constant C with ``|d l_o / d W| ~ C / d^2`` as the outlier's distance d -> infinity.
+
+    With ``k = (B-1)/B``, ``u`` the unit direction, ``a_r = w_r . u``, ``S`` the covariance of the
+    other samples and ``s_r = w_r^T S w_r``, the weight gradient of unit r tends to
+    ``delta_r gamma_r B^(3/2) / (d^2 |a_r|^3 sqrt(k)) [(k s_r + eps) u - k a_r S w_r]``: the
+    outlier's own deviation is cancelled by the variance it adds, to first order.
+    """
+    batch = len(x_rest) + 1
+    k = (batch - 1) / batch
+    u = direction / direction.norm()
+    a = weight @ u
+    if torch.any(a == 0):
+        raise ValueError("a unit's weight is orthogonal to the outlier's direction: its variance does not grow "
+                         "with the distance and its weight gradient grows linearly instead; no 1/d^2 asymptote")
+    c = x_rest - x_rest.mean(0)
+    s_cov = c.T @ c / len(x_rest)
+    s = torch.einsum("rp,pq,rq->r", weight, s_cov, weight)
+    delta = bn_own_grad_limit(y_outlier, weight, gamma, beta, u, batch)["beta"]
+    bracket = (k * s + eps).unsqueeze(1) * u - k * a.unsqueeze(1) * (weight @ s_cov)
+    coef = delta * gamma * batch ** 1.5 / (a.abs() ** 3 * math.sqrt(k))
+    return float((coef.unsqueeze(1) * bracket).norm())
+
+
+def bn_loo_grad_limit(x_rest: torch.Tensor, y_rest: torch.Tensor, y_outlier: int, weight: torch.Tensor,
+                      gamma: torch.Tensor, beta: torch.Tensor, direction: torch.Tensor,
+                      eps: float = BN_EPS) -> dict[str, torch.Tensor]:
+    """The outlier's leave-one-out influence as its distance d -> infinity (eps -> 0 in the limit).
+
+    Every weight gradient of the batch with the outlier vanishes (each sample's is divided by a
+    sigma that grows like d), so the limit is the gamma/beta gradient of the batch at the limiting
+    normalised values of :func:`bn_outlier_limit` minus the whole gradient of the batch without
+    the outlier. It is finite: BN bounds the outlier's leave-one-out influence too.
+    """
+    batch = len(x_rest) + 1
+    far, near = bn_outlier_limit(batch)
+    sign = torch.sign(weight @ direction)
+    yhat = torch.cat([(sign * near).expand(len(x_rest), -1), (sign * far).unsqueeze(0)])
+    labels = torch.cat([y_rest, torch.tensor([y_outlier], dtype=y_rest.dtype)])
+    delta = softmax_residual(gamma * yhat + beta, labels)
+    without = batch_gradient(bn_linear_own_grads(x_rest, y_rest, weight, gamma, beta, eps))
+    return {"weight": -without["weight"], "gamma": (delta * yhat).sum(0) - without["gamma"],
+            "beta": delta.sum(0) - without["beta"]}
