@@ -171,3 +171,32 @@ def test_bad_inputs_say_what_was_wrong():
         theory.outlier_batch(x, torch.ones(3, dtype=torch.float64), 10.0)
     with pytest.raises(ValueError, match="at least 2 samples"):
         theory.bn_outlier_limit(1)
+
+
+def test_the_memorization_simulation_is_deterministic_and_fits_a_near_outlier():
+    first = theory.steps_to_memorize("none", 30.0, 0, batch_size=16, max_epochs=30, pretrain_epochs=5)
+    again = theory.steps_to_memorize("none", 30.0, 0, batch_size=16, max_epochs=30, pretrain_epochs=5)
+    assert first == again and first["steps"] >= 1
+    bn = theory.steps_to_memorize("batch", 30.0, 0, batch_size=16, max_epochs=30, pretrain_epochs=5)
+    assert 0 <= bn["acc_after"] <= 1
+    with pytest.raises(ValueError, match="allowed values: batch, none"):
+        theory.steps_to_memorize("group", 1.0, 0)
+
+
+def test_bn_eval_mode_gradients_match_autograd():
+    x, y, weight, gamma, beta = problem(6)
+    mean, var = torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
+    params = leaves(weight, gamma, beta)
+    logits = F.batch_norm(x @ params[0].T, mean, var, params[1], params[2], training=False, eps=theory.BN_EPS)
+    losses = F.cross_entropy(logits, y, reduction="none")
+    closed = theory.bn_linear_eval_grads(x, y, weight, gamma, beta, mean, var)
+    for i in range(6):
+        grads = torch.autograd.grad(losses[i], params, retain_graph=True)
+        assert max_error({n: closed[n][i] for n in NAMES_BN}, grads, NAMES_BN) <= TOL
+
+
+def test_linear_parameters_feed_the_closed_forms_of_a_trained_model():
+    model, *_ = theory.pretrained_linear("batch", 0, epochs=1)
+    p = theory.linear_parameters(model)
+    assert set(p) == {"weight", "gamma", "beta", "running_mean", "running_var"}
+    assert set(theory.linear_parameters(theory.linear_model("none", 10, 3, 0))) == {"weight", "bias"}

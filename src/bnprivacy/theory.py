@@ -91,6 +91,30 @@ def bn_linear_own_grads(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, 
     return {"weight": scale.unsqueeze(2) * projected, "gamma": delta * f["yhat"], "beta": delta}
 
 
+def bn_linear_eval_grads(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor,
+                         beta: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
+                         eps: float = BN_EPS) -> dict[str, torch.Tensor]:
+    """Per-sample gradients through BN in eval mode (fixed running statistics, definition (c)).
+    BN is then a fixed affine map: ``delta_ir gamma_r x_i / sqrt(var_r + eps)`` for ``w_r``, so
+    nothing bounds an outlier's gradient; it grows with its distance as without BN."""
+    _check_inputs(x, y, weight, gamma, beta, running_mean, running_var, batchnorm=False)
+    scale = gamma / torch.sqrt(running_var + eps)
+    yhat = (x @ weight.T - running_mean) * scale / gamma
+    delta = softmax_residual(gamma * yhat + beta, y)
+    return {"weight": (delta * scale).unsqueeze(2) * x.unsqueeze(1), "gamma": delta * yhat, "beta": delta}
+
+
+def linear_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters of a :func:`linear_model` under the names the closed forms take
+    (``weight`` and ``bias``, or ``weight``, ``gamma``, ``beta``, ``running_mean``, ``running_var``)."""
+    linear = model[0]
+    if len(model) == 1:
+        return {"weight": linear.weight.detach(), "bias": linear.bias.detach()}
+    bn = model[1]
+    return {"weight": linear.weight.detach(), "gamma": bn.weight.detach(), "beta": bn.bias.detach(),
+            "running_mean": bn.running_mean.detach(), "running_var": bn.running_var.detach()}
+
+
 def batch_gradient(grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The gradient of the summed loss of a batch from its per-sample own gradients."""
     return {name: g.sum(0) for name, g in grads.items()}
@@ -195,3 +219,103 @@ def bn_loo_grad_limit(x_rest: torch.Tensor, y_rest: torch.Tensor, y_outlier: int
     without = batch_gradient(bn_linear_own_grads(x_rest, y_rest, weight, gamma, beta, eps))
     return {"weight": -without["weight"], "gamma": (delta * yhat).sum(0) - without["gamma"],
             "beta": delta.sum(0) - without["beta"]}
+
+
+# --- simulation: how many steps until an outlier is fit ---------------------------------------------
+
+SIMULATION_NORMS = ("batch", "none")
+
+
+def gaussian_mixture(seed: int, n_per_class: int = 40, features: int = 10, classes: int = 3,
+                     separation: float = 3.0, n_test_per_class: int = 200):
+    """A float64 Gaussian mixture (unit-variance classes, means ``separation`` apart on average),
+    a held-out test set, and a random unit direction for an outlier: ``(x, y, x_test, y_test, u)``."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(classes, features, generator=g, dtype=torch.float64) * separation / math.sqrt(2)
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    x = means[y] + torch.randn(len(y), features, generator=g, dtype=torch.float64)
+    y_test = torch.arange(classes).repeat_interleave(n_test_per_class)
+    x_test = means[y_test] + torch.randn(len(y_test), features, generator=g, dtype=torch.float64)
+    u = torch.randn(features, generator=g, dtype=torch.float64)
+    return x, y, x_test, y_test, u / u.norm()
+
+
+def linear_model(norm: str, features: int, classes: int, seed: int) -> torch.nn.Module:
+    """``Linear -> BatchNorm1d`` (no bias: BN's beta replaces it) or ``Linear`` with a bias, float64."""
+    if norm not in SIMULATION_NORMS:
+        raise ValueError(f"norm={norm!r} is not allowed here; allowed values: {', '.join(SIMULATION_NORMS)}")
+    torch.manual_seed(seed)
+    if norm == "batch":
+        return torch.nn.Sequential(torch.nn.Linear(features, classes, bias=False),
+                                   torch.nn.BatchNorm1d(classes)).double()
+    return torch.nn.Sequential(torch.nn.Linear(features, classes)).double()
+
+
+def _sgd_epochs(model, opt, x, y, batch_size, generator, epochs, stop=None):
+    """Plain SGD over shuffled batches (the last incomplete batch dropped); the step count at
+    which ``stop()`` first holds, or None."""
+    steps = 0
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x) - batch_size + 1, batch_size):
+            idx = order[start:start + batch_size]
+            model.train()
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+            if stop is not None and stop():
+                return steps
+    return None
+
+
+def _accuracy(model, x, y) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).double().mean())
+
+
+def pretrained_linear(norm: str, seed: int, *, batch_size: int = 32, lr: float = 0.1, epochs: int = 20,
+                      **mixture):
+    """A linear model (:func:`linear_model`) trained by SGD on :func:`gaussian_mixture` ``seed``;
+    returns the model, its optimizer, the batch generator and the mixture (x, y, x_test, y_test, u)."""
+    if batch_size < 2:
+        raise ValueError(f"batch_size={batch_size}: BatchNorm needs batches of at least 2 samples")
+    problem = gaussian_mixture(seed, **mixture)
+    x, y = problem[0], problem[1]
+    model = linear_model(norm, x.shape[1], int(y.max()) + 1, seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed + 10_000)
+    _sgd_epochs(model, opt, x, y, batch_size, generator, epochs)
+    return model, opt, generator, problem
+
+
+def steps_to_memorize(norm: str, distance: float, seed: int, *, batch_size: int = 32, lr: float = 0.1,
+                      pretrain_epochs: int = 20, max_epochs: int = 60, **mixture) -> dict:
+    """Steps of SGD until a mislabeled outlier at ``distance`` from the data mean is fit.
+
+    A linear model (with BN or without) first learns a Gaussian mixture; then one outlier is added
+    at ``mean + distance * u`` with the label the model finds least likely for it, and training
+    continues on the data plus the outlier (shuffled batches, so the outlier is in one batch per
+    epoch) until the model, in eval mode (BN's running statistics, as when it is queried), predicts
+    its label. Returns the steps (NaN if not fit within ``max_epochs``), and the test accuracy on
+    the mixture before the outlier was added and when training stopped.
+    """
+    model, opt, generator, (x, y, x_test, y_test, u) = pretrained_linear(
+        norm, seed, batch_size=batch_size, lr=lr, epochs=pretrain_epochs, **mixture)
+    before = _accuracy(model, x_test, y_test)
+    outlier = (x.mean(0) + distance * u).unsqueeze(0)
+    model.eval()
+    with torch.no_grad():
+        label = int(model(outlier).argmin())
+
+    def fitted() -> bool:
+        model.eval()
+        with torch.no_grad():
+            return int(model(outlier).argmax()) == label
+
+    steps = _sgd_epochs(model, opt, torch.cat([x, outlier]), torch.cat([y, torch.tensor([label])]),
+                        batch_size, generator, max_epochs, fitted)
+    return {"steps": float("nan") if steps is None else float(steps), "acc_before": before,
+            "acc_after": _accuracy(model, x_test, y_test)}
