@@ -174,13 +174,16 @@ def test_bad_inputs_say_what_was_wrong():
 
 
 def test_the_memorization_simulation_is_deterministic_and_fits_a_near_outlier():
-    first = theory.steps_to_memorize("none", 30.0, 0, batch_size=16, max_epochs=30, pretrain_epochs=5)
-    again = theory.steps_to_memorize("none", 30.0, 0, batch_size=16, max_epochs=30, pretrain_epochs=5)
-    assert first == again and first["steps"] >= 1
-    bn = theory.steps_to_memorize("batch", 30.0, 0, batch_size=16, max_epochs=30, pretrain_epochs=5)
-    assert 0 <= bn["acc_after"] <= 1
+    kwargs = dict(batch_size=16, max_epochs=10, pretrain_epochs=2)
+    first = theory.memorization_steps("none", [30.0], [0, 1], **kwargs)
+    assert first == theory.memorization_steps("none", [30.0], [0, 1], **kwargs)
+    assert all(row["steps"] >= 1 for row in first)
+    bn = theory.memorization_steps("batch", [30.0], [0], **kwargs)
+    assert 0 <= bn[0]["acc_after"] <= 1
     with pytest.raises(ValueError, match="allowed values: batch, none"):
-        theory.steps_to_memorize("group", 1.0, 0)
+        theory.memorization_steps("group", [1.0], [0])
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        theory.steps_to_memorize("batch", 1.0, 0, batch_size=1)
 
 
 def test_bn_eval_mode_gradients_match_autograd():
@@ -200,3 +203,25 @@ def test_linear_parameters_feed_the_closed_forms_of_a_trained_model():
     p = theory.linear_parameters(model)
     assert set(p) == {"weight", "gamma", "beta", "running_mean", "running_var"}
     assert set(theory.linear_parameters(theory.linear_model("none", 10, 3, 0))) == {"weight", "bias"}
+
+
+def test_at_the_crossover_distance_the_outlier_doubles_the_variance():
+    x_rest, _, weight, gamma, beta, u = outlier_problem()
+    crossover = theory.bn_crossover_distance(x_rest, weight, u)
+    c = x_rest - x_rest.mean(0)
+    s = torch.einsum("rp,pq,rq->r", weight, c.T @ c / len(x_rest), weight)
+    k = len(x_rest) / (len(x_rest) + 1)
+    for r, d in enumerate(crossover.tolist()):
+        sigma = theory.batch_norm_forward(theory.outlier_batch(x_rest, u, d), weight, gamma, beta, eps=0.0)["sigma"]
+        assert sigma[r] ** 2 == pytest.approx(2 * k * s[r].item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_the_batched_simulation_equals_the_model_by_model_one(norm):
+    kwargs = dict(batch_size=32, pretrain_epochs=1, max_epochs=4)
+    batched = theory.memorization_steps(norm, [1.0, 30.0], [0, 1], **kwargs)
+    for row in batched:
+        single = theory.steps_to_memorize(norm, row["distance"], row["seed"], **kwargs)
+        assert row["steps"] == single["steps"] or (math.isnan(row["steps"]) and math.isnan(single["steps"]))
+        assert row["acc_before"] == pytest.approx(single["acc_before"], abs=1e-12)
+        assert row["acc_after"] == pytest.approx(single["acc_after"], abs=1e-12)

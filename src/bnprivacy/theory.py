@@ -164,6 +164,16 @@ def bn_outlier_limit(batch_size: int) -> tuple[float, float]:
     return math.sqrt(batch_size - 1), -1 / math.sqrt(batch_size - 1)
 
 
+def bn_crossover_distance(x_rest: torch.Tensor, weight: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """Per unit, the outlier distance ``d* = sqrt(B s_r) / |w_r . u|`` at which the variance the
+    outlier adds to the unit equals that of the other samples (``s_r = w_r^T S w_r``, S their
+    covariance): below d* BN acts almost as a fixed affine map, above it the outlier sets the
+    unit's scale and its normalised value approaches sqrt(B - 1)."""
+    c = x_rest - x_rest.mean(0)
+    s = torch.einsum("rp,pq,rq->r", weight, c.T @ c / len(x_rest), weight)
+    return torch.sqrt((len(x_rest) + 1) * s) / (weight @ (direction / direction.norm())).abs()
+
+
 def bn_own_grad_limit(y_outlier: int, weight: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
                       direction: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
     """The outlier's own gradient as its distance d -> infinity (eps -> 0): the weight part
@@ -240,6 +250,12 @@ def gaussian_mixture(seed: int, n_per_class: int = 40, features: int = 10, class
     return x, y, x_test, y_test, u / u.norm()
 
 
+def typical_distance(x: torch.Tensor) -> float:
+    """Root-mean-square distance of the samples ``x [N, ...]`` from their mean: the unit in which
+    the chapter measures an outlier's distance."""
+    return float((x - x.mean(0)).flatten(1).pow(2).sum(1).mean().sqrt())
+
+
 def linear_model(norm: str, features: int, classes: int, seed: int) -> torch.nn.Module:
     """``Linear -> BatchNorm1d`` (no bias: BN's beta replaces it) or ``Linear`` with a bias, float64."""
     if norm not in SIMULATION_NORMS:
@@ -296,7 +312,8 @@ def steps_to_memorize(norm: str, distance: float, seed: int, *, batch_size: int 
     """Steps of SGD until a mislabeled outlier at ``distance`` from the data mean is fit.
 
     A linear model (with BN or without) first learns a Gaussian mixture; then one outlier is added
-    at ``mean + distance * u`` with the label the model finds least likely for it, and training
+    at ``mean + distance * rms * u`` (``rms``: the root-mean-square distance of the training
+    samples from their mean, so ``distance`` is in typical distances) with the label the model finds least likely for it, and training
     continues on the data plus the outlier (shuffled batches, so the outlier is in one batch per
     epoch) until the model, in eval mode (BN's running statistics, as when it is queried), predicts
     its label. Returns the steps (NaN if not fit within ``max_epochs``), and the test accuracy on
@@ -305,7 +322,7 @@ def steps_to_memorize(norm: str, distance: float, seed: int, *, batch_size: int 
     model, opt, generator, (x, y, x_test, y_test, u) = pretrained_linear(
         norm, seed, batch_size=batch_size, lr=lr, epochs=pretrain_epochs, **mixture)
     before = _accuracy(model, x_test, y_test)
-    outlier = (x.mean(0) + distance * u).unsqueeze(0)
+    outlier = (x.mean(0) + distance * typical_distance(x) * u).unsqueeze(0)
     model.eval()
     with torch.no_grad():
         label = int(model(outlier).argmin())
@@ -319,3 +336,114 @@ def steps_to_memorize(norm: str, distance: float, seed: int, *, batch_size: int 
                         batch_size, generator, max_epochs, fitted)
     return {"steps": float("nan") if steps is None else float(steps), "acc_before": before,
             "acc_after": _accuracy(model, x_test, y_test)}
+
+
+def memorization_steps(norm: str, distances, seeds, *, batch_size: int = 32, lr: float = 0.1,
+                       pretrain_epochs: int = 20, max_epochs: int = 60, momentum: float = 0.1, **mixture) -> list[dict]:
+    """:func:`steps_to_memorize` for every (distance, seed) at once, as one batched computation.
+
+    The models of all seeds and distances train side by side as stacked tensors (the linear layer,
+    BN with its running statistics updated as ``nn.BatchNorm1d`` does, plain SGD), each with its own
+    data, initialisation and batch order, so the result equals running :func:`steps_to_memorize`
+    model by model (a test checks it) at a fraction of the Python overhead. Returns one dict per
+    (distance, seed) with ``distance``, ``seed``, ``steps``, ``acc_before``, ``acc_after``.
+    """
+    distances, seeds = [float(d) for d in distances], [int(s) for s in seeds]
+    if norm not in SIMULATION_NORMS:
+        raise ValueError(f"norm={norm!r} is not allowed here; allowed values: {', '.join(SIMULATION_NORMS)}")
+    if batch_size < 2:
+        raise ValueError(f"batch_size={batch_size}: BatchNorm needs batches of at least 2 samples")
+    problems = [gaussian_mixture(s, **mixture) for s in seeds]
+    models = [linear_model(norm, problems[0][0].shape[1], int(problems[0][1].max()) + 1, s) for s in seeds]
+    params = {"weight": torch.stack([m[0].weight.detach() for m in models])}
+    if norm == "batch":
+        params["gamma"] = torch.stack([m[1].weight.detach() for m in models])
+        params["beta"] = torch.stack([m[1].bias.detach() for m in models])
+    else:
+        params["bias"] = torch.stack([m[0].bias.detach() for m in models])
+    k = params["weight"].shape[1]
+    stats = {"mean": torch.zeros(len(seeds), k, dtype=torch.float64), "var": torch.ones(len(seeds), k, dtype=torch.float64)}
+    generators = [torch.Generator().manual_seed(s + 10_000) for s in seeds]
+    x = torch.stack([p[0] for p in problems])
+    y = torch.stack([p[1] for p in problems])
+    _batched_sgd(norm, params, stats, x, y, generators, batch_size, lr, momentum, pretrain_epochs)
+    before = _batched_accuracy(norm, params, stats, problems)
+
+    # Every (distance, seed) pair continues from its seed's pretrained state, with its own copy.
+    pairs = [(d, i) for d in distances for i in range(len(seeds))]
+    index = torch.tensor([i for _, i in pairs])
+    params = {n: t[index].clone() for n, t in params.items()}
+    stats = {n: t[index].clone() for n, t in stats.items()}
+    gens = []
+    for _, i in pairs:
+        g = torch.Generator()
+        g.set_state(generators[i].get_state())
+        gens.append(g)
+    outliers = torch.stack([problems[i][0].mean(0) + d * typical_distance(problems[i][0]) * problems[i][4]
+                            for d, i in pairs])
+    with torch.no_grad():
+        labels = _batched_logits(norm, params, stats, outliers.unsqueeze(1), train=False)[:, 0].argmin(1)
+    x_all = torch.cat([x[index], outliers.unsqueeze(1)], 1)
+    y_all = torch.cat([y[index], labels.unsqueeze(1)], 1)
+    steps = torch.full((len(pairs),), float("nan"), dtype=torch.float64)
+    after = torch.full((len(pairs),), float("nan"), dtype=torch.float64)
+    test_problems = [problems[i] for _, i in pairs]
+
+    def check(step):
+        with torch.no_grad():
+            hit = _batched_logits(norm, params, stats, outliers.unsqueeze(1), train=False)[:, 0].argmax(1) == labels
+        new = hit & steps.isnan()
+        if new.any():
+            steps[new] = float(step)
+            acc = _batched_accuracy(norm, params, stats, test_problems)
+            after[new] = acc[new]
+        return bool((~steps.isnan()).all())
+
+    _batched_sgd(norm, params, stats, x_all, y_all, gens, batch_size, lr, momentum, max_epochs, check)
+    final = _batched_accuracy(norm, params, stats, test_problems)
+    after = torch.where(after.isnan(), final, after)
+    return [{"distance": d, "seed": seeds[i], "steps": float(steps[j]), "acc_before": float(before[i]),
+             "acc_after": float(after[j])} for j, (d, i) in enumerate(pairs)]
+
+
+def _batched_logits(norm, params, stats, x, train: bool):
+    z = torch.einsum("mbp,mkp->mbk", x, params["weight"])
+    if norm == "none":
+        return z + params["bias"].unsqueeze(1)
+    if train:
+        yhat = (z - z.mean(1, keepdim=True)) / torch.sqrt(z.var(1, unbiased=False, keepdim=True) + BN_EPS)
+    else:
+        yhat = (z - stats["mean"].unsqueeze(1)) / torch.sqrt(stats["var"].unsqueeze(1) + BN_EPS)
+    return params["gamma"].unsqueeze(1) * yhat + params["beta"].unsqueeze(1)
+
+
+def _batched_accuracy(norm, params, stats, problems) -> torch.Tensor:
+    x_test = torch.stack([p[2] for p in problems])
+    y_test = torch.stack([p[3] for p in problems])
+    with torch.no_grad():
+        return (_batched_logits(norm, params, stats, x_test, train=False).argmax(2) == y_test).double().mean(1)
+
+
+def _batched_sgd(norm, params, stats, x, y, generators, batch_size, lr, momentum, epochs, check=None):
+    """SGD on stacked models, each with its own batch order; ``check(step)`` after every step may stop it."""
+    rows = torch.arange(len(x)).unsqueeze(1)
+    steps = 0
+    for _ in range(epochs):
+        orders = torch.stack([torch.randperm(x.shape[1], generator=g) for g in generators])
+        for start in range(0, x.shape[1] - batch_size + 1, batch_size):
+            idx = orders[:, start:start + batch_size]
+            xb, yb = x[rows, idx], y[rows, idx]
+            leaves = {n: t.requires_grad_() for n, t in params.items()}
+            logits = _batched_logits(norm, leaves, stats, xb, train=True)
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="sum") / batch_size
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+            with torch.no_grad():
+                if norm == "batch":  # as nn.BatchNorm1d: the forward pass's statistics, unbiased variance
+                    z = torch.einsum("mbp,mkp->mbk", xb, params["weight"])
+                    stats["mean"].mul_(1 - momentum).add_(momentum * z.mean(1))
+                    stats["var"].mul_(1 - momentum).add_(momentum * z.var(1, unbiased=True))
+                for (name, t), g in zip(leaves.items(), grads):
+                    params[name] = (t - lr * g).detach()
+            steps += 1
+            if check is not None and check(steps):
+                return
