@@ -20,6 +20,12 @@ the ``Sigma w_r w_r^T`` term the path through the variance. The leave-one-out in
 
 Every function takes float tensors ``x [B, p]``, integer labels ``y [B]``, ``weight [K, p]`` and
 returns per-sample gradients as a dict ``{name: [B, *shape]}`` (or one gradient ``{name: shape}``).
+The ``*_limit`` and ``*_asymptote`` functions give the outlier's gradient as its distance from the
+batch grows without bound (the proposition of chapter 5).
+
+The second half simulates the memorization argument: how many SGD steps a linear model, with BN or
+without, needs to fit one mislabeled outlier (``steps_to_memorize``, one model, the readable
+reference; ``memorization_steps``, all seeds and distances as one batched computation).
 """
 
 from __future__ import annotations
