@@ -15,7 +15,8 @@ import pandas as pd
 
 from .store import results_dir, save_json
 
-SETTINGS = ("equal epochs", "matched accuracy")
+# The two training controls of every chapter, and the theory chapter's linear-model simulation.
+SETTINGS = ("equal epochs", "matched accuracy", "simulation")
 COLUMNS = ["chapter", "measure", "setting", "batch", "none", "diff", "lo", "hi", "interval",
            "higher_means", "dataset", "arch", "profile"]
 
