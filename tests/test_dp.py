@@ -144,9 +144,10 @@ def test_a_killed_dp_run_resumes_at_the_model_it_was_training_to_the_same_models
     assert torch.allclose(resumed.logits_pool, reference.logits_pool, atol=1e-5)
 
 
-def test_epsilon_infinity_trains_the_same_models_without_noise(data):
+def test_epsilon_infinity_clips_without_noise(data):
     public = dp_shadow_run(DPRunSpec(CFG, n_models=2, epsilon=math.inf), data, progress=False)
     assert run_privacy(public)["noise_multiplier"].eq(0).all()
+    assert run_privacy(public)["max_grad_norm"].eq(1.0).all()
     assert run_privacy(public)["epsilon"].eq(math.inf).all()
     assert public.final_accuracy()["epochs"].eq(CFG.epochs).all()
 

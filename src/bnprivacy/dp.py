@@ -17,8 +17,10 @@ initialisation from ``(seed, k)``) whose models are trained one at a time with O
 ``max_grad_norm``, Gaussian noise from a generator of its own (seeded from ``(seed, k)``), and
 ``BatchMemoryManager`` splitting a logical batch into physical batches of at most
 ``max_physical_batch``. The noise multiplier is what the accountant needs for ``(epsilon, delta)``
-after ``epochs`` epochs. ``epsilon = inf`` trains the same model with the same Poisson batches and
-no clipping and no noise. The run is stored by :func:`store.shadow_run` (atomic, checksummed
+after ``epochs`` epochs. ``epsilon = inf`` trains the same model through the same Opacus path with
+per-sample clipping and no noise: the DP recipe without its noise. (Without clipping as well it
+would be ordinary training, which the non-private runs of the engine already are; and a learning
+rate tuned for clipped gradients can diverge on unclipped ones.) The run is stored by :func:`store.shadow_run` (atomic, checksummed
 chunks of one model each, so a killed run resumes at the model it was training) and is an ordinary
 :class:`store.ShadowRun`: the attacks and memorization estimators apply unchanged.
 
@@ -34,7 +36,6 @@ evaluated on the other half: maximising over thresholds on the same pairs would 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -102,8 +103,8 @@ class DPRunSpec:
 
     ``config.batch_size`` is the expected logical batch (Poisson sampling rate
     ``batch_size / n_k`` for model k's ``n_k`` training samples), ``config.lr`` and
-    ``config.epochs`` the recipe. ``epsilon = math.inf`` is non-private training of the same model
-    with the same batches. ``delta = 0`` takes ``min(1e-5, 1 / (10 n))``; any delta must be below
+    ``config.epochs`` the recipe. ``epsilon = math.inf`` trains the same model with the same
+    batches and clipping but no noise (not private). ``delta = 0`` takes ``min(1e-5, 1 / (10 n))``; any delta must be below
     ``1 / n`` for the largest training set n. ``max_physical_batch`` bounds the memory of one
     forward pass (``BatchMemoryManager``). Masks are balanced (each sample IN for half the models).
     """
@@ -207,8 +208,8 @@ def run_privacy(run: ShadowRun) -> pd.DataFrame:
 
 
 def check_epsilon(epsilon) -> None:
-    """Raise ``ValueError`` unless ``epsilon`` is a number > 0 (``math.inf``: no privacy)."""
-    _check_real("epsilon", epsilon, "a number > 0, or math.inf for non-private training",
+    """Raise ``ValueError`` unless ``epsilon`` is a number > 0 (``math.inf``: no noise, no privacy)."""
+    _check_real("epsilon", epsilon, "a number > 0, or math.inf for clipping without noise",
                 not isinstance(epsilon, bool) and isinstance(epsilon, (int, float))
                 and not math.isnan(epsilon) and epsilon > 0)
 
@@ -242,7 +243,6 @@ def train_dp_model(spec: DPRunSpec, data, subset: torch.Tensor, model: int, delt
 
     Returns its state dict (CPU), its per-epoch history and its privacy accounting row.
     """
-    from opacus.data_loader import DPDataLoader
     from torch.utils.data import DataLoader, TensorDataset
     from tqdm.auto import tqdm
 
@@ -252,12 +252,8 @@ def train_dp_model(spec: DPRunSpec, data, subset: torch.Tensor, model: int, delt
     # The loader yields pool indices; images are gathered on the device in one indexing.
     loader = DataLoader(TensorDataset(subset.cpu()), batch_size=cfg.batch_size,
                         generator=data_generator(cfg, model))
-    engine = None
-    if spec.private:
-        net, optimizer, loader, engine = _make_private(spec, net, optimizer, loader, model, delta)
-    else:
-        loader = DPDataLoader.from_data_loader(loader)  # the same Poisson batches, no noise
-    plain = net._module if spec.private else net
+    net, optimizer, loader = _make_private(spec, net, optimizer, loader, model, delta)
+    plain = net._module
     steps_per_epoch, step, rows = len(loader), 0, []
     bar = tqdm(total=cfg.epochs, desc=f"DP model {model} (eps={spec.epsilon:g})", unit="epoch",
                leave=False, disable=not progress)
@@ -295,12 +291,12 @@ def train_dp_model(spec: DPRunSpec, data, subset: torch.Tensor, model: int, delt
         bar.set_postfix(test_acc=f"{test_acc:.3f}")
     bar.close()
     state = {name: t.detach().cpu().clone() for name, t in plain.state_dict().items()}
-    return state, pd.DataFrame(rows), _privacy_row(spec, engine, optimizer, model, len(subset),
-                                                  loader, step, delta)
+    return state, pd.DataFrame(rows), _privacy_row(spec, optimizer, model, len(subset), loader, step, delta)
 
 
 def _make_private(spec: DPRunSpec, net, optimizer, loader, model: int, delta: float):
-    """Opacus's ``make_private_with_epsilon``, with the noise multiplier's search cached.
+    """Opacus's ``make_private_with_epsilon``, with the noise multiplier's search cached
+    (``epsilon = inf``: noise multiplier 0, per-sample clipping kept).
 
     ``make_private_with_epsilon`` is ``get_noise_multiplier`` (a binary search over the
     accountant, about a second) followed by ``make_private``. Poisson sampling gives model k the
@@ -312,14 +308,16 @@ def _make_private(spec: DPRunSpec, net, optimizer, loader, model: int, delta: fl
     cfg = spec.config
     noise = torch.Generator(device=data_device(net)).manual_seed(model_seed(cfg.seed, model) + 2)
     sample_rate = 1 / len(loader)  # what Opacus's DPDataLoader samples at
-    sigma = noise_multiplier(spec.epsilon, delta, sample_rate, len(loader) * cfg.epochs, spec.accountant)
+    sigma = 0.0
+    if spec.private:
+        sigma = noise_multiplier(spec.epsilon, delta, sample_rate, len(loader) * cfg.epochs, spec.accountant)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus warns that a seeded generator is not secure
         engine = PrivacyEngine(accountant=spec.accountant)
         net, optimizer, loader = engine.make_private(
             module=net, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
             max_grad_norm=spec.max_grad_norm, noise_generator=noise)
-    return net, optimizer, loader, engine
+    return net, optimizer, loader
 
 
 def data_device(net: nn.Module) -> torch.device:
@@ -341,9 +339,7 @@ def noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: in
 
 def _physical_batches(loader, optimizer, spec: DPRunSpec):
     """Logical Poisson batches split into physical ones of at most ``max_physical_batch``
-    (DP-SGD steps once per logical batch); a non-private run takes whole batches."""
-    if not spec.private:
-        return contextlib.nullcontext(loader)
+    (DP-SGD steps once per logical batch)."""
     from opacus.utils.batch_memory_manager import BatchMemoryManager
 
     return BatchMemoryManager(data_loader=loader, max_physical_batch_size=spec.max_physical_batch,
@@ -375,15 +371,11 @@ def _evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 102
     return loss / len(y), correct / len(y)
 
 
-def _privacy_row(spec: DPRunSpec, engine, optimizer, model: int, n: int, loader, steps: int,
-                 delta: float) -> dict:
-    row = dict(model=model, n=n, delta=delta, sample_rate=spec.config.batch_size / n, steps=steps,
-               max_grad_norm=spec.max_grad_norm if spec.private else float("inf"))
-    if engine is None:
-        return {**row, "noise_multiplier": 0.0, "epsilon": float("inf")}
-    return {**row, "sample_rate": float(loader.sample_rate), "noise_multiplier": float(optimizer.noise_multiplier),
-            "epsilon": accountant_epsilon(float(optimizer.noise_multiplier), float(loader.sample_rate),
-                                          steps, delta, spec.accountant)}
+def _privacy_row(spec: DPRunSpec, optimizer, model: int, n: int, loader, steps: int, delta: float) -> dict:
+    sigma, rate = float(optimizer.noise_multiplier), float(loader.sample_rate)
+    epsilon = accountant_epsilon(sigma, rate, steps, delta, spec.accountant) if spec.private else math.inf
+    return dict(model=model, n=n, delta=delta, sample_rate=rate, steps=steps, max_grad_norm=spec.max_grad_norm,
+                noise_multiplier=sigma, epsilon=epsilon)
 
 
 # --- accounting -----------------------------------------------------------------------------------
