@@ -11,18 +11,19 @@ the same network as the non-private GroupNorm baseline; every model still goes t
 :func:`make_private_module`, which validates it with Opacus and fixes what Opacus can fix.
 
 **DP shadow models.** A :class:`DPRunSpec` is a shadow run (balanced inclusion masks, model k's
-initialisation from ``(seed, k)``) whose models are trained one at a time with Opacus's
-``PrivacyEngine.make_private_with_epsilon``: Poisson sampling of the model's own subset at rate
-``q = batch_size / n_k`` (its sampling generator seeded from ``(seed, k)``), per-sample clipping at
-``max_grad_norm``, Gaussian noise from a generator of its own (seeded from ``(seed, k)``), and
-``BatchMemoryManager`` splitting a logical batch into physical batches of at most
-``max_physical_batch``. The noise multiplier is what the accountant needs for ``(epsilon, delta)``
-after ``epochs`` epochs. ``epsilon = inf`` trains the same model through the same Opacus path with
-per-sample clipping and no noise: the DP recipe without its noise. (Without clipping as well it
-would be ordinary training, which the non-private runs of the engine already are; and a learning
-rate tuned for clipped gradients can diverge on unclipped ones.) The run is stored by :func:`store.shadow_run` (atomic, checksummed
-chunks of one model each, so a killed run resumes at the model it was training) and is an ordinary
-:class:`store.ShadowRun`: the attacks and memorization estimators apply unchanged.
+initialisation from ``(seed, k)``) whose models are trained one at a time with Opacus: Poisson
+sampling of the model's own subset at rate ``q = 1 / ceil(n_k / batch_size)`` (its sampling
+generator seeded from ``(seed, k)``), per-sample clipping at ``max_grad_norm``, Gaussian noise from
+a generator of its own (seeded from ``(seed, k)``), and ``BatchMemoryManager`` splitting a logical
+batch into physical batches of at most ``max_physical_batch``. The noise multiplier is the one
+``make_private_with_epsilon`` picks for ``(epsilon, delta)`` after ``epochs`` epochs (its search is
+cached, see :func:`noise_multiplier`). ``epsilon = inf`` trains the same model through the same
+Opacus path with per-sample clipping and no noise: the DP recipe without its noise. (Without
+clipping as well it would be ordinary training, which the engine's non-private runs already are;
+and a learning rate tuned for clipped gradients can diverge on unclipped ones.) The run is stored
+by :func:`store.shadow_run` (atomic, checksummed chunks of one model each, so a killed run resumes
+at the model it was training) and is an ordinary :class:`store.ShadowRun`: the attacks and
+memorization estimators apply unchanged.
 
 **Empirical epsilon.** Any test that tells "x was in the training set" from "it was not" on the
 output of an (epsilon, delta)-DP mechanism satisfies ``TPR <= e^eps FPR + delta`` and
@@ -101,11 +102,11 @@ def make_private_module(module: nn.Module) -> nn.Module:
 class DPRunSpec:
     """A shadow run of ``n_models`` models of ``config`` trained with DP-SGD at ``(epsilon, delta)``.
 
-    ``config.batch_size`` is the expected logical batch (Poisson sampling rate
-    ``batch_size / n_k`` for model k's ``n_k`` training samples), ``config.lr`` and
+    ``config.batch_size`` is the expected logical batch (Opacus samples model k's ``n_k`` training
+    samples at the Poisson rate ``1 / ceil(n_k / batch_size)``), ``config.lr`` and
     ``config.epochs`` the recipe. ``epsilon = math.inf`` trains the same model with the same
-    batches and clipping but no noise (not private). ``delta = 0`` takes ``min(1e-5, 1 / (10 n))``; any delta must be below
-    ``1 / n`` for the largest training set n. ``max_physical_batch`` bounds the memory of one
+    batches and clipping but no noise (not private). ``delta = 0`` takes ``min(1e-5, 1 / (10 n))``;
+    any delta must be below ``1 / n`` for the largest training set n. ``max_physical_batch`` bounds the memory of one
     forward pass (``BatchMemoryManager``). Masks are balanced (each sample IN for half the models).
     """
 
@@ -139,7 +140,7 @@ class DPRunSpec:
         if self.config.matched_accuracy:
             raise ValueError("DP runs train for a fixed number of epochs (the privacy budget is "
                              "spent over them); set Config.target_accuracy=0")
-        self.shadow  # validates n_models and the mask settings
+        _ = self.shadow  # RunSpec validates n_models (an even number >= 2)
 
     @property
     def shadow(self) -> RunSpec:
