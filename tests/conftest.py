@@ -15,3 +15,27 @@ def isolated_store(tmp_path, monkeypatch):
     monkeypatch.setenv("BNPRIVACY_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("BNPRIVACY_DATA", str(tmp_path / "data"))
     return tmp_path
+
+
+class ChunkSpy:
+    """Stands in for ``store._train_chunk``: records the models of every chunk trained and can
+    raise ``KeyboardInterrupt`` at the ``kill_at``-th call (a run killed midway)."""
+
+    def __init__(self, real):
+        self.real, self.calls, self.kill_at = real, [], None
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(args[3])
+        if len(self.calls) == self.kill_at:
+            raise KeyboardInterrupt("simulated kill")
+        return self.real(*args, **kwargs)
+
+
+@pytest.fixture
+def chunk_spy(monkeypatch):
+    """A :class:`ChunkSpy` installed in place of the store's chunk training."""
+    from bnprivacy import store
+
+    spy = ChunkSpy(store._train_chunk)
+    monkeypatch.setattr(store, "_train_chunk", spy)
+    return spy

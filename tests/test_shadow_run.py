@@ -27,29 +27,21 @@ def assert_same_run(a, b):
     assert torch.allclose(torch.tensor(a.history[cols].values), torch.tensor(b.history[cols].values), atol=1e-5)
 
 
-def test_a_run_killed_after_its_first_chunk_resumes_to_the_same_result(data, isolated_store, monkeypatch):
+def test_a_run_killed_after_its_first_chunk_resumes_to_the_same_result(data, isolated_store, monkeypatch,
+                                                                        chunk_spy):
     monkeypatch.setenv("BNPRIVACY_RESULTS", str(isolated_store / "uninterrupted"))
     reference = shadow_run(SPEC, data, chunk_size=2, progress=False)
 
     monkeypatch.setenv("BNPRIVACY_RESULTS", str(isolated_store / "killed"))
-    real_train = store._train_chunk
-    calls = []
-
-    def killed_in_second_chunk(*args, **kwargs):
-        calls.append(args[3])
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr(store, "_train_chunk", killed_in_second_chunk)
+    chunk_spy.calls.clear()
+    chunk_spy.kill_at = 2
     with pytest.raises(KeyboardInterrupt):
         shadow_run(SPEC, data, chunk_size=2, progress=False)
-    monkeypatch.setattr(store, "_train_chunk", real_train)
 
-    trained_again = []
-    monkeypatch.setattr(store, "_train_chunk", lambda *a, **k: (trained_again.append(a[3]), real_train(*a, **k)))
+    chunk_spy.calls.clear()
+    chunk_spy.kill_at = None
     resumed = shadow_run(SPEC, data, chunk_size=2, progress=False)
-    assert trained_again == [[2, 3]], "the finished first chunk was retrained"
+    assert chunk_spy.calls == [[2, 3]], "the finished first chunk was retrained"
     assert_same_run(resumed, reference)
 
 

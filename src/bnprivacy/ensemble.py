@@ -178,6 +178,8 @@ class EnsembleResult:
     reached_target: list[bool]
     canary_history: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
     probe_history: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    # Further per-model tables a trainer records (e.g. DP-SGD's privacy accounting), by name.
+    tables: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)
 
 
 def train_ensemble(cfg: Config, data: Dataset, masks: torch.Tensor, models: list[int] | None = None,

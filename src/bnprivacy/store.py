@@ -135,6 +135,12 @@ def _load_training(folder: Path) -> dict:
 MASK_KINDS = ("balanced", "fraction")
 
 
+def spec_key(described: dict, config: Config) -> str:
+    """Cache key of a run described by ``described`` (its Config replaced by the Config's key)."""
+    blob = json.dumps({**described, "config": config.key()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     """A shadow run: ``n_models`` models of ``config``, each on its inclusion mask of the pool.
@@ -185,9 +191,14 @@ class RunSpec:
         return ProbeSpec(self.probe_every, self.probe_typical, self.probe_models, self.mask_seed)
 
     def key(self) -> str:
-        described = {**self.to_dict(), "config": self.config.key()}
-        blob = json.dumps(described, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return spec_key(self.to_dict(), self.config)
+
+    def train(self, data, masks, models: list[int], *, strategy: str = "batched", progress: bool = False):
+        """Train the models ``models`` of this run (an ``ensemble.EnsembleResult``)."""
+        from .ensemble import train_ensemble
+
+        return train_ensemble(self.config, data, masks, models, strategy=strategy, progress=progress,
+                              probe=self.probe())
 
     def masks(self, pool_size: int):
         from .ensemble import balanced_masks, fraction_masks
@@ -338,8 +349,6 @@ def _missing_chunks(folder: Path, n_models: int, chunk_size: int) -> list[list[i
 
 def _train_chunk(spec: RunSpec, data, masks, models: list[int], folder: Path, strategy: str,
                  progress: bool) -> None:
-    from .ensemble import train_ensemble
-
     chunk = folder / f"models-{models[0]:05d}-{models[-1]:05d}"
     if models != list(range(models[0], models[-1] + 1)):
         # A chunk folder always holds a contiguous range of models.
@@ -347,14 +356,21 @@ def _train_chunk(spec: RunSpec, data, masks, models: list[int], folder: Path, st
             _train_chunk(spec, data, masks, [model], folder, strategy, progress)
         return
     reset(chunk)
-    result = train_ensemble(spec.config, data, masks, models, strategy=strategy, progress=progress,
-                            probe=spec.probe())
+    result = spec.train(data, masks, models, strategy=strategy, progress=progress)
     save_torch(chunk / "states.pt", {str(m): s for m, s in zip(models, result.states)})
     write_atomic(chunk / "history.csv", result.history.to_csv(index=False).encode())
     save_json(chunk / "reached.json", dict(zip(map(str, models), result.reached_target)))
-    write_atomic(chunk / "canaries.csv", result.canary_history.to_csv(index=False).encode())
-    write_atomic(chunk / "probes.csv", result.probe_history.to_csv(index=False).encode())
-    seal(chunk, ["states.pt", "history.csv", "reached.json", "canaries.csv", "probes.csv"])
+    tables = {"canaries": result.canary_history, "probes": result.probe_history, **result.tables}
+    for name, table in tables.items():
+        write_atomic(chunk / f"{name}.csv", table.to_csv(index=False).encode())
+    seal(chunk, ["states.pt", "history.csv", "reached.json", *(f"{name}.csv" for name in tables)])
+
+
+def chunk_table(run: "ShadowRun", name: str) -> pd.DataFrame:
+    """A table every chunk of a finished run recorded (e.g. ``"privacy"`` of a DP run), concatenated
+    over the run's chunks in model order."""
+    tables = [_read_csv_or_empty(chunk / f"{name}.csv") for chunk in _run_chunks(run.folder)]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
 def _chunk_signals(spec: RunSpec, chunk: Path, data, queries: int, query_mode: str) -> dict:
@@ -377,14 +393,7 @@ def _chunk_signals(spec: RunSpec, chunk: Path, data, queries: int, query_mode: s
 
 def _load_run(spec: RunSpec, folder: Path, data, masks, queries: int, query_mode: str) -> ShadowRun:
     histories, canary_histories, probe_histories, reached, pool, test, ref = [], [], [], {}, [], [], []
-    chunks = [c for c in _chunk_folders(folder) if is_complete(c)]
-    chunks.sort(key=_chunk_range)
-    covered = []
-    for chunk in chunks:
-        first, last = _chunk_range(chunk)
-        if covered and first <= covered[-1]:
-            continue  # an overlapping chunk left by an earlier grid: the first one wins
-        covered.extend(range(first, last + 1))
+    for chunk in _run_chunks(folder):
         histories.append(pd.read_csv(chunk / "history.csv"))
         canary_histories.append(_read_csv_or_empty(chunk / "canaries.csv"))
         probe_histories.append(_read_csv_or_empty(chunk / "probes.csv"))
@@ -407,6 +416,19 @@ def _load_run(spec: RunSpec, folder: Path, data, masks, queries: int, query_mode
         y_ref=data.y_ref.cpu() if data.y_ref is not None else None,
         ref_kinds=list(data.ref_kinds or []),
     )
+
+
+def _run_chunks(folder: Path) -> list[Path]:
+    """The complete chunks that make up a run, in model order, without overlaps."""
+    chunks = sorted((c for c in _chunk_folders(folder) if is_complete(c)), key=_chunk_range)
+    kept, covered = [], -1
+    for chunk in chunks:
+        first, last = _chunk_range(chunk)
+        if first <= covered:
+            continue  # an overlapping chunk left by an earlier grid: the first one wins
+        kept.append(chunk)
+        covered = last
+    return kept
 
 
 def _read_csv_or_empty(path: Path) -> pd.DataFrame:

@@ -1,0 +1,193 @@
+"""DP-SGD shadow runs, the accountant's epsilon and the empirical epsilon lower bound."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bnprivacy.attacks import AttackInput, attack_scores
+from bnprivacy.config import Config
+from bnprivacy.data import load_dataset
+from bnprivacy.dp import (DPRunSpec, UnsupportedModule, accountant_epsilon, clopper_pearson, dp_config,
+                          dp_shadow_run, empirical_epsilon, epsilon_lower_bound, make_private_module,
+                          noise_multiplier, run_privacy)
+from bnprivacy.ensemble import init_model
+from bnprivacy.store import ShadowRun
+
+CFG = Config(norm="group", width=4, epochs=2, batch_size=32, lr=0.2, train_size=128, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(CFG)
+
+
+# --- accounting -----------------------------------------------------------------------------------
+
+def test_the_accountant_epsilon_equals_opacus_after_a_real_dp_training(data):
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = make_private_module(init_model(CFG, data, 0))
+    loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=32,
+                        generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Opacus: a seeded generator is not secure
+        engine = PrivacyEngine(accountant="rdp")
+        model, optimizer, loader = engine.make_private_with_epsilon(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), data_loader=loader,
+            target_epsilon=3.0, target_delta=1e-5, epochs=2, max_grad_norm=1.0)
+        steps = 0
+        for _ in range(2):
+            for x, y in loader:
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                optimizer.step()
+                steps += 1
+        opacus_epsilon = engine.get_epsilon(1e-5)
+    ours = accountant_epsilon(optimizer.noise_multiplier, loader.sample_rate, steps, 1e-5)
+    assert ours == pytest.approx(opacus_epsilon, rel=1e-9)
+    assert opacus_epsilon == pytest.approx(3.0, abs=0.05)
+    # The cached search picks the noise make_private_with_epsilon picked.
+    assert noise_multiplier(3.0, 1e-5, loader.sample_rate, steps) == pytest.approx(optimizer.noise_multiplier)
+
+
+def test_the_accountant_epsilon_grows_with_steps_and_shrinks_with_noise():
+    base = accountant_epsilon(1.0, 0.01, 1000, 1e-5)
+    assert accountant_epsilon(1.0, 0.01, 4000, 1e-5) > base > accountant_epsilon(2.0, 0.01, 1000, 1e-5)
+    # The PRV accountant is numerically tight; RDP is an upper bound on it.
+    assert 0.5 * base < accountant_epsilon(1.0, 0.01, 1000, 1e-5, accountant="prv") <= base
+    with pytest.raises(ValueError, match="noise_multiplier > 0"):
+        accountant_epsilon(0.0, 0.01, 1000, 1e-5)
+
+
+# --- empirical epsilon ----------------------------------------------------------------------------
+
+def test_clopper_pearson_has_its_closed_forms_at_zero_and_all_successes():
+    lower, upper = clopper_pearson([0, 100], [100, 100], 0.025)
+    assert upper[0] == pytest.approx(1 - 0.025 ** (1 / 100)) and lower[0] == 0
+    assert lower[1] == pytest.approx(0.025 ** (1 / 100)) and upper[1] == 1
+
+
+def test_the_epsilon_lower_bound_on_constructed_counts():
+    # A perfect attack on 100 members and 100 non-members: TPR_lo = a^(1/100), FPR_hi = 1 - a^(1/100)
+    # with a = 0.025 (95% confidence split over the two bounds).
+    tpr_lo = 0.025 ** (1 / 100)
+    assert epsilon_lower_bound(100, 0, 0, 100) == pytest.approx(math.log(tpr_lo / (1 - tpr_lo)))
+    assert epsilon_lower_bound(100, 0, 0, 100) == pytest.approx(3.2813, abs=1e-4)
+    # delta is subtracted from the numerator.
+    assert epsilon_lower_bound(100, 0, 0, 100, delta=0.1) == pytest.approx(
+        math.log((tpr_lo - 0.1) / (1 - tpr_lo)))
+    # A high-precision, low-recall attack: tp=50/100, fp=0/100. First form: TPR_lo / FPR_hi.
+    from scipy import stats
+
+    tpr_lo = stats.beta.ppf(0.025, 50, 51)
+    fpr_hi = 1 - 0.025 ** (1 / 100)
+    expected = max(math.log(tpr_lo / fpr_hi), math.log((1 - fpr_hi) / (1 - tpr_lo)))
+    assert epsilon_lower_bound(50, 0, 50, 100) == pytest.approx(expected)
+    # The mirror image (no false negatives, half the non-members flagged) uses the second form.
+    assert epsilon_lower_bound(100, 50, 0, 50) == pytest.approx(expected)
+    # No signal, no bound; arrays give arrays.
+    assert epsilon_lower_bound(50, 50, 50, 50) == 0.0
+    assert epsilon_lower_bound(np.array([50, 100]), np.array([50, 0]), np.array([50, 0]),
+                               np.array([50, 100])).shape == (2,)
+
+
+def test_the_empirical_epsilon_chooses_its_threshold_on_one_half_and_reports_the_other():
+    rng = np.random.default_rng(0)
+    members = np.zeros((2, 400), dtype=bool)
+    members[:, :200] = True
+    separated = np.where(members, 1.0, 0.0)
+    result = empirical_epsilon(separated, members)
+    assert result["fp"] == 0 and result["fn"] == 0 and result["tp"] + result["tn"] == 400
+    assert result["epsilon_lb"] == pytest.approx(epsilon_lower_bound(result["tp"], 0, 0, result["tn"]))
+    noise = rng.normal(size=members.shape)
+    assert empirical_epsilon(noise, members)["epsilon_lb"] < 0.3
+
+
+# --- DP shadow runs -------------------------------------------------------------------------------
+
+def test_a_tiny_dp_run_is_a_shadow_run_and_its_empirical_bound_stays_below_the_accountant(data):
+    spec = DPRunSpec(CFG, n_models=6, epsilon=1.0)
+    run = dp_shadow_run(spec, data, progress=False)
+    assert isinstance(run, ShadowRun) and run.logits_pool.shape == (6, 2, len(data.y_train), 10)
+    assert run.masks.sum(0).eq(3).all(), "masks are not balanced"
+    privacy = run_privacy(run)
+    assert list(privacy["model"]) == list(range(6))
+    assert (privacy["epsilon"] <= 1.0 + 1e-6).all() and (privacy["noise_multiplier"] > 0).all()
+    targets = list(range(6))
+    for attack in ("loss", "lira_offline"):
+        scores = attack_scores(AttackInput.from_run(run), attack, targets)
+        bound = empirical_epsilon(scores, run.masks, delta=float(privacy["delta"].iloc[0]))
+        assert 0 <= bound["epsilon_lb"] <= privacy["epsilon"].min()
+
+
+def test_a_killed_dp_run_resumes_at_the_model_it_was_training_to_the_same_models(data, isolated_store,
+                                                                                 monkeypatch, chunk_spy):
+    spec = DPRunSpec(CFG, n_models=2, epsilon=2.0)
+    reference = dp_shadow_run(spec, data, progress=False)
+
+    monkeypatch.setenv("BNPRIVACY_RESULTS", str(isolated_store / "killed"))
+    chunk_spy.calls.clear()
+    chunk_spy.kill_at = 2
+    with pytest.raises(KeyboardInterrupt):
+        dp_shadow_run(spec, data, progress=False)
+
+    chunk_spy.calls.clear()
+    chunk_spy.kill_at = None
+    resumed = dp_shadow_run(spec, data, progress=False)
+    assert chunk_spy.calls == [[1]], "the finished first model was retrained"
+    # Seeded sampling and noise: the resumed run has the same models as the uninterrupted one.
+    assert torch.allclose(resumed.logits_pool, reference.logits_pool, atol=1e-5)
+
+
+def test_epsilon_infinity_clips_without_noise(data):
+    public = dp_shadow_run(DPRunSpec(CFG, n_models=2, epsilon=math.inf), data, progress=False)
+    assert run_privacy(public)["noise_multiplier"].eq(0).all()
+    assert run_privacy(public)["max_grad_norm"].eq(1.0).all()
+    assert run_privacy(public)["epsilon"].eq(math.inf).all()
+    assert public.final_accuracy()["epochs"].eq(CFG.epochs).all()
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("epsilon", [0, -1.0, float("nan"), "8"])
+def test_a_non_positive_epsilon_is_refused(epsilon):
+    with pytest.raises(ValueError, match=r"epsilon=.*not allowed.*number > 0, or math.inf"):
+        DPRunSpec(CFG, n_models=2, epsilon=epsilon)
+
+
+def test_a_delta_of_one_over_n_or_more_is_refused_before_training(data, isolated_store):
+    spec = DPRunSpec(CFG, n_models=2, epsilon=1.0, delta=0.05)
+    with pytest.raises(ValueError, match=r"delta=0.05 is not below 1/n.*Use delta < 1/n"):
+        dp_shadow_run(spec, data, progress=False)
+    assert not (isolated_store / "results" / "runs").exists()
+
+
+def test_batchnorm_is_refused_and_dp_config_swaps_in_groupnorm():
+    with pytest.raises(ValueError, match="cannot train norm='batch'.*dp_config"):
+        DPRunSpec(CFG.replace(norm="batch"), n_models=2, epsilon=1.0)
+    assert dp_config(CFG.replace(norm="batch")).norm == "group"
+
+
+def test_make_private_module_fixes_batchnorm_and_names_what_it_cannot_fix(data):
+    fixed = make_private_module(init_model(CFG.replace(norm="batch"), data, 0))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fixed.modules())
+    assert any(isinstance(m, nn.GroupNorm) for m in fixed.modules())
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(3))
+            self.register_buffer("count", torch.zeros(()))
+
+        def forward(self, x):
+            return x * self.weight
+
+    model = nn.Sequential(nn.Linear(3, 3))
+    model.add_module("scaled", Scaled())
+    with pytest.raises(UnsupportedModule, match=r"even after ModuleValidator.fix.*scaled"):
+        make_private_module(model)
