@@ -17,13 +17,15 @@ from .store import results_dir, save_json
 
 # The two training controls of every chapter, and the theory chapter's linear-model simulation.
 SETTINGS = ("equal epochs", "matched accuracy", "simulation")
-COLUMNS = ["chapter", "measure", "setting", "batch", "none", "diff", "lo", "hi", "interval",
+COLUMNS = ["chapter", "measure", "setting", "reference", "batch", "none", "diff", "lo", "hi", "interval",
            "higher_means", "dataset", "arch", "profile"]
 
 
 def headline_row(measure: str, setting: str, batch: float, none: float, diff: float, lo: float,
-                 hi: float, interval: str, higher_means: str) -> dict:
-    """One BN-vs-none comparison: values with BN and without, ``diff`` = BN − none with its interval.
+                 hi: float, interval: str, higher_means: str, reference: str = "none") -> dict:
+    """One comparison of BN with a reference (no normalisation unless ``reference`` names another,
+    e.g. "group"): values with BN and with the reference (kept in the ``none`` field), ``diff`` =
+    BN − reference with its interval.
 
     ``interval`` says what the interval is over (e.g. "95% t-interval over 3 seeds");
     ``higher_means`` what a positive difference would mean (e.g. "BN memorizes more").
@@ -31,7 +33,8 @@ def headline_row(measure: str, setting: str, batch: float, none: float, diff: fl
     if setting not in SETTINGS:
         raise ValueError(f"setting {setting!r} is not one of {SETTINGS}")
     values = {"batch": batch, "none": none, "diff": diff, "lo": lo, "hi": hi}
-    row = {"measure": measure, "setting": setting, "interval": interval, "higher_means": higher_means}
+    row = {"measure": measure, "setting": setting, "interval": interval, "higher_means": higher_means,
+           "reference": reference}
     row.update({key: float(value) for key, value in values.items()})
     return row
 
@@ -78,7 +81,7 @@ def load(profile: str, chapters: list[str]) -> pd.DataFrame:
             f"execute them first, e.g. `make chapter CH={missing[0]} PROFILE={profile}` "
             f"(or `make book PROFILE={profile}` for all)"
         )
-    rows = [row for c in chapters for row in json.loads((folder / f"{c}.json").read_text())]
+    rows = [{"reference": "none", **row} for c in chapters for row in json.loads((folder / f"{c}.json").read_text())]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
