@@ -6,7 +6,7 @@ from pathlib import Path
 import papermill
 import pytest
 
-from bnprivacy import assignments, book
+from bnprivacy import assignments, book, htmlcheck
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,10 +63,8 @@ def test_every_chapter_executes_the_book_builds_and_the_teacher_notebooks_run(bo
     rerun = (html / "book" / "rerun.html").read_text()
     assert "bnprivacy: parameter tables" not in rerun and "n_targets" in rerun and "canary_references" in rerun
     assert "colab.research.google.com" in (html / "book" / "04_membership_inference.html").read_text()
-    if htmlcheck_available():
-        from bnprivacy.htmlcheck import check_site
-
-        check_site(html, isolated_store / "screenshots", progress=False)
+    if htmlcheck.browser_available():
+        htmlcheck.check_site(html, isolated_store / "screenshots", progress=False)
     # The teacher notebooks are the chapters with their solutions: they run as they are (the trained
     # models are in the results store from the build above, so this only re-runs the analyses).
     written = assignments.write_assignments(book_copy, book.chapter_names(book_copy), book_copy / "assignments")
@@ -75,17 +73,6 @@ def test_every_chapter_executes_the_book_builds_and_the_teacher_notebooks_run(bo
         papermill.execute_notebook(str(notebook), str(notebook.with_suffix(".out.ipynb")),
                                    parameters=book.profile_parameters(book_copy, "smoke", chapter),
                                    kernel_name=book.KERNEL, cwd=str(book_copy), progress_bar=False)
-
-
-def htmlcheck_available() -> bool:
-    from bnprivacy import htmlcheck
-
-    try:
-        htmlcheck.find_executable("BNPRIVACY_CHROMIUM", htmlcheck.CHROMIUM_CANDIDATES)
-        htmlcheck.find_executable("BNPRIVACY_CHROMEDRIVER", htmlcheck.DRIVER_CANDIDATES)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def test_profile_wide_settings_apply_only_to_chapters_that_have_them():

@@ -79,16 +79,8 @@ def test_repeated_scripts_are_dropped_once_per_page():
         [("a.js", None), ("", body), ("", "other")]
 
 
-def have_chromium():
-    try:
-        htmlcheck.find_executable("BNPRIVACY_CHROMIUM", htmlcheck.CHROMIUM_CANDIDATES)
-        htmlcheck.find_executable("BNPRIVACY_CHROMEDRIVER", htmlcheck.DRIVER_CANDIDATES)
-        return True
-    except FileNotFoundError:
-        return False
 
-
-@pytest.mark.skipif(not have_chromium(), reason="needs Debian's chromium and chromium-driver")
+@pytest.mark.skipif(not htmlcheck.browser_available(), reason="needs Debian's chromium and chromium-driver")
 def test_chromium_finds_every_kind_of_problem_and_passes_a_clean_site(tmp_path):
     site = make_site(tmp_path / "site")
     with pytest.raises(htmlcheck.HtmlCheckFailed) as failure:

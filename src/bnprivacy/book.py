@@ -105,10 +105,14 @@ def parse_overrides(pairs: list[tuple[str, str]] | None) -> dict:
     return {key: yaml.safe_load(value) for key, value in (pairs or [])}
 
 
+def book_config(root: Path) -> dict:
+    """The Jupyter Book configuration, ``_config.yml``."""
+    return yaml.safe_load((root / "_config.yml").read_text()) or {}
+
+
 def repository_url(root: Path) -> str:
     """The book's git repository (``repository.url`` in ``_config.yml``), or "" when none is set."""
-    config = yaml.safe_load((root / "_config.yml").read_text()) or {}
-    return str((config.get("repository") or {}).get("url", "")).rstrip("/")
+    return str((book_config(root).get("repository") or {}).get("url", "")).rstrip("/")
 
 
 def add_install_cell(root: Path, notebook) -> None:
@@ -232,7 +236,7 @@ def build_html(root: Path) -> Path:
             "jupyter-book build failed:\n" + completed.stdout[-4000:] + completed.stderr[-4000:]
         )
     index = root / BUILD / "html" / "index.html"
-    _complete_redirect_page(index, (yaml.safe_load((root / "_config.yml").read_text()) or {}).get("title", "Book"))
+    _complete_redirect_page(index, book_config(root).get("title", "Book"))
     print(f"HTML book: {index}")
     return index
 

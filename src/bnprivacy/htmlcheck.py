@@ -18,6 +18,7 @@ import http.server
 import os
 import re
 import shutil
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -142,8 +143,19 @@ def site_pages(site: Path) -> list[str]:
     return pages
 
 
-def make_driver(width: int = 1280, height: int = 900):
-    """Headless Chromium under Selenium, with the browser's console log switched on."""
+def browser_available() -> bool:
+    """Whether Chromium and its driver are installed (the browser check can run)."""
+    try:
+        find_executable("BNPRIVACY_CHROMIUM", CHROMIUM_CANDIDATES)
+        find_executable("BNPRIVACY_CHROMEDRIVER", DRIVER_CANDIDATES)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def make_driver(profile_dir: str, width: int = 1280, height: int = 900):
+    """Headless Chromium under Selenium with a fresh profile in ``profile_dir`` and the browser's
+    console log switched on."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -151,19 +163,13 @@ def make_driver(width: int = 1280, height: int = 900):
     options.binary_location = find_executable("BNPRIVACY_CHROMIUM", CHROMIUM_CANDIDATES)
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={_fresh_profile()}")
+    options.add_argument(f"--user-data-dir={profile_dir}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = Service(executable_path=find_executable("BNPRIVACY_CHROMEDRIVER", DRIVER_CANDIDATES))
     driver = webdriver.Chrome(service=service, options=options)
     driver.set_window_size(width, height)
     driver.set_page_load_timeout(60)
     return driver
-
-
-def _fresh_profile() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="bnprivacy-chromium-")
 
 
 def check_page(driver, server, site: Path, base_url: str, page: str, screenshots: Path | None) -> PageReport:
@@ -204,7 +210,8 @@ def check_site(site: Path, screenshots: Path | None = None, *, progress: bool = 
     anchors_of.cache_clear()
     server = serve(site)
     base_url = f"http://127.0.0.1:{server.server_address[1]}/"
-    driver = make_driver()
+    profile_dir = tempfile.mkdtemp(prefix="bnprivacy-chromium-")
+    driver = make_driver(profile_dir)
     try:
         reports = []
         for page in site_pages(site):
@@ -215,6 +222,7 @@ def check_site(site: Path, screenshots: Path | None = None, *, progress: bool = 
     finally:
         driver.quit()
         server.shutdown()
+        shutil.rmtree(profile_dir, ignore_errors=True)
     failing = [r for r in reports if r.problems]
     if failing:
         lines = [f"{r.page}:\n" + "\n".join(f"  - {p}" for p in r.problems) for r in failing]
