@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .stats import clopper_pearson  # noqa: F401  (one implementation, re-exported)
 from .config import Config
 from .ensemble import EnsembleResult, check_masks, data_generator, init_model, model_seed
 from .store import RunSpec, ShadowRun, shadow_run, spec_key
@@ -401,18 +402,6 @@ def accountant_epsilon(noise_multiplier: float, sample_rate: float, steps: int, 
 
 
 # --- empirical epsilon ----------------------------------------------------------------------------
-
-def clopper_pearson(successes, trials, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """One-sided Clopper-Pearson bounds ``(lower, upper)`` of a binomial rate, each holding with
-    probability ``1 - alpha``."""
-    from scipy import stats
-
-    k, n = np.asarray(successes, dtype=float), np.asarray(trials, dtype=float)
-    with np.errstate(invalid="ignore"):
-        lower = np.where(k > 0, stats.beta.ppf(alpha, k, n - k + 1), 0.0)
-        upper = np.where(k < n, stats.beta.ppf(1 - alpha, k + 1, n - k), 1.0)
-    return lower, upper
-
 
 def epsilon_lower_bound(tp, fp, fn, tn, delta: float = 0.0, confidence: float = 0.95):
     """Lower bound on epsilon implied by an attack's confusion counts, at ``confidence``.

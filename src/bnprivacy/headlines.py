@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .reading import judge  # noqa: F401  (re-exported for the verdict)
 from .store import results_dir, save_json
 
 # The two training controls of every chapter, and the theory chapter's linear-model simulation.
@@ -43,7 +44,7 @@ def paired_headline(measure: str, setting: str, batch_values, none_values, highe
     """A headline row from per-seed values paired by seed (Student-t interval of the mean difference)."""
     import numpy as np
 
-    from .memorization import paired_difference
+    from .stats import paired_difference
 
     batch_values, none_values = np.asarray(batch_values, float), np.asarray(none_values, float)
     if batch_values.shape != none_values.shape:
@@ -83,15 +84,3 @@ def load(profile: str, chapters: list[str]) -> pd.DataFrame:
         )
     rows = [{"reference": "none", **row} for c in chapters for row in json.loads((folder / f"{c}.json").read_text())]
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def judge(lo: float, hi: float) -> str:
-    """What an interval of BN − none says: "BN higher", "BN lower", "no clear difference" or
-    "no interval" (a single replicate)."""
-    if math.isnan(lo) or math.isnan(hi):
-        return "no interval"
-    if lo > 0:
-        return "BN higher"
-    if hi < 0:
-        return "BN lower"
-    return "no clear difference"

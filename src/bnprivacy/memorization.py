@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .stats import paired_difference  # noqa: F401  (re-exported: chapters and tests import it here)
+
 
 def memorization_scores(correct: torch.Tensor, masks: torch.Tensor, *, n_boot: int = 200,
                         level: float = 0.95, seed: int = 0) -> pd.DataFrame:
@@ -173,18 +175,3 @@ def run_exposure(run, resolution_bits: float | None = None) -> pd.DataFrame:
                      "exposure_out": float(bits[~inside].mean()),
                      "max_bits": math.log2(refs.shape[1] + 1)})
     return pd.DataFrame(rows)
-
-
-def paired_difference(a, b, level: float = 0.95) -> dict:
-    """Mean of ``a - b`` over paired replicates (seeds) with a Student-t interval.
-
-    With one replicate the interval is undefined (NaN): say so rather than pretend.
-    """
-    from scipy import stats
-
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    mean = float(diff.mean())
-    if len(diff) < 2:
-        return {"diff": mean, "lo": float("nan"), "hi": float("nan"), "n": len(diff)}
-    half = stats.t.ppf((1 + level) / 2, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
-    return {"diff": mean, "lo": mean - half, "hi": mean + half, "n": len(diff)}

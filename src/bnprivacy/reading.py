@@ -1,0 +1,55 @@
+"""Intervals into words: one reading of an interval and one way to print "value [lo, hi]".
+
+A reading is only ever made from an interval; a comparison that is not comparable (a side that did
+not train, see ``protocol.py``) is read as such and never as evidence either way.
+"""
+
+from __future__ import annotations
+
+import math
+
+NO_INTERVAL = "no interval"
+NO_CLEAR = "no clear difference"
+
+
+def judge(lo: float, hi: float, higher: str = "BN higher", lower: str = "BN lower") -> str:
+    """What an interval of a difference says: ``higher`` when it lies above zero, ``lower`` when
+    below, "no clear difference" when it contains zero, "no interval" when a bound is NaN."""
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return NO_INTERVAL
+    if lo > 0:
+        return higher
+    if hi < 0:
+        return lower
+    return NO_CLEAR
+
+
+def not_comparable(reason: str) -> str:
+    """The reading of a comparison that is not evidence: ``"not comparable: <reason>"``."""
+    return f"not comparable: {reason}"
+
+
+def fmt_interval(value: float, lo: float, hi: float, *, digits: int = 3, scale: float = 1.0,
+                 signed: bool = True, unit: str = "") -> str:
+    """``"+0.446 [+0.274, +0.618]"``; without bounds just the value. ``scale`` multiplies all three
+    (e.g. 100 for percentage points); ``unit`` follows the value."""
+    spec = f"{'+' if signed else ''}.{digits}f"
+    text = f"{value * scale:{spec}}{unit}"
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return text
+    return f"{text} [{lo * scale:{spec}}, {hi * scale:{spec}}]"
+
+
+def sentence(label: str, what: str, value: float, lo: float, hi: float, interval: str, *,
+             higher: str, lower: str, digits: int = 3, scale: float = 1.0, unit: str = "") -> str:
+    """One sentence on a difference: ``"<label>, <what> is +0.1 [0.05, 0.2] (<interval>): <reading>."``
+    The reading is emphasised; a missing interval says it is not evidence either way."""
+    reading = judge(lo, hi, higher, lower)
+    if reading == NO_INTERVAL:
+        tail = "with a single replicate there is no interval, so this is not evidence either way"
+    elif reading == NO_CLEAR:
+        tail = f"the interval includes zero: **{NO_CLEAR}**"
+    else:
+        tail = f"the interval excludes zero: **{reading}**"
+    number = fmt_interval(value, lo, hi, digits=digits, scale=scale, unit=unit)
+    return f"{label}, {what} is {number} ({interval}); {tail}."
