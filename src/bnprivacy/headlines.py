@@ -16,43 +16,54 @@ import pandas as pd
 from .reading import judge  # noqa: F401  (re-exported for the verdict)
 from .store import results_dir, save_json
 
-# The two training controls of every chapter, and the theory chapter's linear-model simulation.
-SETTINGS = ("equal epochs", "matched accuracy", "simulation")
+# The protocol's three comparisons (``protocol.py``), DP-SGD against its non-private twin, and the
+# theory chapter's linear-model simulation.
+SETTINGS = ("equal epochs", "matched fit", "matched accuracy", "mitigation", "simulation")
+# Every row that compares trained models carries these (``protocol.Comparison.fields``).
+COMPARABILITY = ("epochs_bn", "epochs_ref", "lr_bn", "lr_ref", "train_acc_bn", "train_acc_ref", "test_acc_bn",
+                 "test_acc_ref", "fit_bn", "fit_ref", "comparable", "reason")
 COLUMNS = ["chapter", "measure", "setting", "reference", "batch", "none", "diff", "lo", "hi", "interval",
-           "higher_means", "dataset", "arch", "profile"]
+           "higher_means", *COMPARABILITY, "dataset", "arch", "profile"]
 
 
 def headline_row(measure: str, setting: str, batch: float, none: float, diff: float, lo: float,
-                 hi: float, interval: str, higher_means: str, reference: str = "none") -> dict:
+                 hi: float, interval: str, higher_means: str, reference: str = "none", *,
+                 comparison=None) -> dict:
     """One comparison of BN with a reference (no normalisation unless ``reference`` names another,
     e.g. "group"): values with BN and with the reference (kept in the ``none`` field), ``diff`` =
     BN − reference with its interval.
 
     ``interval`` says what the interval is over (e.g. "95% t-interval over 3 seeds");
     ``higher_means`` what a positive difference would mean (e.g. "BN memorizes more").
+    ``comparison`` (a ``protocol.Comparison``) is required for every setting but "simulation": its
+    comparability fields (budgets, learning rates, train and test accuracy of both sides, fit,
+    ``comparable`` and the ``reason`` when not) go into the row, so the verdict never reads a row
+    whose sides did not train.
     """
     if setting not in SETTINGS:
         raise ValueError(f"setting {setting!r} is not one of {SETTINGS}")
+    if comparison is None and setting != "simulation":
+        raise ValueError(f"a {setting!r} row compares trained models and needs its comparison "
+                         "(protocol.Comparison) for the comparability fields")
     values = {"batch": batch, "none": none, "diff": diff, "lo": lo, "hi": hi}
     row = {"measure": measure, "setting": setting, "interval": interval, "higher_means": higher_means,
            "reference": reference}
     row.update({key: float(value) for key, value in values.items()})
+    if comparison is not None:
+        fields = comparison.fields()
+        row.update({k: (v.item() if hasattr(v, "item") else v) for k, v in fields.items()})
+    else:
+        row.update({"comparable": True, "reason": ""})
     return row
 
 
-def paired_headline(measure: str, setting: str, batch_values, none_values, higher_means: str) -> dict:
-    """A headline row from per-seed values paired by seed (Student-t interval of the mean difference)."""
-    import numpy as np
+def readings(table: pd.DataFrame) -> list[str]:
+    """The reading of every headline row: "not comparable: <reason>" for a row whose sides did not
+    train to a comparable state, else what its interval says (``reading.judge``)."""
+    from .reading import not_comparable
 
-    from .stats import paired_difference
-
-    batch_values, none_values = np.asarray(batch_values, float), np.asarray(none_values, float)
-    if batch_values.shape != none_values.shape:
-        raise ValueError(f"paired values need one per seed on both sides; got {batch_values.shape} "
-                         f"with BN and {none_values.shape} without")
-    d = paired_difference(batch_values, none_values)
-    return headline_row(measure, setting, batch_values.mean(), none_values.mean(), d["diff"], d["lo"],
-                        d["hi"], f"95% t-interval over {d['n']} seeds", higher_means)
+    return [judge(lo, hi) if comparable else not_comparable(reason)
+            for lo, hi, comparable, reason in zip(table["lo"], table["hi"], table["comparable"], table["reason"])]
 
 
 def headline_folder(profile: str) -> Path:
