@@ -20,7 +20,7 @@ def test_bad_choice_names_parameter_value_and_allowed_values(field, value, allow
 
 @pytest.mark.parametrize("field, value", [
     ("epochs", 0), ("epochs", -3), ("batch_size", 0), ("lr", 0.0), ("lr", -0.1),
-    ("momentum", 1.0), ("label_smoothing", 1.0), ("target_accuracy", 1.5), ("max_epochs", 0),
+    ("momentum", 1.0), ("label_smoothing", 1.0),
     ("width", -1), ("seed", -1), ("epochs", 2.5), ("epochs", True), ("lr", "0.1"),
 ])
 def test_bad_numbers_are_rejected(field, value):
@@ -69,6 +69,16 @@ def test_every_arch_and_norm_is_accepted():
             Config(arch=arch, norm=norm)
 
 
-def test_matched_accuracy_budget():
-    assert Config(epochs=7).epoch_budget == 7
-    assert Config(epochs=7, target_accuracy=0.9, max_epochs=40).epoch_budget == 40
+@pytest.mark.parametrize("removed", ["target_accuracy", "max_epochs"])
+def test_the_removed_stop_at_target_mode_is_explained(removed):
+    with pytest.raises(ValueError, match="unknown Config parameter") as error:
+        Config.from_dict({removed: 0.9 if removed == "target_accuracy" else 40})
+    message = str(error.value)
+    assert "stop-at-target-accuracy mode" in message and "removed" in message
+    assert "mid-schedule snapshots" in message and "bnprivacy.protocol" in message
+
+
+def test_other_unknown_parameters_do_not_mention_the_removed_mode():
+    with pytest.raises(ValueError) as error:
+        Config.from_dict({"epoch": 3})
+    assert "protocol" not in str(error.value)

@@ -51,6 +51,7 @@ def test_a_finished_run_loads_without_training(data, monkeypatch):
     again = shadow_run(SPEC, data, chunk_size=4, progress=False)
     assert_same_run(first, again)
     assert first.final_accuracy().shape[0] == 4
+    assert list(first.final_accuracy().columns) == ["epochs", "train_acc", "test_acc"]
     assert set(first.state_dict(3)) == set(first.state_dict(0))
 
 

@@ -36,19 +36,6 @@ def test_same_seed_gives_identical_model_and_history(digits):
     assert not torch.equal(next(iter(other.model.parameters())), next(iter(first.model.parameters())))
 
 
-def test_matched_accuracy_stops_at_the_first_epoch_reaching_the_target(digits):
-    cfg = Config(norm="batch", target_accuracy=0.9, max_epochs=20, **FAST)
-    result = train_model(cfg, digits)
-    accs = result.history.test_acc.tolist()
-    assert result.reached_target and accs[-1] >= 0.9 and all(a < 0.9 for a in accs[:-1])
-    assert len(accs) < 20
-
-
-def test_matched_accuracy_stops_at_the_cap_when_unreachable(digits):
-    result = train_model(Config(norm="none", target_accuracy=1.0, max_epochs=2, **FAST), digits)
-    assert not result.reached_target and len(result.history) == 2
-
-
 def test_divergence_stops_with_a_clear_message(digits):
     with pytest.raises(TrainingDiverged, match="became non-finite in epoch 1.*lower the learning rate"):
         train_model(Config(norm="none", lr=1e8, momentum=0.0, **{**FAST, "epochs": 2}), digits)

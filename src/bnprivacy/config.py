@@ -22,8 +22,15 @@ CANARY_KINDS = ("noise", "mislabeled", "ood", "atypical")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 # Bumped when a change of the code changes what a Config trains to, so old cached results are not
-# mistaken for new ones.
-RESULTS_VERSION = 2
+# mistaken for new ones. 3: the stop-at-target-accuracy mode (``target_accuracy``, ``max_epochs``)
+# is gone and a stored result no longer records whether a target was reached.
+RESULTS_VERSION = 3
+
+# Fields removed from Config; ``Config.from_dict`` says why when one is passed.
+_REMOVED = ("target_accuracy", "max_epochs")
+_REMOVED_WHY = ("The stop-at-target-accuracy mode (target_accuracy, max_epochs) was removed because "
+                "it compared mid-schedule snapshots (learning rate still high, training set not yet "
+                "fit); use complete trainings at several epoch budgets (bnprivacy.protocol) instead.")
 
 # Fields that say where a run executes, not what it computes: left out of the cache key so that a
 # run trained on a GPU is found again on a laptop.
@@ -34,10 +41,9 @@ _NOT_IN_KEY = ("device",)
 class Config:
     """What to train: dataset, architecture, normalisation layer and optimisation recipe.
 
-    ``width=0`` takes the architecture's default width (see ``models.DEFAULT_WIDTH``).
-    ``target_accuracy > 0`` switches to matched-accuracy stopping: train until the test accuracy
-    reaches the target, at most ``max_epochs`` epochs, with the learning-rate schedule laid over
-    ``max_epochs``. ``train_size=0`` uses the whole training split. ``canaries`` injects outliers
+    ``width=0`` takes the architecture's default width (see ``models.DEFAULT_WIDTH``). Every model
+    trains exactly ``epochs`` epochs, with the learning-rate schedule laid over them.
+    ``train_size=0`` uses the whole training split. ``canaries`` injects outliers
     into the training pool, e.g. ``"noise:10,mislabeled:10"`` (see ``canaries.py``), with
     ``canary_references`` never-trained reference candidates per kind for exposure.
     """
@@ -54,8 +60,6 @@ class Config:
     label_smoothing: float = 0.0
     schedule: str = "cosine"
     augment: str = "auto"
-    target_accuracy: float = 0.0
-    max_epochs: int = 100
     train_size: int = 0
     image_size: int = 0
     canaries: str = ""
@@ -82,23 +86,15 @@ class Config:
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    @property
-    def matched_accuracy(self) -> bool:
-        return self.target_accuracy > 0
-
-    @property
-    def epoch_budget(self) -> int:
-        """Epochs the learning-rate schedule is laid over (and the most that can run)."""
-        return self.max_epochs if self.matched_accuracy else self.epochs
-
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
         """Build a Config from a dict, naming any key that is not a Config field."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
+            why = f" {_REMOVED_WHY}" if set(unknown) & set(_REMOVED) else ""
             raise ValueError(
-                f"unknown Config parameter(s) {unknown}; allowed parameters: {sorted(known)}"
+                f"unknown Config parameter(s) {unknown}; allowed parameters: {sorted(known)}.{why}"
             )
         return cls(**values)
 
@@ -139,8 +135,6 @@ def _validate(cfg: Config) -> None:
     _check_number("momentum", cfg.momentum, kind=real, low=0, high=1, high_open=True)
     _check_number("weight_decay", cfg.weight_decay, kind=real, low=0)
     _check_number("label_smoothing", cfg.label_smoothing, kind=real, low=0, high=1, high_open=True)
-    _check_number("target_accuracy", cfg.target_accuracy, kind=real, low=0, high=1)
-    _check_number("max_epochs", cfg.max_epochs, kind=int, low=1)
     _check_number("train_size", cfg.train_size, kind=int, low=0)
     _check_number("image_size", cfg.image_size, kind=int, low=0)
     _check_number("seed", cfg.seed, kind=int, low=0)

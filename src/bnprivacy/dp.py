@@ -138,9 +138,6 @@ class DPRunSpec:
                              "are undefined when BatchNorm couples the batch. Use "
                              f"{', '.join(repr(n) for n in DP_NORMS)}; dp_config(cfg) swaps "
                              "BatchNorm for GroupNorm")
-        if self.config.matched_accuracy:
-            raise ValueError("DP runs train for a fixed number of epochs (the privacy budget is "
-                             "spent over them); set Config.target_accuracy=0")
         _ = self.shadow  # RunSpec validates n_models (an even number >= 2)
 
     @property
@@ -181,8 +178,7 @@ class DPRunSpec:
                  for k in models]
         history = pd.concat([p[1] for p in parts], ignore_index=True)
         privacy = pd.DataFrame([p[2] for p in parts])
-        return EnsembleResult(list(models), [p[0] for p in parts], history, [False] * len(models),
-                              tables={"privacy": privacy})
+        return EnsembleResult(list(models), [p[0] for p in parts], history, tables={"privacy": privacy})
 
 
 def dp_shadow_run(spec: DPRunSpec, data=None, *, chunk_size: int = 1, queries: int = 2,

@@ -175,7 +175,6 @@ class EnsembleResult:
     models: list[int]
     states: list[dict[str, torch.Tensor]]
     history: pd.DataFrame
-    reached_target: list[bool]
     canary_history: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
     probe_history: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
     # Further per-model tables a trainer records (e.g. DP-SGD's privacy accounting), by name.
@@ -189,8 +188,7 @@ def train_ensemble(cfg: Config, data: Dataset, masks: torch.Tensor, models: list
 
     ``masks`` is the whole run's ``[N, P]`` mask (P = ``len(data.y_train)``). ``strategy="batched"``
     trains the models as one wide network; ``"loop"`` trains them one at a time, to the same
-    result up to float rounding. Stops after ``cfg.epochs`` or, with ``cfg.target_accuracy``,
-    each model at its first epoch reaching the target (at most ``cfg.max_epochs``). ``probe``
+    result up to float rounding. Every model trains exactly ``cfg.epochs`` epochs. ``probe``
     records per-sample gradient norms during training (:class:`ProbeSpec`).
     """
     if strategy not in STRATEGIES:
@@ -203,7 +201,6 @@ def train_ensemble(cfg: Config, data: Dataset, masks: torch.Tensor, models: list
     parts = [_Trainer(cfg, data, masks, group, progress, probe).run() for group in groups]
     return EnsembleResult(models, [s for p in parts for s in p.states],
                           pd.concat([p.history for p in parts], ignore_index=True),
-                          [r for p in parts for r in p.reached_target],
                           pd.concat([p.canary_history for p in parts], ignore_index=True),
                           pd.concat([p.probe_history for p in parts], ignore_index=True))
 
@@ -228,7 +225,7 @@ class _Trainer:
         self.probed = [p for p, k in enumerate(models) if probe and k < probe.models]
         self.device = data.x_train.device
         self.steps = steps_for(masks, cfg.batch_size)
-        self.total_steps = self.steps * cfg.epoch_budget
+        self.total_steps = self.steps * cfg.epochs
         self.subsets = [masks[k].nonzero().squeeze(1) for k in models]
         self.augment = augmentation_enabled(cfg, data)
         self.progress = progress
@@ -241,11 +238,9 @@ class _Trainer:
         wide = build_ensemble(cfg, self.data, [init_model(cfg, self.data, k).state_dict() for k in self.models])
         optimizer = make_optimizer(wide.parameters(), cfg)
         generators = [data_generator(cfg, k) for k in self.models]
-        active = [True] * n
-        final: dict[int, dict[str, torch.Tensor]] = {}
-        rows, canary_rows, probe_rows, reached, step = [], [], [], [False] * n, 0
+        rows, canary_rows, probe_rows, step = [], [], [], 0
         bar = self.bar()
-        for epoch in range(1, cfg.epoch_budget + 1):
+        for epoch in range(1, cfg.epochs + 1):
             started = time.perf_counter()
             plans = [self.plan(position, g) for position, g in enumerate(generators)]
             wide.train()
@@ -254,7 +249,7 @@ class _Trainer:
             for s in range(self.steps):
                 x, y = self.batch(plans, s)
                 if self.probed and step % self.probe.every == 0:
-                    probe_rows.extend(self.probe_gradients(wide, x, y, step, epoch, active))
+                    probe_rows.extend(self.probe_gradients(wide, x, y, step, epoch))
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg, step, self.total_steps)
                 with autocast(cfg, self.device):
@@ -268,30 +263,24 @@ class _Trainer:
                 step += 1
                 loss_sum += per_model.detach()
                 correct += (logits.detach().argmax(-1) == y).sum(1)
-            self.check_finite(loss_sum, active, epoch)
+            self.check_finite(loss_sum, epoch)
             test_loss, test_acc = evaluate_ensemble(cfg, wide, n, self.data.x_test, self.data.y_test)
-            canary_rows.extend(self.probe_canaries(wide, epoch, active))
+            canary_rows.extend(self.probe_canaries(wide, epoch))
             lr = cfg.lr * lr_factor(cfg, step, self.total_steps)
-            for p in [p for p in range(n) if active[p]]:
+            for p in range(n):
                 rows.append(dict(model=self.models[p], epoch=epoch, lr=lr,
                                  train_loss=loss_sum[p].item() / self.steps,
                                  train_acc=correct[p].item() / (self.steps * cfg.batch_size),
                                  test_loss=test_loss[p].item(), test_acc=test_acc[p].item(),
                                  seconds=time.perf_counter() - started))
-                if self.done(epoch, test_acc[p].item()):
-                    active[p] = False
-                    reached[p] = cfg.matched_accuracy and test_acc[p].item() >= cfg.target_accuracy
-                    final[p] = split_state(_cpu_state(wide), n)[p]
             bar.update(1)
-            bar.set_postfix(test_acc=f"{test_acc.mean().item():.3f}", training=sum(active))
-            if not any(active):
-                break
+            bar.set_postfix(test_acc=f"{test_acc.mean().item():.3f}")
         bar.close()
-        return EnsembleResult(self.models, [final[p] for p in range(n)], pd.DataFrame(rows), reached,
+        return EnsembleResult(self.models, split_state(_cpu_state(wide), n), pd.DataFrame(rows),
                               pd.DataFrame(canary_rows), pd.DataFrame(probe_rows))
 
-    def probe_gradients(self, wide: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int, epoch: int,
-                        active: list[bool]) -> list[dict]:
+    def probe_gradients(self, wide: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int,
+                        epoch: int) -> list[dict]:
         """Gradient norms of the probe samples inserted into each probed model's current batch."""
         from .gradients import probe_norms
 
@@ -299,8 +288,6 @@ class _Trainer:
         states = split_state(wide.state_dict(), n)
         samples = self.probe_samples.to(self.device)
         for p in self.probed:
-            if not active[p]:
-                continue
             single = build_model(self.cfg.arch, self.cfg.norm, self.cfg.width, self.data.input_shape,
                                  self.data.num_classes).to(self.device)
             single.load_state_dict(states[p])
@@ -314,8 +301,8 @@ class _Trainer:
         return rows
 
     @torch.no_grad()
-    def probe_canaries(self, wide: nn.Module, epoch: int, active: list[bool]) -> list[dict]:
-        """Each active model's prediction on every canary after this epoch (eval mode)."""
+    def probe_canaries(self, wide: nn.Module, epoch: int) -> list[dict]:
+        """Each model's prediction on every canary after this epoch (eval mode)."""
         if not len(self.canaries):
             return []
         n = len(self.models)
@@ -330,7 +317,7 @@ class _Trainer:
         hits = (logits.argmax(-1) == y).cpu()
         return [dict(model=self.models[p], epoch=epoch, sample=int(i), correct=bool(hits[p, j]),
                      confidence=float(confidence[p, j]))
-                for p in range(n) if active[p] for j, i in enumerate(self.canaries.tolist())]
+                for p in range(n) for j, i in enumerate(self.canaries.tolist())]
 
     def plan(self, position: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         plan = epoch_plan(self.subsets[position], generator, self.cfg.batch_size, self.steps,
@@ -346,13 +333,8 @@ class _Trainer:
             x = apply_flip_crop(x.flatten(0, 1), *draws).view(x.shape)
         return x, y
 
-    def done(self, epoch: int, test_acc: float) -> bool:
-        if self.cfg.matched_accuracy:
-            return test_acc >= self.cfg.target_accuracy or epoch >= self.cfg.max_epochs
-        return epoch >= self.cfg.epochs
-
-    def check_finite(self, losses: torch.Tensor, active: list[bool], epoch: int) -> None:
-        bad = [m for m, value, a in zip(self.models, losses.tolist(), active) if a and not np.isfinite(value)]
+    def check_finite(self, losses: torch.Tensor, epoch: int) -> None:
+        bad = [m for m, value in zip(self.models, losses.tolist()) if not np.isfinite(value)]
         if bad:
             cfg = self.cfg
             raise TrainingDiverged(
@@ -366,7 +348,7 @@ class _Trainer:
 
         first, last = self.models[0], self.models[-1]
         name = f"model {first}" if first == last else f"models {first}-{last}"
-        return tqdm(total=self.cfg.epoch_budget, desc=name, unit="epoch", leave=False,
+        return tqdm(total=self.cfg.epochs, desc=name, unit="epoch", leave=False,
                     disable=not self.progress)
 
 

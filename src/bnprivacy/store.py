@@ -96,8 +96,7 @@ def training_folder(cfg: Config) -> Path:
 def train_cached(cfg: Config, data=None, *, progress: bool = False, retrain: bool = False) -> dict:
     """Train one model of ``cfg`` unless a finished result is stored; return its record.
 
-    The record holds ``history`` (DataFrame), ``reached_target`` (bool), ``state_dict`` and the
-    ``config``. ``data`` is loaded (on the config's device) when not given. ``retrain=True``
+    The record holds ``history`` (DataFrame), ``state_dict`` and the ``config``. ``data`` is loaded (on the config's device) when not given. ``retrain=True``
     discards a stored result first.
     """
     from .data import load_dataset
@@ -116,16 +115,14 @@ def train_cached(cfg: Config, data=None, *, progress: bool = False, retrain: boo
     save_json(folder / "config.json", cfg.to_dict())
     write_atomic(folder / "history.csv", result.history.to_csv(index=False).encode())
     save_torch(folder / "model.pt", {k: v.detach().cpu() for k, v in result.model.state_dict().items()})
-    seal(folder, ["config.json", "history.csv", "model.pt"], {"reached_target": result.reached_target})
+    seal(folder, ["config.json", "history.csv", "model.pt"])
     return _load_training(folder)
 
 
 def _load_training(folder: Path) -> dict:
-    manifest = json.loads((folder / MANIFEST).read_text())
     return {
         "config": Config.from_dict(json.loads((folder / "config.json").read_text())),
         "history": pd.read_csv(folder / "history.csv"),
-        "reached_target": bool(manifest["reached_target"]),
         "state_dict": load_torch(folder / "model.pt"),
     }
 
@@ -224,7 +221,6 @@ class ShadowRun:
     folder: Path
     masks: torch.Tensor
     history: pd.DataFrame
-    reached_target: torch.Tensor
     logits_pool: torch.Tensor
     logits_test: torch.Tensor
     y_pool: torch.Tensor
@@ -239,10 +235,10 @@ class ShadowRun:
     ref_kinds: list[str] = dataclasses.field(default_factory=list)
 
     def final_accuracy(self) -> pd.DataFrame:
-        """One row per model: epochs trained, final train and test accuracy, target reached."""
+        """One row per model: epochs trained, final train and test accuracy."""
         last = self.history.sort_values("epoch").groupby("model").tail(1).set_index("model").sort_index()
         return pd.DataFrame({"epochs": last["epoch"], "train_acc": last["train_acc"],
-                             "test_acc": last["test_acc"], "reached_target": self.reached_target.numpy()})
+                             "test_acc": last["test_acc"]})
 
     def state_dict(self, model: int) -> dict[str, torch.Tensor]:
         """The trained weights and buffers of model ``model``."""
@@ -359,11 +355,10 @@ def _train_chunk(spec: RunSpec, data, masks, models: list[int], folder: Path, st
     result = spec.train(data, masks, models, strategy=strategy, progress=progress)
     save_torch(chunk / "states.pt", {str(m): s for m, s in zip(models, result.states)})
     write_atomic(chunk / "history.csv", result.history.to_csv(index=False).encode())
-    save_json(chunk / "reached.json", dict(zip(map(str, models), result.reached_target)))
     tables = {"canaries": result.canary_history, "probes": result.probe_history, **result.tables}
     for name, table in tables.items():
         write_atomic(chunk / f"{name}.csv", table.to_csv(index=False).encode())
-    seal(chunk, ["states.pt", "history.csv", "reached.json", *(f"{name}.csv" for name in tables)])
+    seal(chunk, ["states.pt", "history.csv", *(f"{name}.csv" for name in tables)])
 
 
 def chunk_table(run: "ShadowRun", name: str) -> pd.DataFrame:
@@ -392,12 +387,11 @@ def _chunk_signals(spec: RunSpec, chunk: Path, data, queries: int, query_mode: s
 
 
 def _load_run(spec: RunSpec, folder: Path, data, masks, queries: int, query_mode: str) -> ShadowRun:
-    histories, canary_histories, probe_histories, reached, pool, test, ref = [], [], [], {}, [], [], []
+    histories, canary_histories, probe_histories, pool, test, ref = [], [], [], [], [], []
     for chunk in _run_chunks(folder):
         histories.append(pd.read_csv(chunk / "history.csv"))
         canary_histories.append(_read_csv_or_empty(chunk / "canaries.csv"))
         probe_histories.append(_read_csv_or_empty(chunk / "probes.csv"))
-        reached.update({int(k): v for k, v in json.loads((chunk / "reached.json").read_text()).items()})
         signals = _chunk_signals(spec, chunk, data, queries, query_mode)
         pool.append(signals["pool"])
         test.append(signals["test"])
@@ -406,7 +400,6 @@ def _load_run(spec: RunSpec, folder: Path, data, masks, queries: int, query_mode
     return ShadowRun(
         spec=spec, folder=folder, masks=masks,
         history=pd.concat(histories, ignore_index=True),
-        reached_target=torch.tensor([bool(reached[m]) for m in range(spec.n_models)]),
         logits_pool=torch.cat(pool), logits_test=torch.cat(test),
         y_pool=data.y_train.cpu(), y_test=data.y_test.cpu(), query_mode=query_mode, queries=queries,
         kinds=list(data.kinds) if data.kinds else ["typical"] * len(data.y_train),

@@ -28,7 +28,6 @@ class TrainResult:
 
     model: nn.Module
     history: pd.DataFrame
-    reached_target: bool
 
     @property
     def final(self) -> pd.Series:
@@ -93,8 +92,8 @@ def train_model(cfg: Config, data: Dataset, *, progress: bool = False) -> TrainR
     This is the shadow-model engine with one model whose mask includes every sample, so a single
     model and a shadow model of the same setting are trained by the same code. Deterministic on a
     CPU for a fixed ``cfg.seed`` (it fixes the initialisation, the data order and the
-    augmentation draws). Stops after ``cfg.epochs`` epochs, or with ``cfg.target_accuracy`` set,
-    at the first epoch whose test accuracy reaches it (at most ``cfg.max_epochs``). Raises
+    augmentation draws). Trains exactly ``cfg.epochs`` epochs, the learning-rate schedule laid over
+    them, so the result is a complete training, never a mid-schedule snapshot. Raises
     :class:`TrainingDiverged` on a NaN or infinite loss.
     """
     from .ensemble import build_ensemble, train_ensemble
@@ -102,8 +101,7 @@ def train_model(cfg: Config, data: Dataset, *, progress: bool = False) -> TrainR
     everything = torch.ones(1, len(data.y_train), dtype=torch.bool)
     result = train_ensemble(cfg, data, everything, progress=progress)
     model = build_ensemble(cfg, data, result.states)
-    return TrainResult(model=model, history=result.history.drop(columns="model"),
-                       reached_target=result.reached_target[0])
+    return TrainResult(model=model, history=result.history.drop(columns="model"))
 
 
 def describe_hardware(device: torch.device) -> str:
