@@ -57,6 +57,23 @@ def headline_row(measure: str, setting: str, batch: float, none: float, diff: fl
     return row
 
 
+def paired_headline(measure: str, setting: str, batch_values, none_values, higher_means: str, *,
+                    comparison=None) -> dict:
+    """A headline row from per-seed values paired by seed (Student-t interval of the mean difference);
+    ``comparison`` as in :func:`headline_row`."""
+    import numpy as np
+
+    from .stats import paired_difference
+
+    batch_values, none_values = np.asarray(batch_values, float), np.asarray(none_values, float)
+    if batch_values.shape != none_values.shape:
+        raise ValueError(f"paired values need one per seed on both sides; got {batch_values.shape} "
+                         f"with BN and {none_values.shape} without")
+    d = paired_difference(batch_values, none_values)
+    return headline_row(measure, setting, batch_values.mean(), none_values.mean(), d["diff"], d["lo"],
+                        d["hi"], f"95% t-interval over {d['n']} seeds", higher_means, comparison=comparison)
+
+
 def readings(table: pd.DataFrame) -> list[str]:
     """The reading of every headline row: "not comparable: <reason>" for a row whose sides did not
     train to a comparable state, else what its interval says (``reading.judge``)."""
