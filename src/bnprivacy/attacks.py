@@ -32,6 +32,10 @@ import torch
 from .signals import lira_score, losses
 
 ATTACKS = ("loss", "lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed", "rmia")
+# The names the book prints, for the attacks its chapters show.
+ATTACK_NAMES = {"lira_online": "LiRA online", "lira_offline": "LiRA offline",
+                "lira_online_fixed": "LiRA online, fixed variance", "lira_offline_fixed": "LiRA offline, fixed variance",
+                "rmia": "RMIA", "loss": "LOSS"}
 
 
 @dataclasses.dataclass

@@ -36,3 +36,80 @@ def training_curves(history: pd.DataFrame, metrics=("test_acc", "train_loss"), t
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def protocol_curves(curve: pd.DataFrame, ylabel: str, comparisons=None):
+    """A measure against epoch budget (left) and against test accuracy (right), per norm, with the
+    95% interval over seeds; markers ring the budgets the comparisons use."""
+    order = norm_order(curve["norm"].unique())
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for norm in order:
+        part = curve[curve.norm == norm].sort_values("budget")
+        for ax, x in zip(axes, ("budget", "test_acc")):
+            ax.errorbar(part[x], part["mean"], yerr=[part["mean"] - part["lo"], part["hi"] - part["mean"]],
+                        color=NORM_PALETTE.get(norm), marker="o", capsize=3, label=norm)
+    for c in comparisons or []:
+        if c.setting != "matched fit":
+            continue
+        for norm, budget in (("batch", c.epochs_bn), (c.reference, c.epochs_ref)):
+            point = curve[(curve.norm == norm) & (curve.budget == budget)]
+            axes[0].scatter(point.budget, point["mean"], s=160, facecolors="none", edgecolors="black",
+                            label="matched fit" if norm == "batch" else None)
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_xlabel("epoch budget (complete schedule)")
+    axes[1].set_xlabel("test accuracy")
+    axes[0].set_ylabel(ylabel)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(data, indices, titles, ncols: int = 10, size: float = 1.1):
+    """Pool images ``indices`` of ``data`` (denormalised) in a grid with a title each."""
+    import numpy as np
+
+    rows = int(np.ceil(len(indices) / ncols)) or 1
+    fig, axes = plt.subplots(rows, ncols, figsize=(ncols * size, rows * (size + 0.35)), squeeze=False)
+    pictures = data.denormalise(data.x_train[list(indices)].cpu())
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, picture, title in zip(axes.flat, pictures, titles):
+        ax.imshow(picture.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if picture.shape[0] == 1 else None)
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def memorization_boxes(scores: pd.DataFrame, kinds: list[str], title: str = ""):
+    """Memorization score by kind of sample and norm (each box pools the samples of all seeds)."""
+    order = norm_order(scores["norm"].unique())
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    sns.boxplot(data=scores, x="kind", y="mem", hue="norm", order=kinds, hue_order=order, palette=NORM_PALETTE,
+                fliersize=1.5, linewidth=0.8, ax=ax)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_ylabel("memorization score")
+    ax.set_xlabel("")
+    ax.set_title(title)
+    ax.legend(title="norm", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return fig
+
+
+def roc_panels(attacked, attacks, title: str = ""):
+    """Log-log ROC curves of ``attacks`` (one panel each) for every norm of an
+    ``analysis.membership.Attacked``; the dashed diagonal is a guessing attacker."""
+    from .attacks import ATTACK_NAMES, roc
+
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4 * len(attacks), 3.7), sharey=True, squeeze=False)
+    for ax, attack in zip(axes[0], attacks):
+        for norm, run in attacked.runs.items():
+            fpr, tpr = roc(attacked.scores[norm, attack].numpy(), run.masks[attacked.targets].numpy())
+            ax.plot(fpr, tpr, color=NORM_PALETTE.get(norm), label=norm, lw=1.3)
+        ax.plot([1e-4, 1], [1e-4, 1], ls="--", color="gray", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), title=ATTACK_NAMES[attack],
+               xlabel="false-positive rate")
+    axes[0][0].set_ylabel("true-positive rate")
+    axes[0][-1].legend(title="norm", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

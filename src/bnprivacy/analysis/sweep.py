@@ -1,0 +1,130 @@
+"""The family of shadow runs that chapters 01-04 share, built from their common parameters.
+
+Chapters 01-04 declare the same family parameters (dataset, architecture, pool, canaries, models,
+seeds, budgets, learning-rate grid, fit threshold, probes) and call :func:`family` with them, so
+they name the same runs in the store: whichever chapter runs first trains them, the others load
+them. :func:`family` validates every parameter before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import pandas as pd
+
+from .. import protocol
+from ..config import Config
+from ..protocol import Comparison, Protocol, Sweep
+
+# The parameters that define the shared family; a chapter passes exactly these to ``family``.
+FAMILY_PARAMETERS = ("dataset", "arch", "width", "train_size", "norms", "canaries", "canary_references",
+                     "n_models", "seeds", "budgets", "equal_epochs", "lr", "lr_grid", "fit_threshold",
+                     "batch_size", "weight_decay", "probe_points", "probe_typical", "device")
+
+
+def as_list(name: str, value) -> list:
+    """A chapter's list parameter; a scalar becomes a one-element list (``-p norms batch``)."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return [value]
+    raise ValueError(f"{name}={value!r} is not allowed; allowed values: a list, e.g. '[batch, none]'")
+
+
+def family(*, dataset, arch, width, train_size, norms, canaries, canary_references, n_models, seeds,
+           budgets, equal_epochs, lr, lr_grid, fit_threshold, batch_size, weight_decay, probe_points,
+           probe_typical, device) -> Protocol:
+    """The shared family's :class:`protocol.Protocol` from the chapters' parameters (validated:
+    a bad value raises ``ValueError`` naming it before any training)."""
+    from ..plots import norm_order
+
+    norms = as_list("norms", norms)
+    base = Config(dataset=dataset, arch=arch, width=width, train_size=train_size, canaries=canaries,
+                  canary_references=canary_references, batch_size=batch_size, lr=lr,
+                  weight_decay=weight_decay, device=device)
+    return Protocol(base, norms=tuple(norm_order(norms)),
+                    budgets=tuple(as_list("budgets", budgets)), lr_grid=tuple(as_list("lr_grid", lr_grid)),
+                    fit_threshold=fit_threshold, seeds=seeds, n_models=n_models, equal_epochs=equal_epochs,
+                    probe_points=probe_points, probe_typical=probe_typical)
+
+
+@dataclasses.dataclass
+class Family:
+    """The trained family: data, sweep, and the comparisons of BN with the reference."""
+
+    protocol: Protocol
+    data: object
+    sweep: Sweep
+    comparisons: list[Comparison]
+    seconds: float
+
+    def comparison(self, setting: str) -> Comparison:
+        return next(c for c in self.comparisons if c.setting == setting)
+
+    def run(self, norm: str, budget: int, seed: int):
+        return self.sweep.run(norm, budget, seed)
+
+
+def train_family(p: Protocol, *, progress: bool = True) -> Family:
+    """Load the data, choose each norm's learning rate, train (or load) every run of the family,
+    and make the three comparisons."""
+    from ..data import load_dataset
+    from ..training import resolve_device
+
+    started = time.perf_counter()
+    data = load_dataset(p.base, resolve_device(p.base))
+    sweep = protocol.run_sweep(p, data, progress=progress)
+    return Family(p, data, sweep, protocol.compare(sweep), time.perf_counter() - started)
+
+
+def setting_table(fam: Family, *, profile: str, hardware: str) -> pd.DataFrame:
+    """The one-row table at the top of a chapter: profile, data, pool, models, budgets, hardware."""
+    data, p = fam.data, fam.protocol
+    canaries = sum(k != "typical" for k in (data.kinds or []))
+    return pd.DataFrame({
+        "profile": [profile], "dataset": [p.base.dataset],
+        "pool / test": [f"{len(data.y_train)} ({canaries} canaries) / {len(data.y_test)}"],
+        "architecture": [f"{p.base.arch} (width {p.base.width or 'default'})"],
+        "runs": [f"{len(p.norms)} norms x {len(p.budgets)} budgets x {p.seeds} seeds, {p.n_models} models each"],
+        "hardware": [hardware]})
+
+
+def sides_table(fam: Family) -> pd.DataFrame:
+    """Per norm and budget: the chosen learning rate, IN (train) and test accuracy, and fit."""
+    sides = fam.sweep.sides()
+    return sides[["norm", "budget", "lr", "train_acc", "test_acc", "test_acc_sd", "fit", "trained"]]
+
+
+def comparison_sentence(c: Comparison) -> str:
+    """One sentence per comparison: the two sides and whether it is evidence."""
+    head = (f"**{c.setting}**: BN at {c.epochs_bn} epochs (lr {c.lr_bn:g}, IN accuracy {c.train_acc_bn:.3f}, "
+            f"test {c.test_acc_bn:.3f}) against {c.reference} at {c.epochs_ref} epochs (lr {c.lr_ref:g}, "
+            f"IN {c.train_acc_ref:.3f}, test {c.test_acc_ref:.3f})")
+    verdict = "comparable" if c.comparable else f"**not comparable**: {c.reason}"
+    return f"{head}; {verdict}." + (f" {c.note[0].upper()}{c.note[1:]}." if c.note else "")
+
+
+def comparisons_markdown(fam: Family) -> str:
+    """The three comparisons as a Markdown list (glued into each chapter)."""
+    return "\n".join(f"- {comparison_sentence(c)}" for c in fam.comparisons)
+
+
+def epochs_to_fit(fam: Family) -> dict[str, float]:
+    """Each norm's smallest budget that fits (NaN when none does)."""
+    sides = fam.sweep.sides()
+    out = {}
+    for norm, group in sides.groupby("norm", sort=False):
+        fitting = group[group.fit].budget
+        out[norm] = float(fitting.min()) if len(fitting) else math.nan
+    return out
+
+
+def family_from(parameters: dict) -> Protocol:
+    """:func:`family` from a chapter's namespace (``globals()``): takes exactly the family
+    parameters, so chapters 01-04 cannot drift apart in what they pass."""
+    missing = [name for name in FAMILY_PARAMETERS if name not in parameters]
+    if missing:
+        raise ValueError(f"the chapter does not define the family parameters {missing}")
+    return family(**{name: parameters[name] for name in FAMILY_PARAMETERS})
