@@ -113,3 +113,34 @@ def roc_panels(attacked, attacks, title: str = ""):
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+SETTING_COLORS = {"equal epochs": "#c0392b", "matched fit": "#2471a3", "matched accuracy": "#1abc9c",
+                  "mitigation": "#8e44ad", "simulation": "#7f8c8d"}
+
+
+def forest(rows: pd.DataFrame):
+    """One small panel per measure, each on its own x scale: BN − reference with its 95% interval
+    per setting (``analysis.verdict.forest_rows``). Hollow grey points are not comparable."""
+    import numpy as np
+
+    panels = list(dict.fromkeys(rows["panel"]))
+    heights = [max(1, (rows.panel == p).sum()) for p in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 0.42 * sum(heights) + 0.75 * len(panels)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        part = rows[rows.panel == panel].reset_index(drop=True)
+        for y, row in part.iterrows():
+            color = SETTING_COLORS.get(row.setting, "black") if row.comparable else "#bbbbbb"
+            if np.isfinite(row.lo) and np.isfinite(row.hi):
+                ax.plot([row.lo, row.hi], [y, y], color=color, lw=2)
+            ax.plot(row["diff"], y, "o", color=color, mfc=color if row.comparable else "white")
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(part)), [f"{l}{'' if c else ' (not comparable)'}" for l, c in zip(part.label, part.comparable)],
+                      fontsize=8)
+        ax.set_ylim(len(part) - 0.5, -0.5)
+        ax.set_title(panel, fontsize=9, loc="left")
+        ax.tick_params(axis="x", labelsize=8)
+    axes[-1, 0].set_xlabel("BN − reference, with 95% interval (each panel on its own scale)")
+    fig.tight_layout()
+    return fig

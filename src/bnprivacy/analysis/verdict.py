@@ -1,0 +1,148 @@
+"""Chapter 07's steps: gather every chapter's headline rows, read them under the protocol's guard,
+and draw the conclusion from the fair comparisons (matched fit and matched accuracy) only."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .. import headlines
+from ..protocol import FAIR_SETTINGS
+from ..reading import NO_CLEAR, NO_INTERVAL, fmt_interval
+
+PRIVACY_CHAPTERS = ("02_canaries", "03_gradient_influence", "04_membership_inference")
+READING_ORDER = ("BN higher", "BN lower", NO_CLEAR, NO_INTERVAL, "not comparable")
+
+
+def gather(profile: str, chapters: list[str]) -> pd.DataFrame:
+    """Every listed chapter's headline rows under ``profile`` with their ``reading`` (a row whose
+    sides did not train to a comparable state reads "not comparable: <reason>")."""
+    table = headlines.load(profile, chapters)
+    table["comparable"] = table["comparable"].fillna(True).astype(bool)
+    table["reason"] = table["reason"].fillna("")
+    table["reading"] = headlines.readings(table)
+    return table
+
+
+def _number(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
+
+
+def _pair(a, b, digits=3) -> str:
+    if a is None or (isinstance(a, float) and math.isnan(a)):
+        return ""
+    return f"{a:.{digits}g} / {b:.{digits}g}"
+
+
+def shown_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The verdict's main table: values, difference with interval, both sides' budgets and IN
+    accuracy, and the reading."""
+    return pd.DataFrame({
+        "ch.": table["chapter"].str[:2], "measure": table["measure"], "setting": table["setting"],
+        "BN": table["batch"].map(_number), "vs": table["reference"], "its value": table["none"].map(_number),
+        "BN − it [95% interval]": [fmt_interval(d, lo, hi, digits=3) for d, lo, hi in zip(table["diff"], table["lo"], table["hi"])],
+        "epochs BN / ref": [_pair(a, b) for a, b in zip(table["epochs_bn"], table["epochs_ref"])],
+        "IN acc BN / ref": [_pair(a, b) for a, b in zip(table["train_acc_bn"], table["train_acc_ref"])],
+        "reading": table["reading"]})
+
+
+def legend_table(table: pd.DataFrame) -> pd.DataFrame:
+    """What a positive difference means, what the interval is over, and the data and model."""
+    return pd.DataFrame({
+        "ch.": table["chapter"].str[:2], "measure": table["measure"],
+        "a positive difference means": table["higher_means"], "interval over": table["interval"],
+        "data / model": table["dataset"] + " / " + table["arch"]}).drop_duplicates(subset=["ch.", "measure"])
+
+
+def _kind(reading: str) -> str:
+    return "not comparable" if reading.startswith("not comparable") else reading
+
+
+def count_text(table: pd.DataFrame, setting: str) -> str:
+    """"at <setting>, n comparison(s): a BN higher, b not comparable, ..."."""
+    rows = table[table.setting == setting]
+    if rows.empty:
+        return f"at {setting}, no comparison was recorded"
+    counts = rows["reading"].map(_kind).value_counts()
+    parts = [f"{counts[k]} {k}" for k in READING_ORDER if counts.get(k, 0)]
+    return f"at {setting}, {len(rows)} comparison(s): " + ", ".join(parts)
+
+
+def _meaning(row) -> str:
+    """A row's reading in words: what a positive difference means, when the interval shows one."""
+    if row.reading == "BN higher":
+        return row.higher_means
+    if row.reading == "BN lower":
+        return f"the opposite of '{row.higher_means}'"
+    return row.reading
+
+
+def _listing(rows: pd.DataFrame) -> str:
+    return "; ".join(f"{r.measure} (ch. {r.chapter[:2]}): {_meaning(r)}" for r in rows.itertuples())
+
+
+def conclusion(table: pd.DataFrame) -> str:
+    """The verdict in words. Fair comparisons (matched fit, matched accuracy) decide; the paper's
+    equal-epochs setting is reported beside them; not-comparable rows are named, never read."""
+    privacy = table[table.chapter.isin(PRIVACY_CHAPTERS)]
+    fair = privacy[privacy.setting.isin(FAIR_SETTINGS)]
+    readable = fair[fair.comparable]
+    parts = []
+    if readable.empty:
+        parts.append("**No fair comparison is comparable on this setting**: in every matched-fit and "
+                     "matched-accuracy row a side did not fit or did not train, so this profile gives no "
+                     "evidence either way")
+    else:
+        higher = readable[readable.reading == "BN higher"]
+        if higher.empty:
+            parts.append(f"**In the fair comparisons ({len(readable)} comparable rows), BN does not clearly "
+                         "amplify memorization or membership inference**")
+        else:
+            parts.append(f"**In the fair comparisons, BN is clearly higher in {len(higher)} of "
+                         f"{len(readable)} comparable rows**: " + _listing(higher))
+        rest = readable[readable.reading != "BN higher"]
+        if not rest.empty:
+            parts.append("the other fair rows read: " + _listing(rest))
+    excluded = fair[~fair.comparable]
+    if not excluded.empty:
+        parts.append("not read as evidence (a side did not train to a comparable state): "
+                     + "; ".join(f"{r.measure}, {r.setting} ({r.reason})" for r in excluded.itertuples()))
+    equal = privacy[privacy.setting == "equal epochs"]
+    if not equal.empty:
+        if equal.comparable.all():
+            parts.append("at equal epochs (the paper's setting, both sides fit): " + _listing(equal))
+        else:
+            reason = equal[~equal.comparable].reason.iloc[0]
+            parts.append(f"the paper's equal-epochs setting is **not comparable** here ({reason}); its "
+                         "differences measure under-training, not BN")
+    for setting, label in (("mitigation", "against chapter 6's mitigations"), ("simulation", "in the theory chapter's simulation")):
+        rows = table[table.setting == setting]
+        if not rows.empty:
+            parts.append(f"{label}: " + "; ".join(
+                f"{r.measure}, BN vs {r.reference}: {_meaning(r)}" for r in rows.itertuples()))
+    mitigation_eq = table[(table.chapter == "06_dp_mitigation") & (table.setting != "mitigation")]
+    if not mitigation_eq.empty:
+        parts.append("BN against GroupNorm (chapter 6): " + _listing(mitigation_eq))
+    return ". ".join(_capitalized(p) for p in parts) + "."
+
+
+def _capitalized(text: str) -> str:
+    stripped = text.lstrip("*_")
+    start = len(text) - len(stripped)
+    return text[:start] + stripped[:1].upper() + stripped[1:]
+
+
+def forest_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The forest plot's rows grouped by measure: each measure on its own scale (a ratio of 10 and
+    an AUC difference of 0.01 never share an axis), not-comparable rows flagged."""
+    rows = table.assign(label=[f"{s}{'' if r == 'none' else ' vs ' + r}" for s, r in zip(table.setting, table.reference)])
+    rows["panel"] = rows["chapter"].str[:2] + " " + rows["measure"]
+    return rows[["panel", "label", "setting", "diff", "lo", "hi", "comparable"]]
+
+
+def readable_fraction(table: pd.DataFrame) -> float:
+    """Fraction of the fair privacy rows that are comparable (evidence at all)."""
+    fair = table[table.chapter.isin(PRIVACY_CHAPTERS) & table.setting.isin(FAIR_SETTINGS)]
+    return float(fair.comparable.mean()) if len(fair) else float("nan")
