@@ -12,10 +12,14 @@ NO_INTERVAL = "no interval"
 NO_CLEAR = "no clear difference"
 
 
+def _missing(lo: float, hi: float) -> bool:
+    return lo is None or hi is None or math.isnan(lo) or math.isnan(hi)
+
+
 def judge(lo: float, hi: float, higher: str = "BN higher", lower: str = "BN lower") -> str:
     """What an interval of a difference says: ``higher`` when it lies above zero, ``lower`` when
     below, "no clear difference" when it contains zero, "no interval" when a bound is NaN."""
-    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+    if _missing(lo, hi):
         return NO_INTERVAL
     if lo > 0:
         return higher
@@ -29,15 +33,24 @@ def not_comparable(reason: str) -> str:
     return f"not comparable: {reason}"
 
 
+def fmt_bounds(lo: float, hi: float, *, digits: int = 3, scale: float = 1.0, signed: bool = True) -> str:
+    """The bounds alone, ``"[+0.274, +0.618]"`` (for prose that states the value elsewhere);
+    "no interval" when a bound is missing."""
+    if _missing(lo, hi):
+        return NO_INTERVAL
+    spec = f"{'+' if signed else ''}.{digits}f"
+    return f"[{lo * scale:{spec}}, {hi * scale:{spec}}]"
+
+
 def fmt_interval(value: float, lo: float, hi: float, *, digits: int = 3, scale: float = 1.0,
                  signed: bool = True, unit: str = "") -> str:
     """``"+0.446 [+0.274, +0.618]"``; without bounds just the value. ``scale`` multiplies all three
     (e.g. 100 for percentage points); ``unit`` follows the value."""
     spec = f"{'+' if signed else ''}.{digits}f"
     text = f"{value * scale:{spec}}{unit}"
-    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+    if _missing(lo, hi):
         return text
-    return f"{text} [{lo * scale:{spec}}, {hi * scale:{spec}}]"
+    return f"{text} {fmt_bounds(lo, hi, digits=digits, scale=scale, signed=signed)}"
 
 
 def sentence(label: str, what: str, value: float, lo: float, hi: float, interval: str, *,
