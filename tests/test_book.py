@@ -90,17 +90,25 @@ def test_parameter_tables_list_every_parameter_with_its_meaning():
 
 
 @pytest.mark.slow
-def test_a_bad_parameter_fails_the_chapter_before_training_and_names_the_cell(book_copy, isolated_store):
+@pytest.mark.parametrize("chapter, overrides, message", [
+    ("01_training", {"norms": ["batch", "rms"]}, r"norms \['rms'\] are not allowed; allowed values"),
+    ("02_canaries", {"budgets": [2, 1]}, "budgets=.2, 1.* must be strictly increasing"),
+    ("03_gradient_influence", {"fit_threshold": 1.5}, "fit_threshold=1.5 is not allowed"),
+    ("04_membership_inference", {"lr_grid": [1.0, 0.0]}, "lr_grid=.* finite multipliers > 0"),
+    ("01_training", {"norms": ["none", "group"]}, "must hold 'batch'"),
+    ("02_canaries", {"seeds": 0}, "seeds=0 is not allowed"),
+])
+def test_a_bad_protocol_parameter_fails_the_chapter_before_training_and_names_the_cell(
+        chapter, overrides, message, book_copy, isolated_store):
     results = isolated_store / "results"
-    (results / "train" / "done").mkdir(parents=True)
-    (results / "train" / "done" / "history.csv").write_text("kept\n")
-    with pytest.raises(book.ChapterFailed) as error:
-        book.execute_chapter(book_copy, "01_training", "smoke", {"norms": ["batch", "rms"]})
-    message = str(error.value)
-    assert "chapter 01_training failed in cell" in message
-    assert "Config.norm='rms'" in message and "allowed values" in message
-    assert [p.name for p in (results / "train").iterdir()] == ["done"]
-    assert (results / "train" / "done" / "history.csv").read_text() == "kept\n"
+    (results / "runs" / "done").mkdir(parents=True)
+    (results / "runs" / "done" / "history.csv").write_text("kept\n")
+    with pytest.raises(book.ChapterFailed, match=message) as error:
+        book.execute_chapter(book_copy, chapter, "smoke", overrides)
+    assert f"chapter {chapter} failed in cell" in str(error.value)
+    assert sorted(p.name for p in results.iterdir()) == ["runs"]
+    assert [p.name for p in (results / "runs").iterdir()] == ["done"]
+    assert (results / "runs" / "done" / "history.csv").read_text() == "kept\n"
 
 
 def test_a_failing_chapter_is_named_with_its_cell(book_copy):
@@ -108,7 +116,7 @@ def test_a_failing_chapter_is_named_with_its_cell(book_copy):
         (book_copy / "book" / "01_training.md").read_text().split("```{code-cell}")[0]
         + "```{code-cell} ipython3\n:tags: [parameters]\n\nprofile = 'quick'  # profile\n```\n\n"
         + "```{code-cell} ipython3\nraise RuntimeError('boom in chapter 99')\n```\n")
-    (book_copy / "_toc.yml").write_text((book_copy / "_toc.yml").read_text() + "  - file: book/99_broken\n")
+    (book_copy / "_toc.yml").write_text((book_copy / "_toc.yml").read_text() + "      - file: book/99_broken\n")
     (book_copy / "book" / "profiles.yml").write_text("quick: {}\n")
     with pytest.raises(book.ChapterFailed, match=r"chapter 99_broken failed in cell \d+.*boom in chapter 99"):
         book.execute_chapter(book_copy, "99_broken", "quick")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bnprivacy {book,chapter,html,params,shadow,assignments,check-html} ...``."""
+"""Command line: ``python -m bnprivacy {book,chapter,html,params,shadow,family,assignments,check-html} ...``."""
 
 from __future__ import annotations
 
@@ -41,7 +41,40 @@ def _parser() -> argparse.ArgumentParser:
     shadow.add_argument("--mask", default="balanced", choices=["balanced", "fraction"])
     shadow.add_argument("--fraction", type=float, default=0.5, help="pool fraction per model with --mask fraction")
     shadow.add_argument("--mask-seed", type=int, default=0)
+    fam = commands.add_parser("family", help="train (a shard of) the runs that chapters 01-04 share")
+    fam.add_argument("--profile", default="quick", help="profile in book/profiles.yml (quick, full, smoke)")
+    fam.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                     help="override a family parameter of chapter 01, e.g. -p seeds 5 (repeatable)")
+    fam.add_argument("--shard", default="0/1", help="i/k: train only shard i of k of every run (default: all)")
+    fam.add_argument("--chunk-size", type=int, default=16, help="models trained at once")
     return parser
+
+
+def family_values(root, profile: str, overrides: dict) -> dict:
+    """The family parameters of chapter 01 under ``profile`` with ``overrides`` (literals only:
+    defaults are read with ``ast.literal_eval``, never executed)."""
+    import ast
+
+    from .analysis.sweep import FAMILY_PARAMETERS
+
+    unknown = sorted(set(overrides) - set(FAMILY_PARAMETERS))
+    if unknown:
+        raise ValueError(f"{unknown} are not family parameters; allowed names: {', '.join(FAMILY_PARAMETERS)}")
+    cells = book.chapter_parameters(root, "01_training")
+    values = {name: ast.literal_eval(cells[name]["default"]) for name in FAMILY_PARAMETERS}
+    chosen = book.profile_parameters(root, profile, "01_training")
+    values.update({k: v for k, v in chosen.items() if k in FAMILY_PARAMETERS})
+    values.update(overrides)
+    return values
+
+
+def _family(root, args) -> None:
+    from .analysis.sweep import family_from, train_family_shard
+
+    p = family_from(family_values(root, args.profile, book.parse_overrides(args.param)))
+    complete, total = train_family_shard(p, shard=args.shard, chunk_size=args.chunk_size)
+    print(f"shard {args.shard}: {complete} of {total} runs of the family complete"
+          + ("" if complete == total else " (other shards' models are still missing)"))
 
 
 def _shadow(args) -> None:
@@ -84,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"screenshots in {root / args.screenshots}")
         elif args.command == "shadow":
             _shadow(args)
+        elif args.command == "family":
+            _family(root, args)
         elif args.command == "params":
             for name, spec in book.chapter_parameters(root, args.chapter).items():
                 print(f"{name:18} = {spec['default']:<24} # {spec['help']}")

@@ -21,7 +21,7 @@ from ..protocol import Comparison, Protocol, Sweep
 # The parameters that define the shared family; a chapter passes exactly these to ``family``.
 FAMILY_PARAMETERS = ("dataset", "arch", "width", "train_size", "norms", "canaries", "canary_references",
                      "n_models", "seeds", "budgets", "equal_epochs", "lr", "lr_grid", "fit_threshold",
-                     "batch_size", "weight_decay", "probe_points", "probe_typical", "device")
+                     "batch_size", "weight_decay", "probe_points", "probe_typical", "probe_models", "device")
 
 
 def as_list(name: str, value) -> list:
@@ -35,7 +35,7 @@ def as_list(name: str, value) -> list:
 
 def family(*, dataset, arch, width, train_size, norms, canaries, canary_references, n_models, seeds,
            budgets, equal_epochs, lr, lr_grid, fit_threshold, batch_size, weight_decay, probe_points,
-           probe_typical, device) -> Protocol:
+           probe_typical, probe_models, device) -> Protocol:
     """The shared family's :class:`protocol.Protocol` from the chapters' parameters (validated:
     a bad value raises ``ValueError`` naming it before any training)."""
     from ..plots import norm_order
@@ -47,7 +47,7 @@ def family(*, dataset, arch, width, train_size, norms, canaries, canary_referenc
     return Protocol(base, norms=tuple(norm_order(norms)),
                     budgets=tuple(as_list("budgets", budgets)), lr_grid=tuple(as_list("lr_grid", lr_grid)),
                     fit_threshold=fit_threshold, seeds=seeds, n_models=n_models, equal_epochs=equal_epochs,
-                    probe_points=probe_points, probe_typical=probe_typical)
+                    probe_points=probe_points, probe_typical=probe_typical, probe_models=probe_models)
 
 
 @dataclasses.dataclass
@@ -128,3 +128,22 @@ def family_from(parameters: dict) -> Protocol:
     if missing:
         raise ValueError(f"the chapter does not define the family parameters {missing}")
     return family(**{name: parameters[name] for name in FAMILY_PARAMETERS})
+
+
+def train_family_shard(p: Protocol, *, shard: str = "0/1", chunk_size: int = 16, progress: bool = True) -> tuple[int, int]:
+    """Train shard ``i/k`` of every run of the family (``python -m bnprivacy family``), for jobs
+    that share one results folder; returns (runs complete, runs in the family). The learning-rate
+    choice is deterministic, so every shard chooses the same rates."""
+    from ..data import load_dataset
+    from ..store import parse_shard, shadow_run
+    from ..training import resolve_device
+
+    parse_shard(shard)
+    data = load_dataset(p.base, resolve_device(p.base))
+    lrs = protocol.chosen_lr(protocol.choose_learning_rates(p, data, progress=progress))
+    complete = 0
+    keys = [(n, b, s) for n in p.norms for b in p.budgets for s in range(p.seeds)]
+    for norm, budget, seed in keys:
+        spec = p.spec(norm, budget, lrs[norm], seed, len(data.y_train))
+        complete += shadow_run(spec, data, chunk_size=chunk_size, shard=shard, progress=progress) is not None
+    return complete, len(keys)

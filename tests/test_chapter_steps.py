@@ -1,0 +1,119 @@
+"""The chapters' step functions on one tiny family trained once (digits, a few models): headline
+rows carry the comparability fields, a side that did not fit is read "not comparable" everywhere,
+and the verdict reads no row from such a side."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bnprivacy import headlines, protocol
+from bnprivacy.analysis import canaries as canary_steps
+from bnprivacy.analysis import influence as influence_steps
+from bnprivacy.analysis import membership as attack_steps
+from bnprivacy.analysis import sweep as family_steps
+from bnprivacy.analysis import verdict as verdict_steps
+
+PARAMETERS = dict(dataset="digits", arch="cnn", width=8, train_size=240, norms=["batch", "group", "none"],
+                  canaries="noise:3,mislabeled:3", canary_references=7, n_models=6, seeds=2, budgets=[1, 30],
+                  equal_epochs=1, lr=0.1, lr_grid=[1.0], fit_threshold=0.9, batch_size=16, weight_decay=5e-4,
+                  probe_points=3, probe_typical=4, probe_models=1, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fam(tmp_path_factory):
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("BNPRIVACY_RESULTS", str(tmp_path_factory.mktemp("family") / "results"))
+    try:
+        yield family_steps.train_family(family_steps.family_from(PARAMETERS), progress=False)
+    finally:
+        monkeypatch.undo()
+
+
+def test_the_family_validates_its_parameters_before_training(isolated_store):
+    with pytest.raises(ValueError, match="strictly increasing"):
+        family_steps.family_from({**PARAMETERS, "budgets": [10, 1]})
+    with pytest.raises(ValueError, match="must hold 'batch'"):
+        family_steps.family_from({**PARAMETERS, "norms": []})
+    with pytest.raises(ValueError, match="does not define the family parameters"):
+        family_steps.family_from({k: v for k, v in PARAMETERS.items() if k != "budgets"})
+    assert family_steps.family_from({**PARAMETERS, "norms": "batch none".split()[:1] + ["none"]}).reference == "none"
+    assert family_steps.as_list("norms", "batch") == ["batch"]
+    assert not (isolated_store / "results").exists()
+
+
+def test_the_tiny_family_is_comparable_against_group_norm_only_where_both_fit(fam):
+    sides = fam.sweep.sides().set_index(["norm", "budget"])
+    assert not sides.loc[("batch", 1), "fit"]
+    equal, fit, accuracy = fam.comparisons  # BN against GroupNorm, the first reference
+    assert fam.protocol.reference == "group" and equal.reference == "group"
+    assert not equal.comparable and "did not" in equal.reason
+    assert fit.comparable == (fit.train_acc_bn >= 0.9 and fit.train_acc_ref >= 0.9 and fit.test_acc_ref >= 0.15)
+    assert fit.comparable, f"the tiny family should fit at 30 epochs with BN and GroupNorm: {fam_sides(fam)}"
+
+
+def fam_sides(fam):
+    return fam.sweep.sides()[["norm", "budget", "train_acc", "test_acc"]].to_dict("records")
+
+
+def test_canary_rows_carry_comparability_and_read_not_comparable_where_a_side_did_not_fit(fam):
+    result = canary_steps.compare_memorization(fam)
+    assert len(result.rows) == 6 and {r["setting"] for r in result.rows} == set(protocol.SETTINGS)
+    for row in result.rows:
+        assert set(headlines.COMPARABILITY) <= set(row)
+    equal = [r for r in result.rows if r["setting"] == "equal epochs"][0]
+    assert equal["comparable"] is False
+    assert result.table.loc["equal epochs", "reading"].startswith("not comparable")
+    assert "not comparable" in result.sentences["equal epochs"]
+    # the measure is the mean memorization of the canaries, recomputed here from one run
+    run = fam.run("batch", 30, 0)
+    correct = (run.logits_pool[:, 0].argmax(-1) == run.y_pool).numpy()
+    masks = run.masks.numpy()
+    canary = np.array([k != "typical" for k in run.kinds])
+    mem = [correct[masks[:, i], i].mean() - correct[~masks[:, i], i].mean() for i in np.flatnonzero(canary)]
+    value = result.values.query("norm == 'batch' and budget == 30 and seed == 0").value.item()
+    assert value == pytest.approx(np.mean(mem))
+
+
+def test_against_a_reference_that_never_fits_every_fair_row_is_not_comparable(fam):
+    versus_none = protocol.compare(fam.sweep, "none")
+    assert not fam.sweep.sides().query("norm == 'none'").fit.any()  # IN accuracy about 0.74 at 30 epochs
+    assert not any(c.comparable for c in versus_none)
+    values = protocol.measure_table(fam.sweep, canary_steps.mean_memorization)
+    rows = protocol.headline_rows(values, versus_none, "canary memorization", "BN memorizes more")
+    table = pd.DataFrame([dict(r, chapter="02_canaries", dataset="digits", arch="cnn", profile="t") for r in rows])
+    table["reading"] = headlines.readings(table)
+    assert all(r.startswith("not comparable:") and "none did not" in r for r in table.reading)
+    text = verdict_steps.conclusion(table)
+    assert "No fair comparison is comparable" in text and "BN memorizes more" not in text
+
+
+def test_gradient_ratios_come_from_the_probes_of_members(fam):
+    result = influence_steps.compare_ratios(fam)
+    assert {r["measure"] for r in result.rows} == set(influence_steps.RATIOS.values())
+    run = fam.run("none", 30, 1)
+    probes = influence_steps.member_probes(run)
+    assert probes.member.all() and set(probes.group) == {"canary", "typical"}
+    # without normalisation the leave-one-out influence equals the own gradient (no coupling)
+    ratio = influence_steps.ratios(probes)["loo / own (canaries)"]
+    assert ratio.to_numpy() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_attack_rows_pool_the_targets_of_each_run(fam):
+    targets = attack_steps.check_targets(6, 6)
+    result = attack_steps.compare_attacks(fam, targets)
+    value = result.values["auc"].query("norm == 'group' and budget == 30 and seed == 0").value.item()
+    assert value == pytest.approx(attack_steps.lira_metrics(fam.run("group", 30, 0), targets)["auc"])
+    assert 0 <= value <= 1
+    with pytest.raises(ValueError, match="n_targets=7"):
+        attack_steps.check_targets(7, 6)
+
+
+def test_the_verdict_concludes_from_the_fair_rows_and_names_the_excluded_ones(fam):
+    rows = canary_steps.compare_memorization(fam).rows
+    table = pd.DataFrame([dict(r, chapter="02_canaries", dataset="digits", arch="cnn", profile="t") for r in rows])
+    table["reading"] = headlines.readings(table)
+    text = verdict_steps.conclusion(table)
+    assert "In the fair comparisons" in text
+    assert "equal-epochs setting is **not comparable**" in text
+    shown = verdict_steps.shown_table(table)
+    assert list(shown["epochs BN / ref"])[:3] == ["1 / 1", "30 / 30", f"{fam.comparisons[2].epochs_bn} / {fam.comparisons[2].epochs_ref}"]
