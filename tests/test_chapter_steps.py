@@ -62,7 +62,7 @@ def test_canary_rows_carry_comparability_and_read_not_comparable_where_a_side_di
         assert set(headlines.COMPARABILITY) <= set(row)
     equal = [r for r in result.rows if r["setting"] == "equal epochs"][0]
     assert equal["comparable"] is False
-    assert result.table.loc["equal epochs", "reading"].startswith("not comparable")
+    assert result.tables["canaries"].loc["equal epochs", "reading"].startswith("not comparable")
     assert "not comparable" in result.sentences["equal epochs"]
     # the measure is the mean memorization of the canaries, recomputed here from one run
     run = fam.run("batch", 30, 0)
@@ -70,7 +70,7 @@ def test_canary_rows_carry_comparability_and_read_not_comparable_where_a_side_di
     masks = run.masks.numpy()
     canary = np.array([k != "typical" for k in run.kinds])
     mem = [correct[masks[:, i], i].mean() - correct[~masks[:, i], i].mean() for i in np.flatnonzero(canary)]
-    value = result.values.query("norm == 'batch' and budget == 30 and seed == 0").value.item()
+    value = result.values["canaries"].query("norm == 'batch' and budget == 30 and seed == 0").value.item()
     assert value == pytest.approx(np.mean(mem))
 
 

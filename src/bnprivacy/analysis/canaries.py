@@ -11,7 +11,7 @@ import pandas as pd
 from .. import protocol
 from ..memorization import canary_curves, memorization_scores, run_exposure, run_memorization
 from ..reading import fmt_interval
-from .sweep import Family
+from .sweep import Family, Measured, measure_family
 
 KIND_ORDER = ["typical", "noise", "mislabeled", "ood", "atypical"]
 
@@ -34,42 +34,27 @@ def kinds_present(fam: Family) -> list[str]:
     return [k for k in KIND_ORDER if k in present]
 
 
-@dataclasses.dataclass
-class CanaryResult:
-    """Everything chapter 02 shows: the measure per run, its curves, the comparisons and rows."""
-
-    values: pd.DataFrame          # canary memorization per (norm, budget, seed)
-    typical: pd.DataFrame         # typical-sample memorization per (norm, budget, seed)
-    curve: pd.DataFrame
-    table: pd.DataFrame           # the comparisons of canary memorization
-    typical_table: pd.DataFrame   # the comparisons of typical memorization
-    rows: list[dict]              # headline rows for the verdict
-    sentences: dict[str, str]     # one reading per setting
+MEASURES = {"canaries": "canary memorization", "typical": "typical-sample memorization"}
 
 
-def compare_memorization(fam: Family) -> CanaryResult:
-    """Canary (and typical) memorization of every run, compared BN vs the reference under the
-    three comparisons of the protocol."""
-    values = protocol.measure_table(fam.sweep, mean_memorization)
-    typical = protocol.measure_table(fam.sweep, lambda run: mean_memorization(run, ("typical",)))
-    rows = (protocol.headline_rows(values, fam.comparisons, "canary memorization", "BN memorizes canaries more")
-            + protocol.headline_rows(typical, fam.comparisons, "typical-sample memorization",
-                                     "BN memorizes typical samples more"))
-    sentences = {c.setting: setting_sentence(values, c) for c in fam.comparisons}
-    return CanaryResult(values, typical, protocol.curves(values), protocol.comparison_table(values, fam.comparisons),
-                        protocol.comparison_table(typical, fam.comparisons), rows, sentences)
+def compare_memorization(fam: Family) -> Measured:
+    """Mean memorization of the canaries (``values["canaries"]``) and of the typical samples
+    (``values["typical"]``) of every run, compared BN vs the reference under the protocol."""
+    measures = {"canaries": mean_memorization, "typical": lambda run: mean_memorization(run, ("typical",))}
+    return measure_family(fam, measures, MEASURES, "BN memorizes more", setting_sentence)
 
 
-def setting_sentence(values: pd.DataFrame, c: protocol.Comparison) -> str:
+def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:
     """What one comparison says about canary memorization, in words."""
-    d = protocol.difference(values, c)
+    d = protocol.difference(values["canaries"], c)
     where = f"BN at {c.epochs_bn} epochs against {c.reference} at {c.epochs_ref}"
     number = fmt_interval(d["diff"], d["lo"], d["hi"])
     if not c.comparable:
         return (f"At {c.setting} ({where}), BN minus {c.reference} is {number}, but this comparison is "
                 f"**not comparable** ({c.reason}) and is not evidence either way.")
+    reading = protocol.reading(c, d["lo"], d["hi"], "BN memorizes more", "BN memorizes less")
     return (f"At {c.setting} ({where}), BN minus {c.reference} in mean canary memorization is {number} "
-            f"(95% interval over {d['n']} seeds): **{protocol.reading(c, d['lo'], d['hi'], 'BN memorizes more', 'BN memorizes less')}**.")
+            f"(95% interval over {d['n']} seeds): **{reading}**.")
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ import pandas as pd
 from .. import protocol
 from ..memorization import run_memorization
 from ..stats import t_interval
-from .sweep import Family
+from .sweep import Family, Measured, measure_family
 
 RATIOS = {"own ratio": "canary / typical own-gradient norm (a)",
           "loo ratio": "canary / typical leave-one-out influence (b)"}
@@ -44,27 +44,11 @@ def run_ratio(run, column: str) -> float:
     return float(ratios(member_probes(run))[column].mean())
 
 
-@dataclasses.dataclass
-class InfluenceResult:
-    """The two gradient ratios per run, their curves, comparisons, readings and headline rows."""
-
-    values: dict[str, pd.DataFrame]
-    curves: dict[str, pd.DataFrame]
-    tables: dict[str, pd.DataFrame]
-    rows: list[dict]
-    sentences: dict[str, str]
-
-
-def compare_ratios(fam: Family) -> InfluenceResult:
+def compare_ratios(fam: Family) -> Measured:
     """The canary/typical gradient ratios of every run under the protocol's comparisons."""
-    values = {c: protocol.measure_table(fam.sweep, lambda run, c=c: run_ratio(run, c)) for c in RATIOS}
-    rows = [row for c, name in RATIOS.items()
-            for row in protocol.headline_rows(values[c], fam.comparisons, name,
-                                              "BN makes canaries' gradients stand out more")]
-    sentences = {c.setting: setting_sentence(values, c) for c in fam.comparisons}
-    return InfluenceResult(values, {c: protocol.curves(v) for c, v in values.items()},
-                           {c: protocol.comparison_table(v, fam.comparisons, digits=2) for c, v in values.items()},
-                           rows, sentences)
+    measures = {c: (lambda run, c=c: run_ratio(run, c)) for c in RATIOS}
+    return measure_family(fam, measures, RATIOS, "BN makes canaries' gradients stand out more", setting_sentence,
+                          digits=2)
 
 
 def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:

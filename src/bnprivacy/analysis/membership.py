@@ -12,7 +12,7 @@ from .. import protocol
 from ..attacks import ATTACK_NAMES, AttackInput, attack_scores, evaluate, summarize, vulnerability
 from ..memorization import run_memorization
 from ..reading import fmt_interval
-from .sweep import Family
+from .sweep import Family, Measured, measure_family
 
 SHOWN_ATTACKS = ("lira_online", "lira_offline", "lira_online_fixed", "rmia", "loss")
 MEASURES = {"auc": "LiRA online AUC", "tpr@0.001": "LiRA online TPR at 0.1% FPR"}
@@ -32,28 +32,13 @@ def lira_metrics(run, targets: list[int]) -> dict:
     return summarize(np.asarray(scores).ravel(), np.asarray(run.masks[targets]).ravel())
 
 
-@dataclasses.dataclass
-class AttackResult:
-    """LiRA metrics per run, their curves, the comparisons, readings and headline rows."""
-
-    values: dict[str, pd.DataFrame]
-    curves: dict[str, pd.DataFrame]
-    tables: dict[str, pd.DataFrame]
-    rows: list[dict]
-    sentences: dict[str, str]
-
-
-def compare_attacks(fam: Family, targets: list[int]) -> AttackResult:
+def compare_attacks(fam: Family, targets: list[int]) -> Measured:
     """LiRA online AUC and TPR at 0.1% FPR of every run under the protocol's comparisons; each run's
     value pools its targets, the interval is over seeds."""
     # Score each run once; both measures read the same scores (runs are keyed by their folder).
     metrics = {run.folder: lira_metrics(run, targets) for run in fam.sweep.runs.values()}
-    values = {m: protocol.measure_table(fam.sweep, lambda run, m=m: metrics[run.folder][m]) for m in MEASURES}
-    rows = [row for m, name in MEASURES.items()
-            for row in protocol.headline_rows(values[m], fam.comparisons, name, "BN models are more vulnerable")]
-    sentences = {c.setting: setting_sentence(values, c) for c in fam.comparisons}
-    return AttackResult(values, {m: protocol.curves(v) for m, v in values.items()},
-                        {m: protocol.comparison_table(v, fam.comparisons) for m, v in values.items()}, rows, sentences)
+    measures = {m: (lambda run, m=m: metrics[run.folder][m]) for m in MEASURES}
+    return measure_family(fam, measures, MEASURES, "BN models are more vulnerable", setting_sentence)
 
 
 def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:

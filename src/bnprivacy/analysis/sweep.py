@@ -147,3 +147,28 @@ def train_family_shard(p: Protocol, *, shard: str = "0/1", chunk_size: int = 16,
         spec = p.spec(norm, budget, lrs[norm], seed, len(data.y_train))
         complete += shadow_run(spec, data, chunk_size=chunk_size, shard=shard, progress=progress) is not None
     return complete, len(keys)
+
+
+@dataclasses.dataclass
+class Measured:
+    """Measures of every run of the family (one table per measure, keyed by a short name), their
+    curves, comparison tables, headline rows, and one sentence per comparison setting."""
+
+    values: dict[str, pd.DataFrame]
+    curves: dict[str, pd.DataFrame]
+    tables: dict[str, pd.DataFrame]
+    rows: list[dict]
+    sentences: dict[str, str]
+
+
+def measure_family(fam: Family, measures: dict, names: dict[str, str], higher_means: str, sentence,
+                   digits: int = 3) -> Measured:
+    """Compute each ``measures[key](run) -> float`` on every run and read it through the
+    protocol's comparisons; ``names[key]`` is the measure's name in the headline rows and
+    ``sentence(values, comparison)`` says what one comparison finds."""
+    values = {key: protocol.measure_table(fam.sweep, fn) for key, fn in measures.items()}
+    rows = [row for key in measures
+            for row in protocol.headline_rows(values[key], fam.comparisons, names[key], higher_means)]
+    return Measured(values, {k: protocol.curves(v) for k, v in values.items()},
+                    {k: protocol.comparison_table(v, fam.comparisons, digits=digits) for k, v in values.items()},
+                    rows, {c.setting: sentence(values, c) for c in fam.comparisons})
