@@ -1,0 +1,1 @@
+"""Step functions of the chapters: each returns small dataclasses of tables, numbers and readings."""
