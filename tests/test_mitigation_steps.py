@@ -1,0 +1,163 @@
+"""Chapter 6's steps (``analysis.mitigation``) at smoke size, and their guard on constructed sides."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bnprivacy.analysis import mitigation
+from bnprivacy.analysis.mitigation import BN, GN, dp_label
+from bnprivacy.config import Config
+from bnprivacy.headlines import COMPARABILITY
+
+# Tiny digits runs: 4 settings (BN, GN, DP at ε=∞ and ε=8) of 6 models each (the fewest that leave
+# every sample two OUT references for the offline attack), one epoch: nothing trains, so every
+# comparison of the run itself is "not comparable"; the comparable path is tested on constructed sides.
+PLAN = mitigation.Plan(Config(dataset="digits", arch="cnn", width=4, epochs=1, batch_size=16, lr=0.05,
+                              train_size=64, canaries="noise:2,mislabeled:2", seed=0, device="cpu"),
+                       n_models=6, epsilons=[8.0], dp_batch_size=16, n_boot=20)
+
+
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory):
+    """Every step of the chapter, once for the module, in a store of its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BNPRIVACY_RESULTS", str(tmp_path_factory.mktemp("results")))
+        patch.setenv("BNPRIVACY_DATA", str(tmp_path_factory.mktemp("data")))
+        setup = mitigation.prepare(PLAN)
+        trained = mitigation.train(setup, progress=False)
+        summary = mitigation.summarize(setup, trained)
+        found = mitigation.effects(setup, trained, summary)
+        return {"setup": setup, "trained": trained, "summary": summary, "found": found,
+                "headline": mitigation.headline_rows(setup, summary, found),
+                "audit": mitigation.audit(setup, trained)}
+
+
+def side(norm, train_acc, test_acc, budget=2, lr=0.05):
+    """A constructed side of a comparison, as ``protocol.side`` returns it."""
+    return pd.Series({"norm": norm, "budget": budget, "lr": lr, "train_acc": train_acc, "test_acc": test_acc})
+
+
+# --- the plan -------------------------------------------------------------------------------------
+
+def test_the_plan_has_every_setting_in_order_and_infinity_always():
+    assert list(PLAN.specs()) == [BN, GN, dp_label(math.inf), dp_label(8.0)]
+    assert dp_label(math.inf) == "GN, DP-SGD ε=∞" and dp_label(8.0) == "GN, DP-SGD ε=8"
+    plan = mitigation.Plan(PLAN.base, 4, [1.0, 8.0, 4.0, 8.0])
+    assert plan.budgets == [8.0, 4.0, 1.0]
+    assert list(mitigation.effect_pairs(plan)) == [
+        "GroupNorm alone (BN → GN)", "DP recipe, no noise (GN → GN ε=∞)", "DP-SGD (GN → GN ε=8)",
+        "DP-SGD (GN → GN ε=4)", "DP-SGD (GN → GN ε=1)", "both (BN → GN ε=8)"]
+
+
+@pytest.mark.parametrize("field, value, message", [("epsilons", [0.0], "epsilon=0.0"),
+                                                   ("epsilons", [], "epsilons=\\[\\]"),
+                                                   ("attack", "lira", "attack='lira'")])
+def test_a_bad_plan_fails_naming_its_parameter(field, value, message):
+    arguments = {"n_models": 4, "epsilons": [1.0], field: value}
+    with pytest.raises(ValueError, match=message):
+        mitigation.Plan(PLAN.base, **arguments)
+
+
+def test_numbers_with_known_answers():
+    # BN at AUC 0.8 has an advantage of 0.3 over guessing; 0.65 removes half of it.
+    assert mitigation.advantage_removed(0.8, 0.65) == pytest.approx(50.0)
+    assert mitigation.advantage_removed(0.8, 0.5) == pytest.approx(100.0)
+    assert math.isnan(mitigation.advantage_removed(0.5, 0.5))
+    assert mitigation.plot_x(math.inf, [8.0, 1.0]) == 16.0 and mitigation.plot_x(4.0, [8.0, 1.0]) == 4.0
+
+
+# --- the guard on constructed sides ---------------------------------------------------------------
+
+def test_a_side_that_did_not_fit_makes_the_change_not_comparable_and_its_reading_says_so():
+    comparison = mitigation.guard_change(PLAN, side(BN, 0.80, 0.90), side(GN, 1.0, 0.92), num_classes=10,
+                                         after_is_dp=False)
+    assert comparison.setting == "equal epochs"
+    assert not comparison.comparable and not comparison.fit_bn and comparison.fit_ref
+    assert "BN, no DP did not fit" in comparison.reason
+    change = mitigation.Effect(BN, GN, comparison, auc=(0.2, 0.1, 0.3), tpr=(0.1, 0.05, 0.2),
+                               canary_mem=(0.3, 0.2, 0.4), accuracy=(0.0, -0.01, 0.01))
+    assert change.reading("auc") == f"not comparable: {comparison.reason}"
+    assert change.guard() == f"not comparable: {comparison.reason}"
+    assert change.phrase("canary_mem") == "+0.300 [+0.200, +0.400]"  # no reading: not evidence
+
+
+def test_a_dp_reference_that_does_not_fit_is_comparable_under_mitigation_as_long_as_it_trained():
+    fitting_bn = side(BN, 1.0, 0.95)
+    comparison = mitigation.guard_change(PLAN, fitting_bn, side(dp_label(1.0), 0.40, 0.60), num_classes=10,
+                                         after_is_dp=True)
+    assert comparison.setting == "mitigation" and comparison.comparable and not comparison.fit_ref
+    change = mitigation.Effect(BN, dp_label(1.0), comparison, auc=(0.2, 0.1, 0.3), tpr=(0.1, 0.05, 0.2),
+                               canary_mem=(0.0, -0.1, 0.1), accuracy=(-0.3, -0.4, -0.2))
+    assert change.reading("auc") == "less risk after the change"
+    assert change.reading("canary_mem") == "no clear difference"
+    assert change.reading("accuracy") == "accuracy loss"
+    assert change.guard() == "comparable"
+    assert change.phrase("accuracy") == "-30.000 points [-40.000, -20.000] (accuracy loss)"
+    # Below 1.5x chance (0.15 with 10 classes) the DP side did not train: not comparable.
+    untrained = mitigation.guard_change(PLAN, fitting_bn, side(dp_label(1.0), 0.12, 0.12), num_classes=10,
+                                        after_is_dp=True)
+    assert not untrained.comparable and "did not train" in untrained.reason
+
+
+# --- the steps at smoke size ----------------------------------------------------------------------
+
+def test_the_summary_has_a_row_per_setting_with_numbers_that_have_known_answers(steps):
+    setup, trained, summary = steps["setup"], steps["trained"], steps["summary"]
+    assert list(summary.table.index) == setup.settings == list(summary.shown.index)
+    pool = len(setup.data.y_train)
+    # Balanced masks: every sample is OUT for half of the attacked models.
+    assert summary.numbers["non_members"] == PLAN.n_models * pool // 2
+    assert summary.numbers["pairs"] == PLAN.n_models * pool
+    assert summary.numbers["fp_at_01"] == pytest.approx(summary.numbers["non_members"] * 0.001)
+    accuracy = trained.runs[GN].final_accuracy()["test_acc"]
+    assert summary.table.loc[GN, "test acc"] == pytest.approx(accuracy.mean())
+    assert math.isinf(summary.table.loc[BN, "accountant ε"])
+    assert 0 < summary.table.loc[dp_label(8.0), "accountant ε"] <= 8.0 + 1e-6
+    assert summary.table.loc[dp_label(math.inf), "x"] == 16.0
+
+
+def test_a_setting_against_itself_changes_nothing(steps):
+    setup, trained, summary = steps["setup"], steps["trained"], steps["summary"]
+    same = mitigation.effect(setup, trained, summary, GN, GN)
+    assert same.canary_mem == pytest.approx((0.0, 0.0, 0.0))
+    assert same.accuracy == pytest.approx((0.0, 0.0, 0.0))
+    assert same.auc[0] == pytest.approx(0.0)
+
+
+def test_every_change_is_guarded_and_shown_in_the_comparability_table(steps):
+    found = steps["found"]
+    assert list(found.effects) == list(mitigation.effect_pairs(PLAN))
+    table = found.comparability
+    assert list(table.index) == list(found.effects)
+    for column in ("setting", "epochs", "lr", "IN acc", "test acc", "fit", "comparable", "reason"):
+        assert column in table.columns
+    assert table.loc["GroupNorm alone (BN → GN)", "setting"] == "equal epochs"
+    assert (table.drop(index="GroupNorm alone (BN → GN)")["setting"] == "mitigation").all()
+    for name, change in found.effects.items():
+        c, guard = change.comparison, found.table.loc[name, "guard"]
+        assert guard == ("comparable" if c.comparable else f"not comparable: {c.reason}")
+        assert c.comparable or guard in found.conclusion
+
+
+def test_headline_rows_carry_their_comparison_and_read_not_comparable_when_it_fails(steps):
+    headline, found = steps["headline"], steps["found"]
+    assert [(r["setting"], r["reference"]) for r in headline.rows] == [
+        ("equal epochs", "group"), ("equal epochs", "group"),
+        ("mitigation", "group + DP-SGD (ε = 8)"), ("mitigation", "group + DP-SGD (ε = 8)")]
+    for row in headline.rows:
+        assert set(COMPARABILITY) <= set(row)
+    for row, reading in zip(headline.rows, headline.table["reading"]):
+        assert reading.startswith("not comparable: ") == (not row["comparable"])
+    gn_alone = found.effects["GroupNorm alone (BN → GN)"]
+    assert headline.rows[0]["diff"] == pytest.approx(gn_alone.auc[0])
+    assert headline.rows[0]["batch"] - headline.rows[0]["none"] == pytest.approx(gn_alone.auc[0])
+
+
+def test_the_audit_bounds_every_setting_and_dp_stays_below_its_accountant(steps):
+    audit, setup = steps["audit"], steps["setup"]
+    assert len(audit.table) == 2 * len(setup.settings)
+    assert list(audit.best.index) == setup.settings
+    assert audit.violations.empty and audit.verdict.startswith("In every DP setting")
+    assert np.isfinite(audit.table["empirical ε ≥"]).all()
