@@ -25,14 +25,12 @@ import numpy as np
 import pandas as pd
 
 from .. import protocol
+from ..attacks import ATTACK_NAMES
 from ..config import Config
 from ..reading import fmt_interval, not_comparable
 from ..stats import paired_difference, percentile_interval
 
 BN, GN = "BN, no DP", "GN, no DP"
-ATTACK_NAMES = {"lira_online": "LiRA online", "lira_offline": "LiRA offline",
-                "lira_online_fixed": "LiRA online, fixed variance",
-                "lira_offline_fixed": "LiRA offline, fixed variance", "rmia": "RMIA", "loss": "LOSS"}
 # Words for a change "before → after": risks are read as before − after, accuracy as after − before.
 RISK_WORDS = ("less risk after the change", "more risk after the change")
 ACCURACY_WORDS = ("accuracy gain", "accuracy loss")
