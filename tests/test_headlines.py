@@ -9,7 +9,7 @@ from bnprivacy import headlines
 
 def test_paired_headline_is_the_seed_paired_t_interval():
     row = headlines.paired_headline("acc", "simulation", [0.9, 0.8, 0.7], [0.5, 0.6, 0.4], "BN better")
-    assert row["batch"] == pytest.approx(0.8) and row["none"] == pytest.approx(0.5)
+    assert row["batch"] == pytest.approx(0.8) and row["ref"] == pytest.approx(0.5)
     # differences 0.4, 0.2, 0.3: mean 0.3, sd 0.1, t(0.975, 2) = 4.3027
     assert row["diff"] == pytest.approx(0.3)
     assert row["lo"] == pytest.approx(0.3 - 4.302653 * 0.1 / math.sqrt(3), abs=1e-5)

@@ -152,7 +152,7 @@ def test_headline_rows_carry_their_comparison_and_read_not_comparable_when_it_fa
         assert reading.startswith("not comparable: ") == (not row["comparable"])
     gn_alone = found.effects["GroupNorm alone (BN → GN)"]
     assert headline.rows[0]["diff"] == pytest.approx(gn_alone.auc[0])
-    assert headline.rows[0]["batch"] - headline.rows[0]["none"] == pytest.approx(gn_alone.auc[0])
+    assert headline.rows[0]["batch"] - headline.rows[0]["ref"] == pytest.approx(gn_alone.auc[0])
 
 
 def test_the_audit_bounds_every_setting_and_dp_stays_below_its_accountant(steps):

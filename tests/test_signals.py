@@ -6,7 +6,8 @@ import torch
 from bnprivacy.config import Config
 from bnprivacy.data import load_dataset
 from bnprivacy.ensemble import balanced_masks, train_ensemble
-from bnprivacy.signals import collect_logits, correct, lira_score, losses, query_views
+from bnprivacy.scores import correct, lira_score, losses
+from bnprivacy.signals import collect_logits, query_views
 
 
 def test_lira_score_is_log_odds_of_the_true_class():

@@ -17,7 +17,7 @@ def digits():
 
 def test_a_finished_training_loads_instead_of_retraining(digits, monkeypatch):
     first = store.train_cached(CFG, digits)
-    monkeypatch.setattr("bnprivacy.training.train_model",
+    monkeypatch.setattr("bnprivacy.ensemble.train_model",
                         lambda *a, **k: pytest.fail("a stored result was retrained"))
     again = store.train_cached(CFG, digits)
     assert again["history"].equals(first["history"])

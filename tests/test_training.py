@@ -5,7 +5,8 @@ import torch
 
 from bnprivacy.config import Config
 from bnprivacy.data import load_dataset
-from bnprivacy.training import TrainingDiverged, lr_factor, train_model
+from bnprivacy.ensemble import train_model
+from bnprivacy.training import TrainingDiverged, lr_factor
 
 # Per-epoch wall time differs run to run; results are compared without it.
 WALL_CLOCK = "seconds"

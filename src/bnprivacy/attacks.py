@@ -29,7 +29,7 @@ import math
 import numpy as np
 import torch
 
-from .signals import lira_score, losses
+from .scores import lira_score, losses
 
 ATTACKS = ("loss", "lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed", "rmia")
 # The names the book prints, for the attacks its chapters show.

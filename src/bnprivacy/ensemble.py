@@ -377,3 +377,33 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}
+
+
+# --- one model ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainResult:
+    """A trained model and its per-epoch history (one row per epoch)."""
+
+    model: nn.Module
+    history: pd.DataFrame
+
+    @property
+    def final(self) -> pd.Series:
+        return self.history.iloc[-1]
+
+
+def train_model(cfg: Config, data: Dataset, *, progress: bool = False) -> TrainResult:
+    """Train one model of ``cfg`` on the whole training split of ``data`` and record every epoch.
+
+    This is the shadow-model engine with one model whose mask includes every sample, so a single
+    model and a shadow model of the same setting are trained by the same code. Deterministic on a
+    CPU for a fixed ``cfg.seed`` (it fixes the initialisation, the data order and the
+    augmentation draws). Trains exactly ``cfg.epochs`` epochs, the learning-rate schedule laid over
+    them, so the result is a complete training, never a mid-schedule snapshot. Raises
+    :class:`TrainingDiverged` on a NaN or infinite loss.
+    """
+    everything = torch.ones(1, len(data.y_train), dtype=torch.bool)
+    result = train_ensemble(cfg, data, everything, progress=progress)
+    model = build_ensemble(cfg, data, result.states)
+    return TrainResult(model=model, history=result.history.drop(columns="model"))

@@ -22,15 +22,15 @@ SETTINGS = ("equal epochs", "matched fit", "matched accuracy", "mitigation", "si
 # Every row that compares trained models carries these (``protocol.Comparison.fields``).
 COMPARABILITY = ("epochs_bn", "epochs_ref", "lr_bn", "lr_ref", "train_acc_bn", "train_acc_ref", "test_acc_bn",
                  "test_acc_ref", "fit_bn", "fit_ref", "comparable", "reason")
-COLUMNS = ["chapter", "measure", "setting", "reference", "batch", "none", "diff", "lo", "hi", "interval",
+COLUMNS = ["chapter", "measure", "setting", "reference", "batch", "ref", "diff", "lo", "hi", "interval",
            "higher_means", *COMPARABILITY, "dataset", "arch", "profile"]
 
 
-def headline_row(measure: str, setting: str, batch: float, none: float, diff: float, lo: float,
+def headline_row(measure: str, setting: str, batch: float, ref: float, diff: float, lo: float,
                  hi: float, interval: str, higher_means: str, reference: str = "none", *,
                  comparison=None) -> dict:
     """One comparison of BN with a reference (no normalisation unless ``reference`` names another,
-    e.g. "group"): values with BN and with the reference (kept in the ``none`` field), ``diff`` =
+    e.g. "group"): values with BN (``batch``) and with the reference (``ref``), ``diff`` =
     BN − reference with its interval.
 
     ``interval`` says what the interval is over (e.g. "95% t-interval over 3 seeds");
@@ -45,7 +45,7 @@ def headline_row(measure: str, setting: str, batch: float, none: float, diff: fl
     if comparison is None and setting != "simulation":
         raise ValueError(f"a {setting!r} row compares trained models and needs its comparison "
                          "(protocol.Comparison) for the comparability fields")
-    values = {"batch": batch, "none": none, "diff": diff, "lo": lo, "hi": hi}
+    values = {"batch": batch, "ref": ref, "diff": diff, "lo": lo, "hi": hi}
     row = {"measure": measure, "setting": setting, "interval": interval, "higher_means": higher_means,
            "reference": reference}
     row.update({key: float(value) for key, value in values.items()})
@@ -57,7 +57,7 @@ def headline_row(measure: str, setting: str, batch: float, none: float, diff: fl
     return row
 
 
-def paired_headline(measure: str, setting: str, batch_values, none_values, higher_means: str, *,
+def paired_headline(measure: str, setting: str, batch_values, ref_values, higher_means: str, *,
                     comparison=None) -> dict:
     """A headline row from per-seed values paired by seed (Student-t interval of the mean difference);
     ``comparison`` as in :func:`headline_row`."""
@@ -65,12 +65,12 @@ def paired_headline(measure: str, setting: str, batch_values, none_values, highe
 
     from .stats import paired_difference
 
-    batch_values, none_values = np.asarray(batch_values, float), np.asarray(none_values, float)
-    if batch_values.shape != none_values.shape:
+    batch_values, ref_values = np.asarray(batch_values, float), np.asarray(ref_values, float)
+    if batch_values.shape != ref_values.shape:
         raise ValueError(f"paired values need one per seed on both sides; got {batch_values.shape} "
-                         f"with BN and {none_values.shape} without")
-    d = paired_difference(batch_values, none_values)
-    return headline_row(measure, setting, batch_values.mean(), none_values.mean(), d["diff"], d["lo"],
+                         f"with BN and {ref_values.shape} without")
+    d = paired_difference(batch_values, ref_values)
+    return headline_row(measure, setting, batch_values.mean(), ref_values.mean(), d["diff"], d["lo"],
                         d["hi"], f"95% t-interval over {d['n']} seeds", higher_means, comparison=comparison)
 
 
@@ -110,5 +110,14 @@ def load(profile: str, chapters: list[str]) -> pd.DataFrame:
             f"execute them first, e.g. `make chapter CH={missing[0]} PROFILE={profile}` "
             f"(or `make book PROFILE={profile}` for all)"
         )
-    rows = [{"reference": "none", **row} for c in chapters for row in json.loads((folder / f"{c}.json").read_text())]
+    rows = [_upgraded(row) for c in chapters for row in json.loads((folder / f"{c}.json").read_text())]
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _upgraded(row: dict) -> dict:
+    """A row recorded before the reference value was named ``ref`` (it was ``none``, even when the
+    reference was GroupNorm), or before rows had a reference."""
+    row = {"reference": "none", **row}
+    if "ref" not in row and "none" in row:
+        row["ref"] = row.pop("none")
+    return row

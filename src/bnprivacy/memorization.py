@@ -157,7 +157,7 @@ def run_exposure(run, resolution_bits: float | None = None) -> pd.DataFrame:
 
     Each canary is ranked against the reference candidates of its own kind (identity query).
     """
-    from .signals import losses
+    from .scores import losses
 
     if run.logits_ref is None or not run.ref_kinds:
         raise ValueError("this run has no reference candidates; set Config.canary_references > 0")

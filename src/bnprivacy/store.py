@@ -100,7 +100,8 @@ def train_cached(cfg: Config, data=None, *, progress: bool = False, retrain: boo
     discards a stored result first.
     """
     from .data import load_dataset
-    from .training import resolve_device, train_model
+    from .ensemble import train_model
+    from .training import resolve_device
 
     folder = training_folder(cfg)
     if retrain:

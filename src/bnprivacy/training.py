@@ -1,37 +1,22 @@
-"""Training recipe: device and precision, SGD with a schedule, and ``train_model`` for one model.
+"""Training recipe: device and precision, SGD with a schedule.
 
 The recipe's pieces (``resolve_device``, ``autocast``, ``make_optimizer``, ``lr_factor``) are
-shared with the shadow-model engine (``ensemble.py``), which also trains single models: one
-training loop serves both.
+used by the shadow-model engine (``ensemble.py``), which also trains single models
+(``ensemble.train_model``): one training loop serves both, and this module imports nothing of the
+engine.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 
-import pandas as pd
 import torch
-from torch import nn
 
 from .config import Config
-from .data import Dataset
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the message says when and what to change."""
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """A trained model and its per-epoch history (one row per epoch)."""
-
-    model: nn.Module
-    history: pd.DataFrame
-
-    @property
-    def final(self) -> pd.Series:
-        return self.history.iloc[-1]
 
 
 def resolve_device(cfg: Config) -> torch.device:
@@ -84,24 +69,6 @@ def lr_factor(cfg: Config, step: int, total_steps: int) -> float:
         peak = 0.2
         return progress / peak if progress < peak else (1.0 - progress) / (1.0 - peak)
     return 1.0
-
-
-def train_model(cfg: Config, data: Dataset, *, progress: bool = False) -> TrainResult:
-    """Train one model of ``cfg`` on the whole training split of ``data`` and record every epoch.
-
-    This is the shadow-model engine with one model whose mask includes every sample, so a single
-    model and a shadow model of the same setting are trained by the same code. Deterministic on a
-    CPU for a fixed ``cfg.seed`` (it fixes the initialisation, the data order and the
-    augmentation draws). Trains exactly ``cfg.epochs`` epochs, the learning-rate schedule laid over
-    them, so the result is a complete training, never a mid-schedule snapshot. Raises
-    :class:`TrainingDiverged` on a NaN or infinite loss.
-    """
-    from .ensemble import build_ensemble, train_ensemble
-
-    everything = torch.ones(1, len(data.y_train), dtype=torch.bool)
-    result = train_ensemble(cfg, data, everything, progress=progress)
-    model = build_ensemble(cfg, data, result.states)
-    return TrainResult(model=model, history=result.history.drop(columns="model"))
 
 
 def describe_hardware(device: torch.device) -> str:

@@ -519,8 +519,8 @@ def headline_rows(setup: Setup, summary: Summary, found: Effects) -> Headlines:
             row, words = _headline_row(setup, summary, found.effects[name], column, reference)
             rows.append(row)
             readings.append(words)
-    table = pd.DataFrame(rows)[["measure", "setting", "reference", "batch", "none", "diff", "lo", "hi", "comparable"]]
-    table = table.rename(columns={"none": "reference value"}).assign(reading=readings)
+    table = pd.DataFrame(rows)[["measure", "setting", "reference", "batch", "ref", "diff", "lo", "hi", "comparable"]]
+    table = table.rename(columns={"ref": "reference value"}).assign(reading=readings)
     return Headlines(rows, table)
 
 

@@ -41,7 +41,7 @@ def shown_table(table: pd.DataFrame) -> pd.DataFrame:
     accuracy, and the reading."""
     return pd.DataFrame({
         "ch.": table["chapter"].str[:2], "measure": table["measure"], "setting": table["setting"],
-        "BN": table["batch"].map(_number), "vs": table["reference"], "its value": table["none"].map(_number),
+        "BN": table["batch"].map(_number), "vs": table["reference"], "its value": table["ref"].map(_number),
         "BN − it [95% interval]": [fmt_interval(d, lo, hi, digits=3) for d, lo, hi in zip(table["diff"], table["lo"], table["hi"])],
         "epochs BN / ref": [_pair(a, b) for a, b in zip(table["epochs_bn"], table["epochs_ref"])],
         "IN acc BN / ref": [_pair(a, b) for a, b in zip(table["train_acc_bn"], table["train_acc_ref"])],
@@ -73,65 +73,63 @@ def count_text(table: pd.DataFrame, setting: str) -> str:
 def _meaning(row) -> str:
     """A row's reading in words: what a positive difference means, when the interval shows one."""
     if row.reading == "BN higher":
-        return row.higher_means
-    if row.reading == "BN lower":
-        return f"the opposite of '{row.higher_means}'"
+        return f"BN higher: {row.higher_means}"
     return row.reading
 
 
-def _listing(rows: pd.DataFrame) -> str:
-    return "; ".join(f"{r.measure} (ch. {r.chapter[:2]}): {_meaning(r)}" for r in rows.itertuples())
+def _measure_lines(rows: pd.DataFrame) -> list[str]:
+    """One Markdown bullet per measure: each setting's difference, interval and meaning."""
+    lines = []
+    for (chapter, measure), group in rows.groupby(["chapter", "measure"], sort=False):
+        cells = [f"{r.setting} {fmt_interval(r.diff, r.lo, r.hi)} ({_meaning(r)})" for r in group.itertuples()]
+        lines.append(f"- **{measure}** (ch. {chapter[:2]}): " + "; ".join(cells))
+    return lines
 
 
 def conclusion(table: pd.DataFrame) -> str:
-    """The verdict in words. Fair comparisons (matched fit, matched accuracy) decide; the paper's
+    """The verdict in Markdown. Fair comparisons (matched fit, matched accuracy) decide; the paper's
     equal-epochs setting is reported beside them; not-comparable rows are named, never read."""
     privacy = table[table.chapter.isin(PRIVACY_CHAPTERS)]
     fair = privacy[privacy.setting.isin(FAIR_SETTINGS)]
     readable = fair[fair.comparable]
-    parts = []
+    blocks = []
     if readable.empty:
-        parts.append("**No fair comparison is comparable on this setting**: in every matched-fit and "
-                     "matched-accuracy row a side did not fit or did not train, so this profile gives no "
-                     "evidence either way")
+        blocks.append("**No fair comparison is comparable on this setting**: in every matched-fit and "
+                      "matched-accuracy row a side did not fit or did not train, so this profile gives no "
+                      "evidence either way.")
     else:
         higher = readable[readable.reading == "BN higher"]
-        if higher.empty:
-            parts.append(f"**In the fair comparisons ({len(readable)} comparable rows), BN does not clearly "
-                         "amplify memorization or membership inference**")
-        else:
-            parts.append(f"**In the fair comparisons, BN is clearly higher in {len(higher)} of "
-                         f"{len(readable)} comparable rows**: " + _listing(higher))
-        rest = readable[readable.reading != "BN higher"]
-        if not rest.empty:
-            parts.append("the other fair rows read: " + _listing(rest))
+        lower = readable[readable.reading == "BN lower"]
+        head = (f"**In the fair comparisons, BN is clearly higher in {len(higher)} and clearly lower in "
+                f"{len(lower)} of {len(readable)} comparable rows**" if len(higher) else
+                f"**In the fair comparisons ({len(readable)} comparable rows), BN does not clearly amplify "
+                f"memorization or membership inference** (clearly lower in {len(lower)})")
+        blocks.append(head + ". BN minus the reference, per measure:\n\n" + "\n".join(_measure_lines(readable)))
     excluded = fair[~fair.comparable]
     if not excluded.empty:
-        parts.append("not read as evidence (a side did not train to a comparable state): "
-                     + "; ".join(f"{r.measure}, {r.setting} ({r.reason})" for r in excluded.itertuples()))
+        blocks.append("Not read as evidence (a side did not train to a comparable state): "
+                      + "; ".join(f"{r.measure}, {r.setting} ({r.reason})" for r in excluded.itertuples()) + ".")
     equal = privacy[privacy.setting == "equal epochs"]
     if not equal.empty:
         if equal.comparable.all():
-            parts.append("at equal epochs (the paper's setting, both sides fit): " + _listing(equal))
+            blocks.append("At equal epochs (the paper's setting, both sides fit):\n\n" + "\n".join(_measure_lines(equal)))
         else:
             reason = equal[~equal.comparable].reason.iloc[0]
-            parts.append(f"the paper's equal-epochs setting is **not comparable** here ({reason}); its "
-                         "differences measure under-training, not BN")
-    for setting, label in (("mitigation", "against chapter 6's mitigations"), ("simulation", "in the theory chapter's simulation")):
+            blocks.append(f"The paper's equal-epochs setting is **not comparable** here ({reason}): its "
+                          "differences measure under-training, not BN.")
+    others = []
+    for setting, label in (("mitigation", "Against chapter 6's mitigations"),
+                           ("simulation", "In the theory chapter's simulation")):
         rows = table[table.setting == setting]
         if not rows.empty:
-            parts.append(f"{label}: " + "; ".join(
-                f"{r.measure}, BN vs {r.reference}: {_meaning(r)}" for r in rows.itertuples()))
-    mitigation_eq = table[(table.chapter == "06_dp_mitigation") & (table.setting != "mitigation")]
-    if not mitigation_eq.empty:
-        parts.append("BN against GroupNorm (chapter 6): " + _listing(mitigation_eq))
-    return ". ".join(_capitalized(p) for p in parts) + "."
-
-
-def _capitalized(text: str) -> str:
-    stripped = text.lstrip("*_")
-    start = len(text) - len(stripped)
-    return text[:start] + stripped[:1].upper() + stripped[1:]
+            others.append(f"{label}: " + "; ".join(f"{r.measure}, BN vs {r.reference}: {_meaning(r)}"
+                                                    for r in rows.itertuples()) + ".")
+    group = table[(table.chapter == "06_dp_mitigation") & (table.setting != "mitigation")]
+    if not group.empty:
+        others.append("BN against GroupNorm at equal epochs (chapter 6): " + "; ".join(
+            f"{r.measure}: {_meaning(r)}" for r in group.itertuples()) + ".")
+    blocks.extend(others)
+    return "\n\n".join(blocks)
 
 
 def forest_rows(table: pd.DataFrame) -> pd.DataFrame:
