@@ -45,7 +45,14 @@ def shown_table(table: pd.DataFrame) -> pd.DataFrame:
         "BN − it [95% interval]": [fmt_interval(d, lo, hi, digits=3) for d, lo, hi in zip(table["diff"], table["lo"], table["hi"])],
         "epochs BN / ref": [_pair(a, b) for a, b in zip(table["epochs_bn"], table["epochs_ref"])],
         "IN acc BN / ref": [_pair(a, b) for a, b in zip(table["train_acc_bn"], table["train_acc_ref"])],
-        "reading": table["reading"]})
+        "reading": table["reading"].map(_kind)})
+
+
+def excluded_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows that are not evidence, with the reason the guard gave."""
+    rows = table[~table.comparable]
+    return pd.DataFrame({"ch.": rows["chapter"].str[:2], "measure": rows["measure"], "setting": rows["setting"],
+                         "why not comparable": rows["reason"]})
 
 
 def legend_table(table: pd.DataFrame) -> pd.DataFrame:
