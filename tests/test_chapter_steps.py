@@ -117,3 +117,12 @@ def test_the_verdict_concludes_from_the_fair_rows_and_names_the_excluded_ones(fa
     assert "equal-epochs setting is **not comparable**" in text
     shown = verdict_steps.shown_table(table)
     assert list(shown["epochs BN / ref"])[:3] == ["1 / 1", "30 / 30", f"{fam.comparisons[2].epochs_bn} / {fam.comparisons[2].epochs_ref}"]
+
+
+def test_a_measure_is_robust_only_when_every_fair_reading_and_pairing_agrees():
+    def group(readings, robust):
+        return pd.DataFrame({"reading": readings, "robustness": [robust] * len(readings)})
+
+    assert verdict_steps.robust_reading(group(["BN higher", "BN higher"], "BN higher at all 3 pairs")) == "BN higher"
+    assert verdict_steps.robust_reading(group(["BN lower", "BN lower"], "depends on the budgets: ...")) == "mixed"
+    assert verdict_steps.robust_reading(group(["BN lower", "no clear difference"], "BN lower at all 2 pairs")) == "mixed"

@@ -173,3 +173,19 @@ def test_a_tiny_real_sweep_fits_shares_its_runs_and_loads_them_again(isolated_st
     assert torch.equal(again.run("none", 1, 0).logits_pool, sweep.run("none", 1, 0).logits_pool)
     comparisons = compare(again)
     assert [c.setting for c in comparisons] == list(protocol.SETTINGS)
+
+
+def test_fitting_pairings_show_when_the_answer_depends_on_the_budgets():
+    sweep = _sweep(DIGITS)  # BN fits at 10, 20, 40; none only at 40
+    bn_value = {10: 0.60, 20: 0.90, 40: 0.92}
+    values = sweep.table.assign(value=[bn_value[b] + 0.01 * s if n == "batch" else 0.80 + 0.01 * s
+                                       for n, b, s in zip(sweep.table.norm, sweep.table.budget, sweep.table.seed)])
+    pairs = protocol.fitting_pairings(sweep, values)
+    assert list(zip(pairs.epochs_bn, pairs.epochs_ref)) == [(10, 40), (20, 40), (40, 40)]
+    assert list(pairs.reading) == ["BN lower", "BN higher", "BN higher"]
+    assert pairs["diff"].tolist() == pytest.approx([-0.20, 0.10, 0.12])
+    assert protocol.robustness(pairs) == ("depends on the budgets: 2 BN higher, 1 BN lower of 3 pairs of budgets "
+                                          "at which both sides fit")
+    assert protocol.robustness(pairs.iloc[1:]) == "BN higher at all 2 pairs of budgets at which both sides fit"
+    never = _sweep({k: ((0.9, 0.9) if k[0] == "none" else v) for k, v in DIGITS.items()})
+    assert protocol.robustness(protocol.fitting_pairings(never, values)) == "no pair of budgets at which both sides fit"

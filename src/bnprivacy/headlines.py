@@ -23,12 +23,12 @@ SETTINGS = ("equal epochs", "matched fit", "matched accuracy", "mitigation", "si
 COMPARABILITY = ("epochs_bn", "epochs_ref", "lr_bn", "lr_ref", "train_acc_bn", "train_acc_ref", "test_acc_bn",
                  "test_acc_ref", "fit_bn", "fit_ref", "comparable", "reason")
 COLUMNS = ["chapter", "measure", "setting", "reference", "batch", "ref", "diff", "lo", "hi", "interval",
-           "higher_means", *COMPARABILITY, "dataset", "arch", "profile"]
+           "higher_means", *COMPARABILITY, "robustness", "dataset", "arch", "profile"]
 
 
 def headline_row(measure: str, setting: str, batch: float, ref: float, diff: float, lo: float,
                  hi: float, interval: str, higher_means: str, reference: str = "none", *,
-                 comparison=None) -> dict:
+                 comparison=None, robustness: str = "") -> dict:
     """One comparison of BN with a reference (no normalisation unless ``reference`` names another,
     e.g. "group"): values with BN (``batch``) and with the reference (``ref``), ``diff`` =
     BN − reference with its interval.
@@ -38,7 +38,8 @@ def headline_row(measure: str, setting: str, batch: float, ref: float, diff: flo
     ``comparison`` (a ``protocol.Comparison``) is required for every setting but "simulation": its
     comparability fields (budgets, learning rates, train and test accuracy of both sides, fit,
     ``comparable`` and the ``reason`` when not) go into the row, so the verdict never reads a row
-    whose sides did not train.
+    whose sides did not train. ``robustness`` says whether the sign holds at every pair of budgets
+    at which both sides fit (``protocol.robustness``).
     """
     if setting not in SETTINGS:
         raise ValueError(f"setting {setting!r} is not one of {SETTINGS}")
@@ -47,7 +48,7 @@ def headline_row(measure: str, setting: str, batch: float, ref: float, diff: flo
                          "(protocol.Comparison) for the comparability fields")
     values = {"batch": batch, "ref": ref, "diff": diff, "lo": lo, "hi": hi}
     row = {"measure": measure, "setting": setting, "interval": interval, "higher_means": higher_means,
-           "reference": reference}
+           "reference": reference, "robustness": robustness}
     row.update({key: float(value) for key, value in values.items()})
     if comparison is not None:
         fields = comparison.fields()

@@ -430,9 +430,42 @@ def reading(comparison: Comparison, lo: float, hi: float, higher: str = "BN high
     return judge(lo, hi, higher, lower)
 
 
-def headline_rows(values: pd.DataFrame, comparisons: list[Comparison], measure: str, higher_means: str) -> list[dict]:
+def fitting_pairings(sweep: Sweep, values: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
+    """BN − reference of a measure at every pair of budgets (BN's, the reference's) at which both
+    sides fit and trained: how much a comparison's answer depends on which fitting budgets it
+    takes. One row per pairing with both values, the paired difference, its interval and reading."""
+    p = sweep.protocol
+    reference = reference or p.reference
+    sides = sweep.sides()
+    usable = sides[sides.fit & sides.trained].set_index(["norm", "budget"])
+    rows = []
+    for bn_budget in [b for n, b in usable.index if n == "batch"]:
+        for ref_budget in [b for n, b in usable.index if n == reference]:
+            c = _guard("pairing", _side(sides[sides.norm == "batch"].set_index("budget"), bn_budget),
+                       _side(sides[sides.norm == reference].set_index("budget"), ref_budget), p, sweep.num_classes)
+            d = difference(values, c)
+            rows.append({"epochs_bn": bn_budget, "epochs_ref": ref_budget, "batch": d["batch"], "ref": d["ref"],
+                         "diff": d["diff"], "lo": d["lo"], "hi": d["hi"], "reading": judge(d["lo"], d["hi"])})
+    return pd.DataFrame(rows, columns=["epochs_bn", "epochs_ref", "batch", "ref", "diff", "lo", "hi", "reading"])
+
+
+def robustness(pairings: pd.DataFrame) -> str:
+    """One line on whether the sign of BN − reference holds at every pair of fitting budgets."""
+    if pairings.empty:
+        return "no pair of budgets at which both sides fit"
+    counts = pairings.reading.value_counts()
+    total = len(pairings)
+    if len(counts) == 1:
+        return f"{counts.index[0]} at all {total} pairs of budgets at which both sides fit"
+    parts = ", ".join(f"{counts[k]} {k}" for k in ("BN higher", "BN lower", "no clear difference", "no interval")
+                      if counts.get(k, 0))
+    return f"depends on the budgets: {parts} of {total} pairs of budgets at which both sides fit"
+
+
+def headline_rows(values: pd.DataFrame, comparisons: list[Comparison], measure: str, higher_means: str,
+                  robust: str = "") -> list[dict]:
     """One headline row per comparison of a measure (``headlines.headline_row`` with the
-    comparability fields), for the verdict."""
+    comparability fields and the ``robust`` line of :func:`robustness`), for the verdict."""
     from .headlines import headline_row
 
     rows = []
@@ -440,7 +473,7 @@ def headline_rows(values: pd.DataFrame, comparisons: list[Comparison], measure: 
         d = difference(values, c)
         rows.append(headline_row(measure, c.setting, d["batch"], d["ref"], d["diff"], d["lo"], d["hi"],
                                  f"95% t-interval over {d['n']} seeds (paired by masks)", higher_means,
-                                 reference=c.reference, comparison=c))
+                                 reference=c.reference, comparison=c, robustness=robust))
     return rows
 
 

@@ -159,6 +159,8 @@ class Measured:
     tables: dict[str, pd.DataFrame]
     rows: list[dict]
     sentences: dict[str, str]
+    pairings: dict[str, pd.DataFrame]
+    robust: dict[str, str]
 
 
 def measure_family(fam: Family, measures: dict, names: dict[str, str], higher_means: str, sentence,
@@ -167,8 +169,10 @@ def measure_family(fam: Family, measures: dict, names: dict[str, str], higher_me
     protocol's comparisons; ``names[key]`` is the measure's name in the headline rows and
     ``sentence(values, comparison)`` says what one comparison finds."""
     values = {key: protocol.measure_table(fam.sweep, fn) for key, fn in measures.items()}
+    pairings = {key: protocol.fitting_pairings(fam.sweep, v, fam.protocol.reference) for key, v in values.items()}
+    robust = {key: protocol.robustness(table) for key, table in pairings.items()}
     rows = [row for key in measures
-            for row in protocol.headline_rows(values[key], fam.comparisons, names[key], higher_means)]
+            for row in protocol.headline_rows(values[key], fam.comparisons, names[key], higher_means, robust[key])]
     return Measured(values, {k: protocol.curves(v) for k, v in values.items()},
                     {k: protocol.comparison_table(v, fam.comparisons, digits=digits) for k, v in values.items()},
-                    rows, {c.setting: sentence(values, c) for c in fam.comparisons})
+                    rows, {c.setting: sentence(values, c) for c in fam.comparisons}, pairings, robust)

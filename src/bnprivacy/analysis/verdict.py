@@ -89,8 +89,36 @@ def _measure_lines(rows: pd.DataFrame) -> list[str]:
     lines = []
     for (chapter, measure), group in rows.groupby(["chapter", "measure"], sort=False):
         cells = [f"{r.setting} {fmt_interval(r.diff, r.lo, r.hi)} ({_meaning(r)})" for r in group.itertuples()]
-        lines.append(f"- **{measure}** (ch. {chapter[:2]}): " + "; ".join(cells))
+        robust = group["robustness"].iloc[0] if "robustness" in group and isinstance(group["robustness"].iloc[0], str) else ""
+        lines.append(f"- **{measure}** (ch. {chapter[:2]}): " + "; ".join(cells)
+                     + (f"; across budgets: {robust}" if robust else ""))
     return lines
+
+
+ROBUST_GROUPS = (("BN higher", "**BN higher, robustly**"), ("BN lower", "**BN lower, robustly**"),
+                 (NO_CLEAR, "**no clear difference, robustly**"), ("mixed", "**depends on the budgets compared**"))
+
+
+def robust_reading(group: pd.DataFrame) -> str:
+    """One measure's fair rows in one word: their common reading when matched fit, matched
+    accuracy and every pair of fitting budgets agree, else "mixed"."""
+    readings = set(group["reading"])
+    robust = group["robustness"].iloc[0] if "robustness" in group else ""
+    if len(readings) == 1:
+        (reading,) = readings
+        if isinstance(robust, str) and robust.startswith(f"{reading} at all"):
+            return reading
+    return "mixed"
+
+
+def _robust_summary(readable: pd.DataFrame) -> str:
+    """The fair verdict per measure, grouped by its robust reading."""
+    kinds = {}
+    for (chapter, measure), group in readable.groupby(["chapter", "measure"], sort=False):
+        kinds.setdefault(robust_reading(group), []).append(f"{measure} (ch. {chapter[:2]})")
+    parts = [f"{label}: {', '.join(kinds[key])}" for key, label in ROBUST_GROUPS if key in kinds]
+    return ("On this setting, reading matched fit, matched accuracy and every pair of budgets at which "
+            "both sides fit together: " + "; ".join(parts) + ".")
 
 
 def conclusion(table: pd.DataFrame) -> str:
@@ -111,6 +139,7 @@ def conclusion(table: pd.DataFrame) -> str:
                 f"{len(lower)} of {len(readable)} comparable rows**" if len(higher) else
                 f"**In the fair comparisons ({len(readable)} comparable rows), BN does not clearly amplify "
                 f"memorization or membership inference** (clearly lower in {len(lower)})")
+        blocks.append(_robust_summary(readable))
         blocks.append(head + ". BN minus the reference, per measure:\n\n" + "\n".join(_measure_lines(readable)))
     excluded = fair[~fair.comparable]
     if not excluded.empty:
