@@ -181,7 +181,8 @@ def choose_learning_rates(protocol: Protocol, data, *, progress: bool = False) -
     """Validation accuracy of every (norm, lr multiplier) at the first budget; one row each with
     ``chosen`` marking the best lr per norm (ties go to the multiplier closest to 1).
 
-    Cached in the store by the base Config's key, so every chapter sees the same choice.
+    Each candidate's accuracy is cached in the store (``results/validation/``) by its Config's key,
+    so every chapter and every shard sees the same choice.
     """
     from tqdm.auto import tqdm
 
@@ -224,8 +225,8 @@ def chosen_lr(lr_table: pd.DataFrame) -> dict[str, float]:
 # --- 1 and 3. the budget sweep and fit ------------------------------------------------------------
 
 def run_summary(run: ShadowRun) -> dict:
-    """Mean test accuracy and mean accuracy on IN samples (identity query) of a run's models, and
-    the fraction of models whose IN accuracy is what the fit rule reads."""
+    """Mean final test accuracy of a run's models, and their accuracy on their own IN samples
+    (identity query, eval mode; what the fit rule reads): mean and worst model."""
     hits = (run.logits_pool[:, 0].argmax(-1) == run.y_pool).float()
     inside = run.masks.float()
     train_acc = (hits * inside).sum(1) / inside.sum(1)
