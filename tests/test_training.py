@@ -57,9 +57,43 @@ def test_schedules_follow_their_closed_forms(schedule, expected):
     assert got == pytest.approx(expected)
 
 
-def test_bf16_on_cpu_is_refused(digits):
-    with pytest.raises(ValueError, match="bf16.*CUDA"):
+def test_bf16_on_a_cpu_without_native_bf16_is_refused(digits, monkeypatch):
+    from bnprivacy import training
+
+    monkeypatch.setattr(training, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(ValueError, match="bf16.*CUDA device or a CPU with native bf16"):
         train_model(Config(precision="bf16", **FAST), digits)
+
+
+def test_auto_precision_keeps_a_cpu_in_float32():
+    from bnprivacy.training import uses_bf16
+
+    assert not uses_bf16(Config(device="cpu"), torch.device("cpu"))
+    assert not uses_bf16(Config(device="cpu", precision="fp32"), torch.device("cpu"))
+
+
+@pytest.mark.skipif(not __import__("bnprivacy.training", fromlist=["x"]).cpu_supports_bf16(),
+                    reason="this CPU has no native bf16")
+def test_bf16_on_a_cpu_learns_like_float32(digits):
+    fp32 = train_model(Config(norm="batch", **FAST), digits).history.iloc[-1]
+    bf16 = train_model(Config(norm="batch", precision="bf16", **FAST), digits).history.iloc[-1]
+    # The documented tolerance of bf16 on a CPU: same accuracy within 3 points, loss within 15%.
+    assert abs(bf16.test_acc - fp32.test_acc) <= 0.03
+    assert bf16.train_loss == pytest.approx(fp32.train_loss, rel=0.15)
+
+
+def test_each_epoch_is_measured_on_a_fixed_test_subset_and_the_last_on_the_whole_split(digits, monkeypatch):
+    from bnprivacy import ensemble
+
+    monkeypatch.setattr(ensemble, "EPOCH_EVAL_SAMPLES", 100)
+    cfg = Config(norm="batch", **FAST)
+    result = train_model(cfg, digits)
+    history = result.history
+    assert list(history.test_samples) == [100, 100, len(digits.y_test)]
+    assert torch.equal(ensemble.epoch_eval_subset(500), ensemble.epoch_eval_subset(500))
+    assert len(set(ensemble.epoch_eval_subset(500).tolist())) == 100
+    _, accuracy = ensemble.evaluate_ensemble(cfg, result.model, 1, digits.x_test, digits.y_test)
+    assert history.test_acc.iloc[-1] == pytest.approx(float(accuracy[0]))
 
 
 @pytest.mark.gpu

@@ -40,6 +40,11 @@ from .training import TrainingDiverged, autocast, lr_factor, make_optimizer
 
 STRATEGIES = ("batched", "loop")
 EVAL_BATCH = 1024
+# Test samples each epoch's history row is measured on: a fixed random subset, the whole test split
+# after the last epoch. Evaluating all of a 10,000-image test split after every epoch cost more
+# than the epoch's training on CIFAR-shaped data (BENCHMARKS.md); the final model, which every
+# analysis reads, is always measured on the whole split.
+EPOCH_EVAL_SAMPLES = 1024
 
 
 # --- inclusion masks ------------------------------------------------------------------------------
@@ -232,6 +237,7 @@ class _Trainer:
         kinds = data.kinds or []
         self.canaries = torch.tensor([i for i, kind in enumerate(kinds) if kind != "typical"],
                                      dtype=torch.long)
+        self.eval_subset = epoch_eval_subset(len(data.y_test)).to(data.y_test.device)
 
     def run(self) -> EnsembleResult:
         cfg, n = self.cfg, len(self.models)
@@ -264,7 +270,8 @@ class _Trainer:
                 loss_sum += per_model.detach()
                 correct += (logits.detach().argmax(-1) == y).sum(1)
             self.check_finite(loss_sum, epoch)
-            test_loss, test_acc = evaluate_ensemble(cfg, wide, n, self.data.x_test, self.data.y_test)
+            x_eval, y_eval = self.test_set(last=epoch == cfg.epochs)
+            test_loss, test_acc = evaluate_ensemble(cfg, wide, n, x_eval, y_eval)
             canary_rows.extend(self.probe_canaries(wide, epoch))
             lr = cfg.lr * lr_factor(cfg, step, self.total_steps)
             for p in range(n):
@@ -272,12 +279,19 @@ class _Trainer:
                                  train_loss=loss_sum[p].item() / self.steps,
                                  train_acc=correct[p].item() / (self.steps * cfg.batch_size),
                                  test_loss=test_loss[p].item(), test_acc=test_acc[p].item(),
-                                 seconds=time.perf_counter() - started))
+                                 test_samples=len(y_eval), seconds=time.perf_counter() - started))
             bar.update(1)
             bar.set_postfix(test_acc=f"{test_acc.mean().item():.3f}")
         bar.close()
         return EnsembleResult(self.models, split_state(_cpu_state(wide), n), pd.DataFrame(rows),
                               pd.DataFrame(canary_rows), pd.DataFrame(probe_rows))
+
+    def test_set(self, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole test split after the last epoch, else the fixed per-epoch subset."""
+        x, y = self.data.x_test, self.data.y_test
+        if last or len(self.eval_subset) == len(y):
+            return x, y
+        return x[self.eval_subset], y[self.eval_subset]
 
     def probe_gradients(self, wide: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int,
                         epoch: int) -> list[dict]:
@@ -350,6 +364,15 @@ class _Trainer:
         name = f"model {first}" if first == last else f"models {first}-{last}"
         return tqdm(total=self.cfg.epochs, desc=name, unit="epoch", leave=False,
                     disable=not self.progress)
+
+
+def epoch_eval_subset(test_size: int) -> torch.Tensor:
+    """Sorted test indices measured after every epoch but the last: all of a small split, else a
+    fixed random EPOCH_EVAL_SAMPLES of it (the same for every run)."""
+    if test_size <= EPOCH_EVAL_SAMPLES:
+        return torch.arange(test_size)
+    order = torch.randperm(test_size, generator=torch.Generator().manual_seed(0))
+    return order[:EPOCH_EVAL_SAMPLES].sort().values
 
 
 @torch.no_grad()
