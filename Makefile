@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed
 PROFILE ?= quick
 CH ?= 01_training
 ARGS ?=
+NAME ?=
 
-.PHONY: help venv book html chapter params test assignments check-html publish clean clean-results
+.PHONY: help venv book html chapter params test assignments check-html publish record clean clean-results
 
 help:
 	@echo "make book [PROFILE=quick|full]      execute every chapter, then build _build/html"
@@ -15,6 +16,7 @@ help:
 	@echo "make chapter CH=01_training ARGS='-p dataset mnist -p arch resnet18'   rerun one chapter"
 	@echo "make params CH=01_training          list a chapter's parameters"
 	@echo "make html                           rebuild the HTML from the executed chapters"
+	@echo "make record PROFILE=full NAME=cifar10-resnet18   execute chapters 01-04 once, write recorded/NAME/"
 	@echo "make assignments                    student and teacher notebooks in _build/assignments/"
 	@echo "make check-html                     visit every built page in headless Chromium"
 	@echo "make publish                        push _build/html to the gh-pages branch (GitHub Pages)"
@@ -39,6 +41,10 @@ chapter: $(STAMP)
 
 params: $(STAMP)
 	$(PY) -m bnprivacy params $(CH)
+
+record: $(STAMP)
+	@test -n "$(NAME)" || { echo "make record needs NAME=<folder under recorded/>, e.g. NAME=cifar10-cnn"; exit 1; }
+	$(PY) -m bnprivacy record --profile $(PROFILE) --name $(NAME) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bnprivacy {book,chapter,html,params,shadow,family,assignments,check-html} ...``."""
+"""Command line: ``python -m bnprivacy {book,chapter,html,params,shadow,family,record,assignments,check-html} ...``."""
 
 from __future__ import annotations
 
@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a family parameter of chapter 01, e.g. -p seeds 5 (repeatable)")
     fam.add_argument("--shard", default="0/1", help="i/k: train only shard i of k of every run (default: all)")
     fam.add_argument("--chunk-size", type=int, default=16, help="models trained at once")
+    rec = commands.add_parser("record", help="execute chapters 01-04 once and write recorded/<name>/ (rows, curves, provenance)")
+    rec.add_argument("--profile", default="quick", help="profile in book/profiles.yml")
+    rec.add_argument("--name", required=True, help="folder name under recorded/, e.g. cifar10-cnn")
+    rec.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                     help="override a parameter of the recorded chapters (repeatable)")
     return parser
 
 
@@ -119,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             _shadow(args)
         elif args.command == "family":
             _family(root, args)
+        elif args.command == "record":
+            from .record import record
+
+            folder = record(root, args.profile, args.name, book.parse_overrides(args.param))
+            print(f"recorded {folder}")
         elif args.command == "params":
             for name, spec in book.chapter_parameters(root, args.chapter).items():
                 print(f"{name:18} = {spec['default']:<24} # {spec['help']}")

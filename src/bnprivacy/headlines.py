@@ -98,6 +98,29 @@ def record(chapter: str, profile: str, rows: list[dict], *, dataset: str, arch: 
     return path
 
 
+CURVE_COLUMNS = ["chapter", "measure", "norm", "budget", "seed", "value", "test_acc", "train_acc"]
+
+
+def record_curves(chapter: str, profile: str, values: dict[str, pd.DataFrame]) -> Path:
+    """Save the per-run values behind ``chapter``'s curves (``{measure name: protocol.measure_table}``)
+    beside its headline rows, as one small CSV (what a recorded setting ships)."""
+    frames = [table.assign(chapter=chapter, measure=name) for name, table in values.items()]
+    if not frames:
+        raise ValueError(f"chapter {chapter} recorded no curve values")
+    path = headline_folder(profile) / f"{chapter}.curves.csv"
+    from .store import write_atomic
+
+    write_atomic(path, pd.concat(frames, ignore_index=True)[CURVE_COLUMNS].to_csv(index=False).encode())
+    return path
+
+
+def load_curves(profile: str, chapters: list[str]) -> pd.DataFrame:
+    """The curve values of the listed chapters that recorded any (an empty table if none did)."""
+    folder = headline_folder(profile)
+    frames = [pd.read_csv(folder / f"{c}.curves.csv") for c in chapters if (folder / f"{c}.curves.csv").is_file()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CURVE_COLUMNS)
+
+
 def load(profile: str, chapters: list[str]) -> pd.DataFrame:
     """Every listed chapter's headline rows under ``profile``, in chapter order.
 

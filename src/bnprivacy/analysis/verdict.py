@@ -3,6 +3,7 @@ and draw the conclusion from the fair comparisons (matched fit and matched accur
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -180,3 +181,28 @@ def readable_fraction(table: pd.DataFrame) -> float:
     """Fraction of the fair privacy rows that are comparable (evidence at all)."""
     fair = table[table.chapter.isin(PRIVACY_CHAPTERS) & table.setting.isin(FAIR_SETTINGS)]
     return float(fair.comparable.mean()) if len(fair) else float("nan")
+
+
+@dataclasses.dataclass
+class RecordedSection:
+    """What the verdict shows of one recorded setting: a heading with its provenance, the
+    conclusion, the table of its rows, and its curve values per measure."""
+
+    heading: str
+    conclusion: str
+    table: pd.DataFrame
+    curves: dict[str, pd.DataFrame]
+
+
+def recorded_sections(settings) -> list[RecordedSection]:
+    """One :class:`RecordedSection` per ``record.RecordedSetting``, read by the same rules as the
+    live rows (the guard, the fair comparisons, robustness)."""
+    from ..protocol import curves
+
+    sections = []
+    for s in settings:
+        data = s.headlines[["dataset", "arch"]].drop_duplicates().astype(str).agg(" / ".join, axis=1)
+        heading = f"**{s.name}** ({', '.join(data)}): {s.label()}"
+        per_measure = {measure: curves(group) for measure, group in s.curves.groupby("measure", sort=False)}
+        sections.append(RecordedSection(heading, conclusion(s.headlines), shown_table(s.headlines), per_measure))
+    return sections

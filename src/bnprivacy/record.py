@@ -1,0 +1,193 @@
+"""Recorded settings: a run too long for ``make book`` is executed once and shipped as small data.
+
+``python -m bnprivacy record --profile P --name NAME`` (``make record PROFILE=P NAME=...``)
+executes the chapters that record headline rows under profile ``P`` and writes
+``recorded/<NAME>/``:
+
+- ``headlines.json``: every chapter's headline rows, with their comparability fields;
+- ``curves.csv``: the per-run values behind the protocol's curve figures (no weights, no logits);
+- ``provenance.json``: git commit (and whether the working tree was dirty, with the changed
+  files), the command, the profile's parameters and overrides, package versions, hardware, wall
+  time per chapter and the date.
+
+A dirty working tree is recorded as such, never refused: the provenance says which files differed
+from the commit. The folder is written under a temporary name and renamed into place, so an
+interrupted recording never leaves a half folder. The verdict chapter reads every recorded folder
+with :func:`load_all`; a folder with a missing or malformed file raises :class:`RecordedError`
+naming the folder, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from . import headlines
+
+RECORDED = "recorded"
+FILES = ("headlines.json", "curves.csv", "provenance.json")
+PROVENANCE_FIELDS = ("name", "commit", "dirty", "changed_files", "command", "profile", "parameters",
+                     "overrides", "versions", "hardware", "chapter_seconds", "date")
+RECORDED_CHAPTERS = ("01_training", "02_canaries", "03_gradient_influence", "04_membership_inference")
+
+
+class RecordedError(ValueError):
+    """A recorded folder that cannot be read; the message names the folder and the file."""
+
+
+@dataclasses.dataclass
+class RecordedSetting:
+    """One recorded folder: its headline rows, curve values and provenance."""
+
+    name: str
+    folder: Path
+    headlines: pd.DataFrame
+    curves: pd.DataFrame
+    provenance: dict
+
+    def label(self) -> str:
+        """"recorded on <date>, <hardware>, commit <sha>; rerun with <command>"."""
+        p = self.provenance
+        dirty = " (with uncommitted changes)" if p["dirty"] else ""
+        return (f"recorded on {p['date'][:10]}, {p['hardware']}, commit {p['commit'][:10]}{dirty}; "
+                f"rerun with `{p['command']}`")
+
+
+def check_name(name: str) -> str:
+    """A recorded setting's folder name: letters, digits, '-', '_' and '.', not starting with '.'."""
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", name):
+        raise ValueError(f"name={name!r} is not allowed; allowed values: 1-64 letters, digits, '-', '_' or '.', "
+                         "not starting with '.', e.g. cifar10-cnn")
+    return name
+
+
+def git_state(root: Path) -> dict:
+    """The commit of ``root`` and whether its tracked files differ from it (and which)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return {"commit": "unknown (not a git checkout)", "dirty": True, "changed_files": []}
+    status = git("status", "--porcelain", "--untracked-files=no").stdout.splitlines()
+    return {"commit": head.stdout.strip(), "dirty": bool(status), "changed_files": [line[3:] for line in status]}
+
+
+def versions() -> dict:
+    """Versions of Python and of the packages that decide a result."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("bnprivacy", "torch", "torchvision", "numpy", "pandas", "scipy", "opacus"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def record(root: Path, profile: str, name: str, overrides: dict | None = None,
+           chapters: tuple[str, ...] = RECORDED_CHAPTERS, command: str | None = None) -> Path:
+    """Execute ``chapters`` under ``profile`` (with ``overrides``) and write ``recorded/<name>/``."""
+    from .book import chapter_names, chapter_parameters, execute_chapter, profile_parameters
+
+    name = check_name(name)
+    overrides = dict(overrides or {})
+    unknown = [c for c in chapters if c not in chapter_names(root)]
+    if unknown:
+        raise ValueError(f"chapters {unknown} are not chapters of the book")
+    declared = {c: set(chapter_parameters(root, c)) for c in chapters}
+    unused = sorted(set(overrides) - set().union(*declared.values()))
+    if unused:
+        raise ValueError(f"parameters {unused} are not parameters of the recorded chapters {list(chapters)}")
+    state = git_state(root)
+    seconds = {}
+    for chapter in chapters:
+        started = time.perf_counter()
+        execute_chapter(root, chapter, profile, {k: v for k, v in overrides.items() if k in declared[chapter]})
+        seconds[chapter] = round(time.perf_counter() - started, 1)
+    provenance = {
+        "name": name, **state, "command": command or " ".join(["python -m bnprivacy", *sys.argv[1:]]),
+        "profile": profile, "parameters": {c: profile_parameters(root, profile, c) for c in chapters},
+        "overrides": overrides, "versions": versions(), "hardware": hardware(),
+        "chapter_seconds": seconds, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return write_setting(root / RECORDED / name, headlines.load(profile, list(chapters)),
+                         headlines.load_curves(profile, list(chapters)), provenance)
+
+
+def hardware() -> str:
+    """The device a recording ran on, in words."""
+    import torch
+
+    from .training import describe_hardware
+
+    return describe_hardware(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def write_setting(folder: Path, rows: pd.DataFrame, curves: pd.DataFrame, provenance: dict) -> Path:
+    """Write one recorded folder through a temporary folder and a rename (all or nothing)."""
+    missing = [f for f in PROVENANCE_FIELDS if f not in provenance]
+    if missing:
+        raise ValueError(f"provenance lacks {missing}")
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "headlines.json").write_text(rows.to_json(orient="records", indent=1))
+    curves.to_csv(tmp / "curves.csv", index=False)
+    (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1, sort_keys=True, default=str))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+def load_setting(folder: Path) -> RecordedSetting:
+    """One recorded folder, checked: every file present and parseable, provenance complete, and
+    every non-simulation headline row carrying the comparability fields."""
+    missing = [f for f in FILES if not (folder / f).is_file()]
+    if missing:
+        raise RecordedError(f"recorded setting {folder}: missing {missing}; rerun its recording (see its "
+                            "provenance.json, or `make record`) or delete the folder")
+    try:
+        provenance = json.loads((folder / "provenance.json").read_text())
+        rows = pd.DataFrame(json.loads((folder / "headlines.json").read_text()))
+        curves = pd.read_csv(folder / "curves.csv")
+    except (ValueError, pd.errors.ParserError) as error:
+        raise RecordedError(f"recorded setting {folder}: a file is malformed ({error}); rerun its recording "
+                            "or delete the folder") from None
+    lacking = [f for f in PROVENANCE_FIELDS if f not in provenance]
+    if lacking:
+        raise RecordedError(f"recorded setting {folder}: provenance.json lacks {lacking}")
+    needed = set(headlines.COMPARABILITY) | {"chapter", "measure", "setting", "batch", "ref", "diff", "lo", "hi"}
+    if rows.empty or not needed <= set(rows.columns):
+        raise RecordedError(f"recorded setting {folder}: headlines.json lacks the columns "
+                            f"{sorted(needed - set(rows.columns))}")
+    compared = rows[rows.setting != "simulation"]
+    if compared["comparable"].isna().any():
+        raise RecordedError(f"recorded setting {folder}: a compared row has no comparability fields")
+    if not set(headlines.CURVE_COLUMNS) <= set(curves.columns):
+        raise RecordedError(f"recorded setting {folder}: curves.csv lacks {sorted(set(headlines.CURVE_COLUMNS) - set(curves.columns))}")
+    rows["comparable"] = rows["comparable"].astype(bool)
+    rows["reason"] = rows["reason"].fillna("")
+    rows["reading"] = headlines.readings(rows)
+    return RecordedSetting(folder.name, folder, rows, curves, provenance)
+
+
+def load_all(root: Path) -> list[RecordedSetting]:
+    """Every recorded folder under ``root/recorded``, by name; raises on any unreadable folder."""
+    base = root / RECORDED
+    if not base.is_dir():
+        return []
+    return [load_setting(f) for f in sorted(base.iterdir()) if f.is_dir() and not f.name.startswith(".")]

@@ -1,0 +1,96 @@
+"""Recorded settings: written atomically with complete provenance, read back by the same rules as
+live rows, and a broken folder stops the verdict with an error that names it."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bnprivacy import book, headlines, record
+from bnprivacy.analysis import verdict as verdict_steps
+from bnprivacy.protocol import Comparison
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rows():
+    c = Comparison("matched fit", "none", 10, 40, 0.05, 0.0125, 0.991, 0.996, 0.977, 0.968, True, True, True, "")
+    rows = [headlines.headline_row("canary memorization", "matched fit", 0.67, 0.81, -0.14, -0.23, -0.05, "t",
+                                   "BN memorizes more", comparison=c, robustness="BN lower at all 1 pairs")]
+    return pd.DataFrame([dict(r, chapter="02_canaries", dataset="cifar10", arch="cnn", profile="x") for r in rows])
+
+
+def _curves():
+    return pd.DataFrame({"chapter": "02_canaries", "measure": "canary memorization", "norm": ["batch"] * 2 + ["none"] * 2,
+                         "budget": [10, 10, 40, 40], "seed": [0, 1, 0, 1], "value": [0.6, 0.7, 0.8, 0.82],
+                         "test_acc": 0.97, "train_acc": 0.99})
+
+
+def _provenance(name="cifar10-cnn"):
+    return {"name": name, "commit": "0123456789abcdef", "dirty": False, "changed_files": [], "command": "make record",
+            "profile": "cifar", "parameters": {}, "overrides": {}, "versions": record.versions(),
+            "hardware": "CPU x86_64", "chapter_seconds": {"02_canaries": 1.0}, "date": "2026-11-29T20:00:00+00:00"}
+
+
+def test_a_written_setting_reads_back_with_readings_and_its_provenance_label(tmp_path):
+    folder = record.write_setting(tmp_path / "recorded" / "cifar10-cnn", _rows(), _curves(), _provenance())
+    assert sorted(p.name for p in folder.iterdir()) == sorted(record.FILES)
+    (setting,) = record.load_all(tmp_path)
+    assert setting.headlines.reading.tolist() == ["BN lower"]
+    assert setting.label() == ("recorded on 2026-11-29, CPU x86_64, commit 0123456789; rerun with `make record`")
+    (section,) = verdict_steps.recorded_sections([setting])
+    assert "cifar10 / cnn" in section.heading and "BN lower, robustly" in section.conclusion
+    curve = section.curves["canary memorization"]
+    assert curve.set_index(["norm", "budget"]).loc[("batch", 10), "mean"] == pytest.approx(0.65)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "curves.csv").unlink(), r"missing \['curves.csv'\]"),
+    (lambda f: (f / "headlines.json").write_text("{not json"), "malformed"),
+    (lambda f: (f / "provenance.json").write_text(json.dumps({"name": "x"})), "provenance.json lacks"),
+    (lambda f: (f / "headlines.json").write_text(_rows().drop(columns=["comparable"]).to_json(orient="records")),
+     r"lacks the columns \['comparable'\]"),
+])
+def test_a_broken_folder_is_an_error_that_names_it(tmp_path, damage, message):
+    folder = record.write_setting(tmp_path / "recorded" / "broken", _rows(), _curves(), _provenance("broken"))
+    damage(folder)
+    with pytest.raises(record.RecordedError, match=f"recorded setting {folder}: .*{message}"):
+        record.load_all(tmp_path)
+
+
+def test_names_and_provenance_are_checked_before_anything_is_written(tmp_path):
+    for bad in ("../x", ".hidden", "", "a/b"):
+        with pytest.raises(ValueError, match="is not allowed"):
+            record.check_name(bad)
+    with pytest.raises(ValueError, match="provenance lacks"):
+        record.write_setting(tmp_path / "recorded" / "x", _rows(), _curves(), {"name": "x"})
+    assert not (tmp_path / "recorded").exists()
+
+
+def test_every_folder_shipped_in_the_repository_parses_with_complete_provenance():
+    for setting in record.load_all(REPO):
+        assert set(record.PROVENANCE_FIELDS) <= set(setting.provenance)
+        compared = setting.headlines[setting.headlines.setting != "simulation"]
+        assert compared["comparable"].notna().all()
+
+
+@pytest.mark.slow
+def test_make_record_writes_a_folder_from_executed_chapters(tmp_path, isolated_store):
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(REPO / name, root / name)
+    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("*.ipynb"))
+    with pytest.raises(ValueError, match=r"parameters \['epochs'\] are not parameters"):
+        record.record(root, "smoke", "tiny", {"epochs": 3}, chapters=("01_training",))
+    folder = record.record(root, "smoke", "tiny", {"seeds": 2}, chapters=("01_training", "02_canaries"),
+                           command="make record PROFILE=smoke NAME=tiny")
+    (setting,) = record.load_all(root)
+    assert setting.provenance["commit"].startswith("unknown") and setting.provenance["dirty"] is True
+    assert set(setting.provenance["chapter_seconds"]) == {"01_training", "02_canaries"}
+    assert set(setting.headlines.chapter) == {"01_training", "02_canaries"}
+    assert set(setting.curves.measure) >= {"test accuracy (%)", "canary memorization"}
+    assert folder == root / "recorded" / "tiny" and not any(p.name.startswith(".") for p in folder.parent.iterdir())
+    assert book.chapter_names(root)  # the copy is a whole book
