@@ -31,7 +31,7 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 book: $(STAMP)
-	$(PY) -m bnprivacy book --profile $(PROFILE)
+	$(PY) -m bnprivacy book --profile $(PROFILE) $(ARGS)
 
 html: $(STAMP)
 	$(PY) -m bnprivacy html
