@@ -1,7 +1,6 @@
 """The comparison protocol: bad input refused before training, the guard, the three comparisons on
 known sweeps, headline rows with comparability fields, and shared runs on a tiny real sweep."""
 
-import math
 
 import numpy as np
 import pandas as pd

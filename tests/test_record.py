@@ -89,6 +89,7 @@ def test_make_record_writes_a_folder_from_executed_chapters(tmp_path, isolated_s
                            command="make record PROFILE=smoke NAME=tiny")
     (setting,) = record.load_all(root)
     assert setting.provenance["commit"].startswith("unknown") and setting.provenance["dirty"] is True
+    # provenance names a wall time for every recorded chapter (which chapters, not how long they took)
     assert set(setting.provenance["chapter_seconds"]) == {"01_training", "02_canaries"}
     assert set(setting.headlines.chapter) == {"01_training", "02_canaries"}
     assert set(setting.curves.measure) >= {"test accuracy (%)", "canary memorization"}

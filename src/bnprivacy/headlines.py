@@ -8,7 +8,6 @@ the chapters last measured under that profile, with the dataset and architecture
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
