@@ -39,6 +39,14 @@ def test_every_parameter_is_documented_and_every_profile_names_real_parameters(c
         assert not unknown, f"profile {profile} sets unknown parameters of {chapter}: {unknown}"
 
 
+def test_every_chapter_that_trains_on_a_dataset_lets_the_reader_subsample_it():
+    # A reader who brings a large dataset sets the pool size per chapter (issue 14).
+    for chapter in book.chapter_names(REPO):
+        params = book.chapter_parameters(REPO, chapter)
+        if "dataset" in params:
+            assert "train_size" in params, f"{chapter} takes a dataset but not train_size"
+
+
 def test_overrides_are_typed_like_yaml():
     assert book.parse_overrides([("epochs", "5"), ("lr", "0.1"), ("dataset", "cifar10"),
                                  ("norms", "[batch, none]")]) == \

@@ -22,6 +22,25 @@ def test_without_batchnorm_the_three_definitions_agree(norm):
     assert torch.allclose(own, per_sample_grad_norms(model, x, y, "loo"), atol=1e-8)
 
 
+@pytest.mark.parametrize("arch,norm", [("cnn", "none"), ("cnn", "group"), ("resnet18", "layer")])
+def test_opacus_hooks_give_the_per_sample_norms_of_vmap(arch, norm):
+    model, x, y = model_and_batch(norm, arch)
+    hooks = per_sample_grad_norms(model, x, y, "own", method="hooks")
+    assert torch.allclose(hooks, per_sample_grad_norms(model, x, y, "own", method="vmap"), rtol=1e-9)
+    assert torch.allclose(hooks, naive_own_norms(model, x, y), rtol=1e-9)
+
+
+def test_a_method_that_does_not_apply_to_the_batch_is_refused():
+    model, x, y = model_and_batch("batch")
+    with pytest.raises(ValueError, match="does not apply to a BatchNorm batch.*allowed values: auto, jacobian, loop"):
+        per_sample_grad_norms(model, x, y, "own", method="hooks")
+    with pytest.raises(ValueError, match="does not apply to a model with BatchNorm"):
+        per_sample_grad_norms(model, x, y, "eval", method="hooks")
+    model, x, y = model_and_batch("none")
+    with pytest.raises(ValueError, match="does not apply to a batch without coupling.*vmap, hooks"):
+        per_sample_grad_norms(model, x, y, "own", method="loop")
+
+
 def naive_own_norms(model, x, y):
     """Definition (a) by hand: one backward per loss term of one shared forward pass."""
     model = model.train()

@@ -23,6 +23,7 @@ three agree; ``tests/test_gradients.py`` shows it. Only the *norms* of these vec
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,9 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
 DEFINITIONS = ("own", "loo", "eval")
-METHODS = ("auto", "jacobian", "loop")
+METHODS = ("auto", "jacobian", "loop", "vmap", "hooks")
+COUPLED_METHODS = ("jacobian", "loop")    # (a) through a BatchNorm batch in train mode
+INDEPENDENT_METHODS = ("vmap", "hooks")   # every other case: each sample on its own
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -78,11 +81,14 @@ def per_sample_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, de
     """Gradient norms of the samples ``samples`` (default all) of the batch ``(x, y)``.
 
     ``definition``: ``own`` (a), ``loo`` (b) or ``eval`` (c); see the module docstring. ``method``
-    picks how (a) is computed for a coupled (BatchNorm, train-mode) batch: ``jacobian`` (one
-    batched Jacobian through the shared batch graph), ``loop`` (one backward pass per sample
-    through the same graph) or ``auto`` (the jacobian on CUDA, the loop on a CPU, where it measured
-    faster: BENCHMARKS.md). The model is never modified. Raises ``ValueError`` for an unknown
-    definition or method, a sample index outside the batch, or a batch of one with BN in train mode.
+    picks how the norms are computed. For a coupled (BatchNorm, train-mode) batch, (a) is
+    ``jacobian`` (one batched Jacobian through the shared batch graph) or ``loop`` (one backward
+    pass per sample through the same graph). Without coupling, ``vmap`` (``torch.func`` per-sample
+    gradients) or ``hooks`` (Opacus's ``GradSampleModule``: one backward pass, per-sample gradients
+    from layer hooks). ``auto`` takes, per device, whichever measured faster
+    (``benchmarks/gradients.py``, BENCHMARKS.md). The model is never modified. Raises
+    ``ValueError`` for an unknown definition or method, a method that does not apply to the batch,
+    a sample index outside the batch, or a batch of one with BN in train mode.
     """
     if definition not in DEFINITIONS:
         raise ValueError(f"definition={definition!r} is not allowed; allowed values: {', '.join(DEFINITIONS)}")
@@ -94,13 +100,29 @@ def per_sample_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, de
     if definition == "loo":
         return _loo_norms(_frozen_copy(model, True), x, y, samples)
     frozen = _frozen_copy(model, train=definition == "own")
-    if not coupled:
+    method = _pick_method(method, coupled, x.device)
+    if method == "hooks":
+        return _hook_norms(frozen, x[samples], y[samples])
+    if method == "vmap":
         return _independent_norms(frozen, x[samples], y[samples])
-    if method == "auto":
-        method = "jacobian" if x.device.type == "cuda" else "loop"
     if method == "jacobian":
         return _jacobian_norms(frozen, x, y)[samples]
     return _loop_norms(frozen, x, y, samples)
+
+
+def _pick_method(method: str, coupled: bool, device: torch.device) -> str:
+    """The method for this batch; ``auto`` is the faster one measured on this kind of device."""
+    if method == "auto":
+        # benchmarks/gradients.py: the loop beats the Jacobian on a CPU, the reverse on CUDA; for
+        # independent samples vmap beats Opacus's hooks on both (BENCHMARKS.md).
+        if coupled:
+            return "jacobian" if device.type == "cuda" else "loop"
+        return "vmap"
+    allowed = COUPLED_METHODS if coupled else INDEPENDENT_METHODS
+    if method not in allowed:
+        kind = "a BatchNorm batch in train mode" if coupled else "a batch without coupling"
+        raise ValueError(f"method={method!r} does not apply to {kind}; allowed values: auto, {', '.join(allowed)}")
+    return method
 
 
 def _check_samples(samples, batch: int) -> torch.Tensor:
@@ -122,6 +144,28 @@ def _independent_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> to
         return F.cross_entropy(out, yi.unsqueeze(0))
 
     return _norms(vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y))
+
+
+def _hook_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """No coupling: Opacus's GradSampleModule, whose layer hooks give every sample's gradient
+    from one backward pass of the summed loss."""
+    from opacus.grad_sample import GradSampleModule
+
+    from .dp import make_private_module
+
+    if has_batchnorm(model):
+        # Opacus would swap BatchNorm for GroupNorm, measuring another model.
+        raise ValueError("method='hooks' does not apply to a model with BatchNorm; use method='vmap'")
+    copied = copy.deepcopy(model).train()  # no BatchNorm or dropout: train mode computes the same
+    hooked = GradSampleModule(make_private_module(copied), loss_reduction="sum")
+    with warnings.catch_warnings():
+        # The inputs need no gradient; Opacus's full backward hooks warn about it, harmlessly.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        F.cross_entropy(hooked(x), y, reduction="sum").backward()
+    grads = {name: p.grad_sample for name, p in hooked.named_parameters() if p.requires_grad}
+    norms = _norms(grads).detach()
+    hooked.remove_hooks()
+    return norms
 
 
 def _batch_losses(model: nn.Module, buffers):

@@ -21,7 +21,7 @@ from ..protocol import Comparison, Protocol, Sweep
 # The parameters that define the shared family; a chapter passes exactly these to ``family``.
 FAMILY_PARAMETERS = ("dataset", "arch", "width", "train_size", "norms", "canaries", "canary_references",
                      "n_models", "seeds", "budgets", "equal_epochs", "lr", "lr_grid", "fit_threshold",
-                     "batch_size", "weight_decay", "probe_points", "probe_typical", "probe_models", "precision", "device")
+                     "batch_size", "weight_decay", "augment", "probe_points", "probe_typical", "probe_models", "precision", "device")
 
 
 def as_list(name: str, value) -> list:
@@ -34,7 +34,7 @@ def as_list(name: str, value) -> list:
 
 
 def family(*, dataset, arch, width, train_size, norms, canaries, canary_references, n_models, seeds,
-           budgets, equal_epochs, lr, lr_grid, fit_threshold, batch_size, weight_decay, probe_points,
+           budgets, equal_epochs, lr, lr_grid, fit_threshold, batch_size, weight_decay, augment, probe_points,
            probe_typical, probe_models, precision, device) -> Protocol:
     """The shared family's :class:`protocol.Protocol` from the chapters' parameters (validated:
     a bad value raises ``ValueError`` naming it before any training)."""
@@ -43,7 +43,7 @@ def family(*, dataset, arch, width, train_size, norms, canaries, canary_referenc
     norms = as_list("norms", norms)
     base = Config(dataset=dataset, arch=arch, width=width, train_size=train_size, canaries=canaries,
                   canary_references=canary_references, batch_size=batch_size, lr=lr,
-                  weight_decay=weight_decay, precision=precision, device=device)
+                  weight_decay=weight_decay, augment=augment, precision=precision, device=device)
     return Protocol(base, norms=tuple(norm_order(norms)),
                     budgets=tuple(as_list("budgets", budgets)), lr_grid=tuple(as_list("lr_grid", lr_grid)),
                     fit_threshold=fit_threshold, seeds=seeds, n_models=n_models, equal_epochs=equal_epochs,
