@@ -53,6 +53,34 @@ def test_overrides_are_typed_like_yaml():
         {"epochs": 5, "lr": 0.1, "dataset": "cifar10", "norms": ["batch", "none"]}
 
 
+def test_numbers_that_yaml_reads_as_text_are_numbers_and_unreadable_values_are_explained():
+    assert book.parse_overrides([("lr", "1e-3"), ("delta", "-2E-5"), ("name", "e5"), ("width", "8")]) == \
+        {"lr": 0.001, "delta": -2e-5, "name": "e5", "width": 8}
+    with pytest.raises(ValueError, match="not a value YAML can read.*quote lists"):
+        book.parse_overrides([("norms", "[batch, none")])
+
+
+@pytest.mark.parametrize("name", ["epoch", 'x=1;open("pwned","w").write("x")#'])
+def test_a_parameter_name_the_chapter_does_not_declare_is_refused_before_anything_runs(book_copy, name):
+    with pytest.raises(ValueError, match=r"not a parameter of 01_training; allowed names: .*budgets"):
+        book.execute_chapter(book_copy, "01_training", "smoke", {name: 1})
+    assert not (book_copy / book.STAGE / "book" / "01_training.ipynb").exists() and not (book_copy / "pwned").exists()
+    with pytest.raises(ValueError, match="not a parameter of any of the chapters"):
+        book.build_book(book_copy, "smoke", ["01_training", "05_theory"], {name: 1})
+
+
+def test_the_profile_is_chosen_by_name_never_by_a_parameter_or_a_path(book_copy, isolated_store):
+    with pytest.raises(ValueError, match="-p profile is not allowed.*allowed profiles: .*quick"):
+        book.execute_chapter(book_copy, "07_verdict", "smoke", {"profile": "../../x"})
+    with pytest.raises(ValueError, match="profile '../x' is not in"):
+        book.execute_chapter(book_copy, "07_verdict", "../x")
+    from bnprivacy import headlines
+
+    with pytest.raises(ValueError, match="profile='../../x' is not allowed"):
+        headlines.headline_folder("../../x")
+    assert not (book_copy / book.STAGE / "book" / "07_verdict.ipynb").exists()
+
+
 def test_unknown_profile_is_explained():
     with pytest.raises(ValueError, match="profile 'tiny'.*allowed profiles"):
         book.profile_parameters(REPO, "tiny", "01_training")

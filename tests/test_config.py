@@ -28,6 +28,13 @@ def test_bad_numbers_are_rejected(field, value):
         Config(**{field: value})
 
 
+@pytest.mark.parametrize("field", ["lr", "momentum", "weight_decay", "label_smoothing"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_rejected_before_training(field, value):
+    with pytest.raises(ValueError, match=f"Config.{field}=.*allowed values: a finite number"):
+        Config(**{field: value})
+
+
 def test_batchnorm_needs_two_samples_per_batch():
     with pytest.raises(ValueError, match="at least two samples"):
         Config(norm="batch", batch_size=1)

@@ -66,6 +66,21 @@ def test_the_accountant_epsilon_grows_with_steps_and_shrinks_with_noise():
 
 # --- empirical epsilon ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("sigma,delta", [(float("nan"), 1e-5), (float("inf"), 1e-5), (1.0, float("nan"))])
+def test_a_non_finite_accountant_input_is_refused_not_searched_forever(sigma, delta):
+    with pytest.raises(ValueError, match="accountant_epsilon needs"):
+        accountant_epsilon(sigma, 0.01, 100, delta)
+
+
+@pytest.mark.parametrize("kwargs,message", [({"delta": 2}, "delta=2 is not allowed"),
+                                            ({"delta": float("nan")}, "delta=nan is not allowed"),
+                                            ({"confidence": 1.5}, "confidence=1.5 is not allowed")])
+def test_the_empirical_epsilon_refuses_a_delta_or_confidence_outside_its_range(kwargs, message):
+    scores, masks = np.array([[0.1, 0.9, 0.4, 0.7]]), np.array([[False, True, False, True]])
+    with pytest.raises(ValueError, match=message):
+        empirical_epsilon(scores, masks, **kwargs)
+
+
 def test_clopper_pearson_has_its_closed_forms_at_zero_and_all_successes():
     lower, upper = clopper_pearson([0, 100], [100, 100], 0.025)
     assert upper[0] == pytest.approx(1 - 0.025 ** (1 / 100)) and lower[0] == 0

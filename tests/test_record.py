@@ -71,9 +71,15 @@ def test_names_and_provenance_are_checked_before_anything_is_written(tmp_path):
 
 def test_every_folder_shipped_in_the_repository_parses_with_complete_provenance():
     for setting in record.load_all(REPO):
-        assert set(record.PROVENANCE_FIELDS) <= set(setting.provenance)
+        p = setting.provenance
+        assert set(record.PROVENANCE_FIELDS) <= set(p)
+        # Shipped evidence comes from committed code: a dirty recording is for local use only.
+        assert not p["dirty"] and len(p["commit"]) == 40, f"{setting.name} was recorded from a dirty tree"
+        assert set(p["chapter_seconds"]) == set(record.RECORDED_CHAPTERS)
+        assert p["command"].startswith("python -m bnprivacy record") and p["hardware"]
         compared = setting.headlines[setting.headlines.setting != "simulation"]
-        assert compared["comparable"].notna().all()
+        assert compared["comparable"].notna().all() and compared["reading"].str.len().gt(0).all()
+        assert set(setting.curves.measure) >= set(compared.measure), f"{setting.name}: a measure without curves"
 
 
 @pytest.mark.slow

@@ -100,9 +100,38 @@ def profile_parameters(root: Path, profile: str, chapter: str) -> dict:
     return params
 
 
+# YAML 1.1 reads "1e-3" (no dot) as a string; a reader means the number.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def parse_overrides(pairs: list[tuple[str, str]] | None) -> dict:
-    """``[("epochs", "5"), ("dataset", "cifar10")]`` -> typed values (YAML rules: 5 is an int)."""
-    return {key: yaml.safe_load(value) for key, value in (pairs or [])}
+    """``[("epochs", "5"), ("dataset", "cifar10")]`` -> typed values (YAML rules: 5 is an int;
+    a number YAML reads as text, like ``1e-3``, is read as a float)."""
+    values = {}
+    for key, text in pairs or []:
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"-p {key} {text!r} is not a value YAML can read ({getattr(error, 'problem', None) or error}); quote lists like "
+                             "'[batch, none]'") from None
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)
+        values[key] = value
+    return values
+
+
+def check_overrides(root: Path, chapters: list[str], overrides: dict) -> None:
+    """Refuse an override that no chapter of ``chapters`` declares, and ``profile`` (chosen by
+    ``--profile``), before anything runs: papermill would only warn and run the defaults."""
+    if "profile" in overrides:
+        raise ValueError("-p profile is not allowed: choose the profile with --profile NAME (make: PROFILE=NAME); "
+                         f"allowed profiles: {', '.join(sorted(load_profiles(root)))}")
+    declared = set().union(*(chapter_parameters(root, c) for c in chapters)) - {"profile"}
+    unknown = sorted(set(overrides) - declared)
+    if unknown:
+        where = chapters[0] if len(chapters) == 1 else "any of the chapters " + ", ".join(chapters)
+        raise ValueError(f"-p {', '.join(unknown)}: not a parameter of {where}; allowed names: "
+                         f"{', '.join(sorted(declared))} (make params CH=<chapter> lists them with their meaning)")
 
 
 def book_config(root: Path) -> dict:
@@ -161,6 +190,8 @@ def execute_chapter(root: Path, chapter: str, profile: str = "quick",
     import papermill
 
     page = chapter_page(root, chapter)
+    profile_parameters(root, profile, chapter)  # an unknown profile stops here, naming the allowed ones
+    check_overrides(root, [chapter], overrides or {})
     stage = stage_static(root)
     source = root / f"{page}.md"
     notebook = jupytext.read(source)
@@ -257,9 +288,16 @@ def _complete_redirect_page(index: Path, title: str) -> None:
 
 def build_book(root: Path, profile: str = "quick", chapters: list[str] | None = None,
                overrides: dict | None = None) -> Path:
-    """Execute the chapters (all by default) under ``profile``, then build the HTML."""
-    for chapter in chapters or chapter_names(root):
-        execute_chapter(root, chapter, profile, overrides)
+    """Execute the chapters (all by default) under ``profile``, then build the HTML. An override
+    applies to the chapters that declare it; one that no chapter declares is refused."""
+    chapters = chapters or chapter_names(root)
+    overrides = overrides or {}
+    check_overrides(root, chapters, overrides)
+    for chapter in chapters:
+        profile_parameters(root, profile, chapter)
+    for chapter in chapters:
+        declared = chapter_parameters(root, chapter)
+        execute_chapter(root, chapter, profile, {k: v for k, v in overrides.items() if k in declared})
     return build_html(root)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
@@ -111,6 +112,8 @@ def _check_choice(name: str, value, choices: tuple) -> None:
 def _check_number(name: str, value, *, kind, low, high=None, low_open=False, high_open=False) -> None:
     if isinstance(value, bool) or not isinstance(value, kind):
         _fail(name, value, f"a number of type {kind.__name__ if isinstance(kind, type) else 'float'}")
+    if not math.isfinite(value):
+        _fail(name, value, "a finite number")
     too_low = value <= low if low_open else value < low
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:

@@ -386,7 +386,9 @@ def accountant_epsilon(noise_multiplier: float, sample_rate: float, steps: int, 
 
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"accountant={accountant!r} is not allowed; allowed values: {', '.join(ACCOUNTANTS)}")
-    if noise_multiplier <= 0 or not 0 < sample_rate <= 1 or steps < 1 or not 0 < delta < 1:
+    finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (noise_multiplier, sample_rate, steps, delta))
+    # A NaN passes every comparison below as False, and the accountant then searches forever.
+    if not finite or noise_multiplier <= 0 or not 0 < sample_rate <= 1 or steps < 1 or not 0 < delta < 1:
         raise ValueError(f"accountant_epsilon needs noise_multiplier > 0, 0 < sample_rate <= 1, "
                          f"steps >= 1 and 0 < delta < 1; got {noise_multiplier}, {sample_rate}, "
                          f"{steps}, {delta}")
@@ -431,6 +433,9 @@ def empirical_epsilon(scores, masks, *, delta: float = 0.0, confidence: float = 
     pairs as independent trials; pairs of one target model are not, so the stated confidence is
     nominal. Returns the bound and its counts.
     """
+    _check_real("delta", delta, "a number in [0, 1)", isinstance(delta, (int, float)) and 0 <= delta < 1)
+    _check_real("confidence", confidence, "a number in (0, 1), e.g. 0.95",
+                isinstance(confidence, (int, float)) and 0 < confidence < 1)
     scores, members = np.asarray(scores, dtype=np.float64), np.asarray(masks, dtype=bool)
     if select is not None:
         scores, members = scores[:, np.asarray(select)], members[:, np.asarray(select)]

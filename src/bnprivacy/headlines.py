@@ -8,6 +8,7 @@ the chapters last measured under that profile, with the dataset and architecture
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -84,6 +85,10 @@ def readings(table: pd.DataFrame) -> list[str]:
 
 
 def headline_folder(profile: str) -> Path:
+    """``results/headlines/<profile>/``; ``profile`` must be a plain name, never a path."""
+    if not isinstance(profile, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", profile) or ".." in profile:
+        raise ValueError(f"profile={profile!r} is not allowed; allowed values: a profile name of book/profiles.yml "
+                         "(letters, digits, '-', '_', '.'), e.g. quick")
     return results_dir() / "headlines" / profile
 
 

@@ -100,17 +100,15 @@ def versions() -> dict:
 def record(root: Path, profile: str, name: str, overrides: dict | None = None,
            chapters: tuple[str, ...] = RECORDED_CHAPTERS, command: str | None = None) -> Path:
     """Execute ``chapters`` under ``profile`` (with ``overrides``) and write ``recorded/<name>/``."""
-    from .book import chapter_names, chapter_parameters, execute_chapter, profile_parameters
+    from .book import chapter_names, chapter_parameters, check_overrides, execute_chapter, profile_parameters
 
     name = check_name(name)
     overrides = dict(overrides or {})
     unknown = [c for c in chapters if c not in chapter_names(root)]
     if unknown:
         raise ValueError(f"chapters {unknown} are not chapters of the book")
+    check_overrides(root, list(chapters), overrides)
     declared = {c: set(chapter_parameters(root, c)) for c in chapters}
-    unused = sorted(set(overrides) - set().union(*declared.values()))
-    if unused:
-        raise ValueError(f"parameters {unused} are not parameters of the recorded chapters {list(chapters)}")
     state = git_state(root)
     seconds = {}
     for chapter in chapters:
