@@ -1,5 +1,6 @@
 """Loaders on tiny files written here in each dataset's real on-disk format (no network)."""
 
+import os
 import pickle
 import struct
 
@@ -71,6 +72,23 @@ def test_cifar10_loader_reads_pickled_batches(isolated_store):
     assert data.y_train[:4].tolist() == [int(v) for v in first["labels"]]
 
 
+class _RunsCode:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_crafted_cifar_batch_is_refused_and_runs_nothing(isolated_store):
+    folder = write_cifar10(isolated_store / "data")
+    witness = isolated_store / "ran"
+    (folder / "data_batch_1").write_bytes(pickle.dumps({"data": _RunsCode(witness), "labels": [0]}))
+    with pytest.raises(ValueError, match=r"data_batch_1 is not a CIFAR batch file \(global posix.system is not allowed"):
+        load_dataset(Config(dataset="cifar10"), download=False)
+    assert not witness.exists()
+
+
 def test_cifar100_loader_reads_fine_labels(isolated_store):
     rng = np.random.default_rng(1)
     folder = isolated_store / "data" / "cifar-100-python"
@@ -124,6 +142,24 @@ def test_imagefolder_loads_and_caches(isolated_store):
     assert data.y_train.tolist() == [0, 0, 0, 1, 1, 1] and data.natural_images
     assert list((isolated_store / "data" / "cache").glob("imagefolder-*.pt"))
     assert torch.equal(load_dataset(cfg).x_train, data.x_train)  # from the cache
+
+
+def test_changing_an_image_under_the_same_path_changes_every_result_key(isolated_store):
+    from bnprivacy import data as data_module
+    from bnprivacy.store import RunSpec, run_folder
+
+    root = write_imagefolder(isolated_store / "images")
+    cfg = Config(dataset=f"imagefolder:{root}", width=4)
+    before_key, before_run = cfg.key(), run_folder(RunSpec(cfg, 2))
+    before = load_dataset(cfg).x_train.clone()
+    image = root / "train" / "cat" / "0.png"
+    Image.fromarray(np.full((10, 10, 3), 7, dtype=np.uint8), "RGB").save(image)  # same name, same count
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 1_000_000_000))
+    after = load_dataset(cfg).x_train
+    assert not torch.equal(before, after)
+    assert cfg.key() != before_key and run_folder(RunSpec(cfg, 2)) != before_run
+    data_module._FINGERPRINTS.clear()  # a new process lists the folder itself and agrees
+    assert cfg.key() == Config(dataset=f"imagefolder:{root}", width=4).key() != before_key
 
 
 def test_imagefolder_greyscale_stays_one_channel(isolated_store):

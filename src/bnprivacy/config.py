@@ -81,9 +81,14 @@ class Config:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        """Stable 16-hex-digit cache key of every field that changes what is computed."""
+        """Stable 16-hex-digit cache key of every field that changes what is computed, and of the
+        content of an ``imagefolder:`` dataset's images (:func:`data.imagefolder_fingerprint`)."""
         fields = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY}
         fields["results_version"] = RESULTS_VERSION
+        if self.dataset.startswith(IMAGEFOLDER_PREFIX):
+            from .data import imagefolder_fingerprint  # data imports this module
+
+            fields["images"] = imagefolder_fingerprint(self.dataset[len(IMAGEFOLDER_PREFIX):])
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

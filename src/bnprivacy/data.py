@@ -260,10 +260,31 @@ def _read_cifar_batches(folder: Path, files: list[str], label_key: str):
     return x.contiguous(), torch.tensor(labels, dtype=torch.int64)
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that rebuilds numpy arrays, dicts, lists, numbers and strings, and refuses
+    every other global: a crafted batch file could otherwise run any code while loading."""
+
+    ALLOWED = {(f"numpy{core}.multiarray", name) for core in (".core", "._core") for name in ("_reconstruct", "scalar")}
+    ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
-    # The CIFAR distribution format is Python pickles; we read only files the user put in data/.
-    with open(path, "rb") as handle:
-        return pickle.load(handle, encoding="latin1")
+    """A CIFAR batch file (the distribution's format is Python pickles), loaded with
+    :class:`_ArraysOnly`, so nothing in it is executed."""
+    try:
+        with open(path, "rb") as handle:
+            entry = _ArraysOnly(handle, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+        raise ValueError(f"{path} is not a CIFAR batch file ({error}); delete it and let torchvision "
+                         "download the dataset again, or extract the official archive there") from None
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path} is not a CIFAR batch file (it holds a {type(entry).__name__}, not a dict)")
+    return entry
 
 
 def _cifar_help(name: str, root: Path) -> str:
@@ -310,6 +331,7 @@ def load_imagefolder(root: Path, *, image_size: int = 0):
         )
     train_files = _image_files(train_dir, classes)
     test_files = _image_files(test_dir, classes)
+    _remember_fingerprint(root, train_files + test_files)
     cache = _imagefolder_cache_path(train_files + test_files, image_size)
     if cache.is_file():
         try:
@@ -382,6 +404,36 @@ def _decode_images(files: list[tuple[Path, int]], image_size: int):
         arrays.append(array)
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     return _uint8_images_to_float(np.stack(arrays)), labels
+
+
+# Fingerprints by resolved root, for this process: listing 60,000 files takes seconds, and a
+# process works on the images it loaded. load_imagefolder refreshes the entry on every load.
+_FINGERPRINTS: dict[str, str] = {}
+
+
+def imagefolder_fingerprint(root: Path | str) -> str:
+    """A 16-hex-digit digest of an image folder's content as the file system reports it: every
+    image's path under ``root``, class, size and modification time. ``Config.key()`` includes it,
+    so changing, adding or removing an image gives new results instead of stale ones."""
+    root = Path(root).expanduser()
+    known = _FINGERPRINTS.get(str(root.resolve()))
+    if known:
+        return known
+    files = []
+    for split in ("train", "test"):
+        folder = root / split
+        if folder.is_dir():  # load_imagefolder explains a missing split
+            files += _image_files(folder, _class_folders(folder))
+    return _remember_fingerprint(root, files)
+
+
+def _remember_fingerprint(root: Path, files: list[tuple[Path, int]]) -> str:
+    digest = hashlib.sha256(b"imagefolder v1\n")
+    for path, label in files:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    _FINGERPRINTS[str(root.resolve())] = fingerprint = digest.hexdigest()[:16]
+    return fingerprint
 
 
 def _imagefolder_cache_path(files: list[tuple[Path, int]], image_size: int) -> Path:
