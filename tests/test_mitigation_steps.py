@@ -53,11 +53,22 @@ def test_the_plan_has_every_setting_in_order_and_infinity_always():
 
 @pytest.mark.parametrize("field, value, message", [("epsilons", [0.0], "epsilon=0.0"),
                                                    ("epsilons", [], "epsilons=\\[\\]"),
-                                                   ("attack", "lira", "attack='lira'")])
+                                                   ("attack", "lira", "attack='lira'"),
+                                                   ("confidence", 1.5, "confidence=1.5"),
+                                                   ("confidence", "high", "confidence='high'"),
+                                                   ("n_models", 7, "n_models=7 .*even"),
+                                                   ("n_boot", 0, "n_boot=0"),
+                                                   ("fit_threshold", float("nan"), "fit_threshold=nan"),
+                                                   ("chance_factor", 0.5, "chance_factor=0.5"),
+                                                   ("epsilons", ["x"], "epsilon='x'")])
 def test_a_bad_plan_fails_naming_its_parameter(field, value, message):
     arguments = {"n_models": 4, "epsilons": [1.0], field: value}
     with pytest.raises(ValueError, match=message):
         mitigation.Plan(PLAN.base, **arguments)
+
+
+def test_a_single_epsilon_may_be_given_as_a_number():
+    assert mitigation.Plan(PLAN.base, 4, 8).budgets == [8.0]
 
 
 def test_numbers_with_known_answers():

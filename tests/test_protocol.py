@@ -29,6 +29,7 @@ BASE = Config(dataset="digits", arch="cnn", width=4, batch_size=32, device="cpu"
     (dict(seeds=0), "seeds"),
     (dict(n_models=3), "even"),
     (dict(equal_epochs=15), "one of the budgets"),
+    (dict(n_models=4, probe_points=2, probe_models=9), "probe_models=9 is more than the n_models=4"),
 ])
 def test_bad_protocols_are_refused_before_anything_is_written(changes, message, isolated_store):
     with pytest.raises(ValueError, match=message):

@@ -75,6 +75,15 @@ def test_parameters_the_mixture_cannot_serve_are_refused():
     with pytest.raises(ValueError, match="at least 2 seeds"):
         steps.check_parameters(SETTING, [2, 8], seeds=1)
     steps.check_parameters(SETTING, [2, 8, 36], seeds=2)
+    with pytest.raises(ValueError, match="seeds='3' is not allowed"):
+        steps.check_parameters(SETTING, [2, 8], seeds="3")
+
+
+def test_the_small_networks_norms_are_a_list_with_batch_and_a_reference():
+    assert steps.check_norms(["none", "batch", "group"]) == ["batch", "group", "none"]
+    for bad in ("batch", [], ["batch", "banana"], ["none", "group"]):
+        with pytest.raises(ValueError, match="with 'batch' and at least one reference, e.g. '\\[batch, none\\]'"):
+            steps.check_norms(bad)
 
 
 # --- the linear model --------------------------------------------------------------------------

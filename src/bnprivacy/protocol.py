@@ -142,6 +142,9 @@ def check_protocol(p: Protocol) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}={value!r} is not allowed; allowed values: an integer >= 0")
     _positive_int("probe_models", p.probe_models)
+    if p.probe_models > p.n_models:
+        raise ValueError(f"probe_models={p.probe_models} is more than the n_models={p.n_models} models of a run; "
+                         "allowed values: 1 ... n_models")
     for norm in p.norms:  # every Config of the family is valid before anything trains
         for budget in p.budgets:
             p.config(norm, budget, p.base.lr * max(p.lr_grid), 0)

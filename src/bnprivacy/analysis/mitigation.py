@@ -69,15 +69,27 @@ class Plan:
     chance_factor: float = 1.5
 
     def __post_init__(self):
-        from ..dp import check_epsilon
+        from ..dp import _check_real, check_epsilon
+        from .sweep import as_list
 
-        object.__setattr__(self, "epsilons", tuple(float(e) for e in self.epsilons))
+        # Every parameter is checked here, in the chapter's first cell, not after minutes of training.
+        object.__setattr__(self, "epsilons", tuple(as_list("epsilons", self.epsilons)))
         if not self.epsilons:
             raise ValueError("epsilons=[] is not allowed; allowed values: a non-empty list of numbers > 0")
         for epsilon in self.epsilons:
             check_epsilon(epsilon)
+        object.__setattr__(self, "epsilons", tuple(float(e) for e in self.epsilons))
         if self.attack not in ATTACK_NAMES:
             raise ValueError(f"attack={self.attack!r} is not allowed; allowed values: {', '.join(ATTACK_NAMES)}")
+        _check_whole("n_models", self.n_models, "an even integer >= 2 (each sample IN for half of the models)",
+                     isinstance(self.n_models, int) and self.n_models >= 2 and self.n_models % 2 == 0)
+        _check_whole("n_boot", self.n_boot, "an integer >= 1", isinstance(self.n_boot, int) and self.n_boot >= 1)
+        _check_real("confidence", self.confidence, "a number in (0, 1), e.g. 0.95",
+                    _real(self.confidence) and 0 < self.confidence < 1)
+        _check_real("fit_threshold", self.fit_threshold, "a number in (0, 1], e.g. 0.99",
+                    _real(self.fit_threshold) and 0 < self.fit_threshold <= 1)
+        _check_real("chance_factor", self.chance_factor, "a number >= 1, e.g. 1.5",
+                    _real(self.chance_factor) and 1 <= self.chance_factor < math.inf)
 
     @property
     def budgets(self) -> list[float]:
@@ -105,6 +117,15 @@ class Plan:
                 self.dp_base, self.n_models, epsilon, delta=self.delta, max_grad_norm=self.max_grad_norm,
                 accountant=self.accountant, max_physical_batch=self.max_physical_batch, mask_seed=self.base.seed)
         return specs
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_whole(name: str, value, allowed: str, ok) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not ok:
+        raise ValueError(f"{name}={value!r} is not allowed; allowed values: {allowed}")
 
 
 @dataclasses.dataclass

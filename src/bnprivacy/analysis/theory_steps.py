@@ -68,8 +68,25 @@ class LinearSetting:
         return model
 
 
+def check_norms(norms) -> list[str]:
+    """The small network's norms as a list in the book's order: a scalar is a one-element list;
+    raises ValueError unless they are known norms that include 'batch' and a reference."""
+    from ..config import NORMS
+    from ..plots import norm_order
+    from .sweep import as_list
+
+    norms = as_list("norms", norms)
+    unknown = [n for n in norms if n not in NORMS]
+    if unknown or "batch" not in norms or len(set(norms)) < 2:
+        raise ValueError(f"norms={norms!r} is not allowed; allowed values: a list of {', '.join(NORMS)} with "
+                         "'batch' and at least one reference, e.g. '[batch, none]'")
+    return norm_order(norms)
+
+
 def check_parameters(setting: LinearSetting, batch_sizes, seeds: int) -> None:
     """Raise ValueError, saying what to change, for batch sizes the mixture cannot fill or too few seeds."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int):
+        raise ValueError(f"seeds={seeds!r} is not allowed; allowed values: an integer >= 2")
     if max(list(batch_sizes) + [setting.batch]) > setting.pool or min(batch_sizes) < 2:
         raise ValueError(f"batch_sizes={list(batch_sizes)} and linear_batch={setting.batch} must lie between 2 and "
                          f"classes * per_class = {setting.pool}; lower them or raise per_class")
