@@ -191,6 +191,35 @@ def test_imagefolder_mixed_sizes_need_image_size(isolated_store):
     assert data.input_shape == (3, 8, 8) and len(data.y_train) == 7
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_an_image_that_does_not_decode_is_named(isolated_store, damage):
+    root = write_imagefolder(isolated_store / "broken", size=(64, 64))
+    bad = root / "test" / "dog" / "1.png"
+    bad.write_bytes(b"not an image" if damage == "garbage" else bad.read_bytes()[:200])
+    with pytest.raises(ValueError, match=f"image '{bad}' cannot be decoded.*repair or delete it"):
+        load_dataset(Config(dataset=f"imagefolder:{root}"))
+
+
+def test_a_folder_named_like_an_image_is_not_an_image(isolated_store):
+    root = write_imagefolder(isolated_store / "folders")
+    (root / "train" / "cat" / "x.png").mkdir()
+    assert len(load_dataset(Config(dataset=f"imagefolder:{root}")).y_train) == 6
+
+
+def test_mixed_colour_modes_take_the_majority_over_both_splits_and_say_so(isolated_store):
+    root = write_imagefolder(isolated_store / "modes", mode="L")
+    Image.new("RGB", (10, 10), (200, 10, 10)).save(root / "test" / "dog" / "colour.png")
+    with pytest.warns(UserWarning, match="12 greyscale and 1 colour images: converting all of them to greyscale"):
+        data = load_dataset(Config(dataset=f"imagefolder:{root}"))
+    assert data.input_shape == (1, 10, 10) and len(data.y_test) == 7
+
+
+@pytest.mark.parametrize("dataset", ["imagefolder:", "imagefolder:  "])
+def test_an_imagefolder_without_a_folder_is_explained(dataset):
+    with pytest.raises(ValueError, match="names no folder; pass the folder of the images as 'imagefolder:ROOT'"):
+        Config(dataset=dataset)
+
+
 def test_flip_crop_is_seeded_and_crops_the_padded_image():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     first = flip_crop(x, torch.Generator().manual_seed(0))

@@ -158,9 +158,10 @@ def _check_dataset(dataset) -> None:
     if not isinstance(dataset, str):
         _fail("dataset", dataset, _dataset_help())
     if dataset.startswith(IMAGEFOLDER_PREFIX):
+        if not dataset[len(IMAGEFOLDER_PREFIX):].strip():
+            raise ValueError(f"Config.dataset={dataset!r} names no folder; pass the folder of the images as "
+                             "'imagefolder:ROOT', with ROOT/train/<class>/ and ROOT/test/<class>/")
         root = Path(dataset[len(IMAGEFOLDER_PREFIX):]).expanduser()
-        if not str(root).strip():
-            _fail("dataset", dataset, _dataset_help())
         if not root.is_dir():
             raise ValueError(
                 f"Config.dataset={dataset!r}: folder {str(root)!r} does not exist. An imagefolder "

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -310,7 +311,8 @@ def _download_or_explain(fetch, help_text: str):
 def load_imagefolder(root: Path, *, image_size: int = 0):
     """Read ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*`` into tensors in [0, 1].
 
-    Images are converted to RGB unless every image is greyscale. ``image_size > 0`` resizes every
+    Images are converted to the colour mode most of them have (greyscale or RGB), with a warning
+    when they are mixed. ``image_size > 0`` resizes every
     image to a square of that side; otherwise all images must share one size. The decoded tensors
     are cached in ``data/cache/`` keyed by the files' names, sizes and modification times.
     """
@@ -339,13 +341,10 @@ def load_imagefolder(root: Path, *, image_size: int = 0):
             return blob["x_train"], blob["y_train"], blob["x_test"], blob["y_test"], classes
         except Exception:  # a cache torn by a kill is rebuilt, never trusted
             cache.unlink(missing_ok=True)
-    x_train, y_train = _decode_images(train_files, image_size)
-    x_test, y_test = _decode_images(test_files, image_size)
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise ValueError(
-            f"imagefolder dataset {str(root)!r}: train images are {tuple(x_train.shape[1:])} but "
-            f"test images are {tuple(x_test.shape[1:])}; pass image_size to resize both"
-        )
+    # Both splits in one pass: one colour mode and one size for all of them.
+    x, y = _decode_images(train_files + test_files, image_size)
+    n = len(train_files)
+    x_train, y_train, x_test, y_test = x[:n], y[:n], x[n:], y[n:]
     _save_atomic({"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}, cache)
     return x_train, y_train, x_test, y_test, classes
 
@@ -363,7 +362,8 @@ def _class_folders(split_dir: Path) -> list[str]:
 def _image_files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
     files = []
     for label, name in enumerate(classes):
-        found = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = sorted(p for p in (split_dir / name).iterdir()
+                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())  # not a folder named x.png
         if not found:
             raise ValueError(
                 f"class folder {str(split_dir / name)!r} holds no images "
@@ -373,26 +373,22 @@ def _image_files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
     return files
 
 
-def _decode_images(files: list[tuple[Path, int]], image_size: int):
-    from PIL import Image
+GREYSCALE_MODES = ("L", "1", "I;16", "I", "F")
 
+
+def _decode_images(files: list[tuple[Path, int]], image_size: int):
+    """Decode every image into one uint8-backed float tensor, in the colour mode most images have
+    (greyscale stays one channel); raises ValueError naming any file that does not decode."""
     from tqdm.auto import tqdm
 
-    opened = []
-    greyscale = True
-    for path, _ in files:
-        with Image.open(path) as image:
-            image.load()
-            greyscale &= image.mode in ("L", "1", "I;16", "I")
-            opened.append(image.copy())
-    mode = "L" if greyscale else "RGB"
-    arrays = []
-    shape = None
-    for (path, _), image in zip(files, tqdm(opened, desc="decoding images", leave=False,
-                                           disable=len(opened) < 5000)):
+    opened = [_open_image(path) for path, _ in tqdm(files, desc="reading images", leave=False,
+                                                    disable=len(files) < 5000)]
+    mode = _majority_mode([image.mode for image in opened])
+    arrays, shape = [], None
+    for (path, _), image in zip(files, opened):
         image = image.convert(mode)
         if image_size:
-            image = image.resize((image_size, image_size), Image.BILINEAR)
+            image = image.resize((image_size, image_size), _bilinear())
         array = np.asarray(image, dtype=np.uint8)
         if shape is None:
             shape = array.shape
@@ -404,6 +400,36 @@ def _decode_images(files: list[tuple[Path, int]], image_size: int):
         arrays.append(array)
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     return _uint8_images_to_float(np.stack(arrays)), labels
+
+
+def _bilinear():
+    from PIL import Image
+
+    return Image.BILINEAR
+
+
+def _open_image(path: Path):
+    """The decoded image at ``path``; a file Pillow cannot read (corrupt, truncated, not an image)
+    raises ValueError naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"image {str(path)!r} cannot be decoded ({error}); repair or delete it") from None
+
+
+def _majority_mode(modes: list[str]) -> str:
+    """"L" when most images are greyscale, else "RGB"; a mix is converted, with a warning."""
+    grey = sum(mode in GREYSCALE_MODES for mode in modes)
+    colour = len(modes) - grey
+    chosen = "L" if grey > colour else "RGB"
+    if grey and colour:
+        warnings.warn(f"{grey} greyscale and {colour} colour images: converting all of them to "
+                      f"{'greyscale' if chosen == 'L' else 'RGB'}, the mode most of them have", stacklevel=3)
+    return chosen
 
 
 # Fingerprints by resolved root, for this process: listing 60,000 files takes seconds, and a
