@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import yaml
+
 from . import book
 
 
@@ -98,8 +100,8 @@ def _shadow(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    root = book.find_root()
     try:
+        root = book.find_root()
         if args.command == "book":
             book.build_book(root, args.profile, args.only, book.parse_overrides(args.param))
         elif args.command == "chapter":
@@ -134,6 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     except (book.ChapterFailed, ValueError, FileNotFoundError, RuntimeError) as error:
         # ValueError covers assignments.AssignmentError, RuntimeError htmlcheck.HtmlCheckFailed.
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"error: {error}. The results folder (BNPRIVACY_RESULTS, default results/) and the data folder "
+              "(BNPRIVACY_DATA, default data/) must be folders you can write; fix the path or its permissions",
+              file=sys.stderr)
+        return 1
+    except yaml.YAMLError as error:
+        print(f"error: a YAML file could not be read ({error}); book/profiles.yml or _toc.yml is malformed",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -454,7 +454,7 @@ def imagefolder_fingerprint(root: Path | str) -> str:
 
 
 def _remember_fingerprint(root: Path, files: list[tuple[Path, int]]) -> str:
-    digest = hashlib.sha256(b"imagefolder v1\n")
+    digest = hashlib.sha256(b"imagefolder v2\n")  # v2: majority colour mode
     for path, label in files:
         stat = path.stat()
         digest.update(f"{path.relative_to(root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
@@ -463,7 +463,7 @@ def _remember_fingerprint(root: Path, files: list[tuple[Path, int]]) -> str:
 
 
 def _imagefolder_cache_path(files: list[tuple[Path, int]], image_size: int) -> Path:
-    digest = hashlib.sha256(f"v1 size={image_size}".encode())
+    digest = hashlib.sha256(f"v2 size={image_size}".encode())  # v2: majority colour mode
     for path, label in files:
         stat = path.stat()
         digest.update(f"{path.resolve()}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())

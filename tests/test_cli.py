@@ -1,0 +1,48 @@
+"""The command line, ``python -m bnprivacy``: a bad path or file is one clear line, never a traceback."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bnprivacy.__main__ import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_results_folder_that_is_a_file_is_explained(isolated_store, monkeypatch, capsys):
+    blocker = isolated_store / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("BNPRIVACY_RESULTS", str(blocker))
+    monkeypatch.chdir(REPO)
+    assert main(["shadow", "2", "-c", "epochs", "1", "-c", "width", "4", "--chunk-size", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "must be folders you can write" in err and "Traceback" not in err
+
+
+def test_a_malformed_profiles_file_is_explained(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "repo"
+    root.mkdir()
+    shutil.copy2(REPO / "_toc.yml", root / "_toc.yml")
+    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("*.ipynb"))
+    (root / "book" / "profiles.yml").write_text("quick: {device: [cpu\n")
+    monkeypatch.chdir(root)
+    assert main(["chapter", "07_verdict", "--profile", "quick"]) == 1
+    assert "book/profiles.yml or _toc.yml is malformed" in capsys.readouterr().err
+
+
+def test_outside_the_repository_the_command_says_where_to_run_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["params", "01_training"]) == 1
+    assert "run this from the bnprivacy repository" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["chapter", "01_training", "-p", "epoch", "1"], "not a parameter of 01_training; allowed names"),
+    (["chapter", "01_training", "-p", "profile", "../../x"], "-p profile is not allowed"),
+    (["chapter", "01_training", "--profile", "../../x"], "profile '../../x' is not in"),
+])
+def test_bad_parameters_fail_with_one_line_before_anything_runs(argv, message, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
