@@ -134,3 +134,44 @@ def test_lira_layout_round_trip_and_reference_score(tmp_path):
 def test_import_explains_a_folder_that_is_not_lira(tmp_path):
     with pytest.raises(ValueError, match="y_train.npy is missing"):
         import_lira(tmp_path)
+
+
+def exported(tmp_path, samples=20):
+    data = synthetic(n_models=4, samples=samples)
+
+    class Run:  # the attributes of a ShadowRun that the export reads
+        masks, logits_pool, y_pool = data.masks, data.logits, data.labels
+        import pandas as pd
+        history = pd.DataFrame({"epoch": [7]})
+
+    return export_lira(Run, tmp_path / "exp")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: np.save(r / "experiment-0_4" / "keep.npy", np.full(20, 0.3)),
+     r"experiment-0_4/keep.npy holds float64 values other than 0 and 1"),
+    (lambda r: np.save(r / "experiment-0_4" / "keep.npy", np.ones(25, dtype=bool)),
+     r"experiment-0_4/keep.npy has shape \(25,\); expected one entry per pool sample, \[20\]"),
+    (lambda r: np.save(r / "experiment-2_4" / "logits" / "0000000007.npy", np.zeros((20, 1, 2, 7), np.float32)),
+     r"experiment-2_4/logits/0000000007.npy has 2 queries and 7 classes but .*experiment-0_4 has"),
+    (lambda r: np.save(r / "y_train.npy", np.full(20, 12)),
+     r"y_train.npy holds label 12 but the logits have 4 classes \(labels 0 ... 3\)"),
+    (lambda r: np.save(r / "y_train.npy", np.zeros((20, 2), dtype=np.int64)),
+     r"y_train.npy holds int64 of shape \(20, 2\)"),
+    (lambda r: np.save(r / "experiment-1_4" / "logits" / "0000000007.npy", np.zeros((20, 3)), allow_pickle=False),
+     r"experiment-1_4/logits/0000000007.npy has shape \(20, 3\)"),
+    (lambda r: np.save(r / "y_train.npy", np.array([{"x": 1}] * 20, dtype=object), allow_pickle=True),
+     r"y_train.npy is not a plain numeric .npy array"),
+])
+def test_import_refuses_malformed_files_naming_them(tmp_path, damage, message):
+    root = exported(tmp_path)
+    damage(root)
+    with pytest.raises(ValueError, match=message):
+        import_lira(root)
+
+
+def test_import_reads_a_keep_of_zeros_and_ones_as_membership(tmp_path):
+    root = exported(tmp_path)
+    keep = np.load(root / "experiment-0_4" / "keep.npy")
+    np.save(root / "experiment-0_4" / "keep.npy", keep.astype(np.int64))
+    assert torch.equal(import_lira(root).masks[0], torch.from_numpy(keep))
