@@ -123,3 +123,80 @@ def test_probed_runs_record_gradients_of_every_canary_for_the_probed_models(isol
         RunSpec(cfg, n_models=4, probe_every=-1)
     with pytest.raises(ValueError, match="probe typical=-2"):
         RunSpec(cfg, n_models=4, probe_every=1, probe_typical=-2)
+
+
+# --- concurrent processes, chunk sizes, manifests (issue 15) ----------------------------------------
+
+RUN_IN_ANOTHER_PROCESS = """
+import sys, torch
+from bnprivacy.config import Config
+from bnprivacy.store import RunSpec, shadow_run
+cfg = Config(norm="batch", width=8, epochs=2, batch_size=32, train_size=128, device="cpu")
+run = shadow_run(RunSpec(cfg, n_models=4), chunk_size=1, progress=False)
+torch.save(run.logits_pool, sys.argv[1])
+"""
+
+
+def test_two_processes_on_one_run_share_its_chunks_and_agree(data, isolated_store, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "BNPRIVACY_RESULTS": str(isolated_store / "results"), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", RUN_IN_ANOTHER_PROCESS, str(tmp_path / f"{i}.pt")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    first, second = (torch.load(tmp_path / f"{i}.pt") for i in range(2))
+    assert torch.equal(first, second)
+    folder = store.run_folder(SPEC)
+    assert len(list(folder.glob("models-*"))) == 4 and not list(folder.glob("*.lock"))
+
+
+def test_a_chunk_held_by_a_live_process_is_waited_for_and_taken_over_when_it_dies(data, monkeypatch):
+    import subprocess
+    import sys
+    import threading
+
+    monkeypatch.setattr(store, "CHUNK_POLL_SECONDS", 0.05)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    folder = store.run_folder(SPEC)
+    folder.mkdir(parents=True)
+    lock = folder / "models-00000-00001.lock"
+    lock.write_text(f'{{"pid": {holder.pid}, "host": "{__import__("socket").gethostname()}"}}')
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(run=shadow_run(SPEC, data, chunk_size=2, progress=False)))
+    worker.start()
+    worker.join(timeout=20)
+    assert worker.is_alive() and store.is_complete(folder / "models-00002-00003", required=store.CHUNK_FILES)
+    assert not (folder / "models-00000-00001").exists()  # left to its holder
+    holder.kill()
+    holder.wait()
+    worker.join(timeout=120)
+    assert result["run"] is not None and not lock.exists()
+
+
+def test_shards_with_different_chunk_sizes_are_refused(data):
+    assert shadow_run(SPEC, data, chunk_size=2, shard="0/2", progress=False) is None
+    with pytest.raises(ValueError, match="trains in chunks of 2 models; pass --chunk-size 2"):
+        shadow_run(SPEC, data, chunk_size=3, shard="1/2", progress=False)
+    assert shadow_run(SPEC, data, chunk_size=2, shard="1/2", progress=False) is not None
+    assert shadow_run(SPEC, data, chunk_size=3, progress=False) is not None  # complete: loads at any size
+
+
+def test_a_manifest_that_lists_no_files_or_not_the_weights_is_not_complete(data, tmp_path):
+    folder = tmp_path / "chunk"
+    folder.mkdir()
+    store.seal(folder, [])
+    assert not store.is_complete(folder)
+    (folder / "history.csv").write_text("model\n0\n")
+    store.seal(folder, ["history.csv"])
+    assert store.is_complete(folder) and not store.is_complete(folder, required=store.CHUNK_FILES)
+
+
+def test_masks_are_checked_before_the_run_folder_is_written(data):
+    spec = RunSpec(CFG.replace(batch_size=100), n_models=4)  # 64 IN samples per model < one batch
+    with pytest.raises(ValueError):
+        shadow_run(spec, data, progress=False)
+    assert not store.run_folder(spec).exists()

@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -70,14 +72,17 @@ def seal(folder: Path, files: list[str], extra: dict | None = None, manifest: st
     save_json(folder / manifest, {"files": entries, **(extra or {})})
 
 
-def is_complete(folder: Path, manifest: str = MANIFEST) -> bool:
-    """True when ``folder`` has the manifest and every listed file matches its checksum."""
+def is_complete(folder: Path, manifest: str = MANIFEST, required: tuple[str, ...] = ()) -> bool:
+    """True when ``folder`` has the manifest, the manifest lists at least one file and every file
+    of ``required``, and every listed file matches its checksum."""
     manifest = folder / manifest
     if not manifest.is_file():
         return False
     try:
         entries = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, TypeError):
+        return False
+    if not isinstance(entries, dict) or not entries or not set(required) <= set(entries):
         return False
     return all((folder / name).is_file() and sha256(folder / name) == digest
                for name, digest in entries.items())
@@ -288,36 +293,73 @@ def shadow_run(spec: RunSpec, data=None, *, chunk_size: int = 16, shard: str = "
     if data is None:
         data = load_dataset(cfg, resolve_device(cfg))
     folder = run_folder(spec)
-    masks = _run_masks(spec, folder, len(data.y_train))
     from .ensemble import check_masks
 
-    check_masks(masks, len(data.y_train), cfg.batch_size)
-    todo = _missing_chunks(folder, spec.n_models, chunk_size)
-    mine = [models for models in todo if (models[0] // chunk_size) % shard_count == shard_index]
-    from tqdm.auto import tqdm
-
-    for models in tqdm(mine, desc=f"chunks ({cfg.arch}/{cfg.norm}, {spec.n_models} models)",
-                       unit="chunk", disable=not progress or len(mine) < 2):
-        _train_chunk(spec, data, masks, models, folder, strategy, progress)
+    masks = spec.masks(len(data.y_train))
+    check_masks(masks, len(data.y_train), cfg.batch_size)  # before anything is written
+    if _missing_chunks(folder, spec.n_models, chunk_size):
+        _check_chunk_size(folder, chunk_size)
+    _run_masks(spec, folder, masks)
+    _train_my_chunks(spec, data, masks, folder, chunk_size, shard_index, shard_count, strategy, progress)
     if _missing_chunks(folder, spec.n_models, chunk_size):
         return None
     return _load_run(spec, folder, data, masks, queries, query_mode)
 
 
-def _run_masks(spec: RunSpec, folder: Path, pool_size: int) -> torch.Tensor:
+# Seconds between looks at a chunk that another process is training.
+CHUNK_POLL_SECONDS = 2.0
+
+
+def _train_my_chunks(spec: RunSpec, data, masks, folder: Path, chunk_size: int, shard_index: int,
+                     shard_count: int, strategy: str, progress: bool) -> None:
+    """Train this shard's missing chunks. A chunk that another process holds (its lock) is left to
+    it: this process trains the others, then waits until that chunk is sealed, or takes it over
+    when the holder died."""
+    from tqdm.auto import tqdm
+
+    first_pass = True
+    while True:
+        todo = [models for models in _missing_chunks(folder, spec.n_models, chunk_size)
+                if (models[0] // chunk_size) % shard_count == shard_index]
+        if not todo:
+            return
+        held_elsewhere = 0
+        for models in tqdm(todo, desc=f"chunks ({spec.config.arch}/{spec.config.norm}, {spec.n_models} models)",
+                           unit="chunk", disable=not progress or not first_pass or len(todo) < 2):
+            held_elsewhere += not _train_chunk(spec, data, masks, models, folder, strategy, progress)
+        first_pass = False
+        if held_elsewhere:
+            time.sleep(CHUNK_POLL_SECONDS)
+
+
+def _check_chunk_size(folder: Path, chunk_size: int) -> None:
+    """The chunk size is part of a run's identity while it trains: shards with different sizes
+    would each wait for models that the other's grid assigns to nobody."""
+    path = folder / "chunking.json"
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())["chunk_size"]
+        except (ValueError, KeyError, TypeError):
+            stored = None
+        if stored is not None and stored != chunk_size:
+            raise ValueError(f"the run in {folder} trains in chunks of {stored} models; pass --chunk-size "
+                             f"{stored} (chunk_size={stored}) to every process of this run, not {chunk_size}")
+        if stored is not None:
+            return
+    save_json(path, {"chunk_size": chunk_size})
+
+
+def _run_masks(spec: RunSpec, folder: Path, masks: torch.Tensor) -> None:
     path = folder / "masks.pt"
-    masks = spec.masks(pool_size)
     if not (folder / "spec.json").is_file():
         save_json(folder / "spec.json", spec.to_dict())
     if path.is_file():
         try:
-            stored = load_torch(path)
-            if torch.equal(stored, masks):
-                return masks
+            if torch.equal(load_torch(path), masks):
+                return
         except Exception:
             pass
     save_torch(path, masks)
-    return masks
 
 
 def _chunk_folders(folder: Path) -> list[Path]:
@@ -333,7 +375,7 @@ def _missing_chunks(folder: Path, n_models: int, chunk_size: int) -> list[list[i
     """Models without a complete chunk, grouped into chunks of the run's grid."""
     done = set()
     for chunk in _chunk_folders(folder):
-        if is_complete(chunk):
+        if is_complete(chunk, required=CHUNK_FILES):
             first, last = _chunk_range(chunk)
             done.update(range(first, last + 1))
     chunks = []
@@ -344,14 +386,69 @@ def _missing_chunks(folder: Path, n_models: int, chunk_size: int) -> list[list[i
     return chunks
 
 
+CHUNK_FILES = ("states.pt", "history.csv")
+
+
 def _train_chunk(spec: RunSpec, data, masks, models: list[int], folder: Path, strategy: str,
-                 progress: bool) -> None:
+                 progress: bool) -> bool:
+    """Train and seal one chunk; False when another live process holds it."""
     chunk = folder / f"models-{models[0]:05d}-{models[-1]:05d}"
     if models != list(range(models[0], models[-1] + 1)):
         # A chunk folder always holds a contiguous range of models.
-        for model in models:
-            _train_chunk(spec, data, masks, [model], folder, strategy, progress)
-        return
+        return all([_train_chunk(spec, data, masks, [model], folder, strategy, progress) for model in models])
+    if not _claim(chunk):
+        return False
+    try:
+        if not is_complete(chunk, required=CHUNK_FILES):  # sealed by another process meanwhile
+            _train_and_seal(spec, data, masks, models, chunk, strategy, progress)
+    finally:
+        _lock(chunk).unlink(missing_ok=True)
+    return True
+
+
+def _lock(chunk: Path) -> Path:
+    return chunk.with_name(chunk.name + ".lock")
+
+
+def _claim(chunk: Path) -> bool:
+    """Take ``chunk``'s lock file (created exclusively); a lock whose process has died on this
+    machine is taken over. False when a live process holds it."""
+    lock = _lock(chunk)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        if not _stale(lock):
+            return False
+        lock.unlink(missing_ok=True)
+        return _claim(chunk)
+    with os.fdopen(handle, "w") as out:
+        out.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    return True
+
+
+def _stale(lock: Path) -> bool:
+    """Whether the process that wrote ``lock`` is gone (only knowable on the same machine; a lock
+    from another machine is left to that machine, or to a person who deletes it)."""
+    try:
+        holder = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return True
+    except ValueError:
+        return False  # being written right now
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    return False
+
+
+def _train_and_seal(spec: RunSpec, data, masks, models: list[int], chunk: Path, strategy: str,
+                    progress: bool) -> None:
     reset(chunk)
     result = spec.train(data, masks, models, strategy=strategy, progress=progress)
     save_torch(chunk / "states.pt", {str(m): s for m, s in zip(models, result.states)})
@@ -414,7 +511,7 @@ def _load_run(spec: RunSpec, folder: Path, data, masks, queries: int, query_mode
 
 def _run_chunks(folder: Path) -> list[Path]:
     """The complete chunks that make up a run, in model order, without overlaps."""
-    chunks = sorted((c for c in _chunk_folders(folder) if is_complete(c)), key=_chunk_range)
+    chunks = sorted((c for c in _chunk_folders(folder) if is_complete(c, required=CHUNK_FILES)), key=_chunk_range)
     kept, covered = [], -1
     for chunk in chunks:
         first, last = _chunk_range(chunk)
