@@ -1,6 +1,5 @@
 """The browser check of the built book: link resolution offline, and a real Chromium run when present."""
 
-import shutil
 from pathlib import Path
 
 import pytest

@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .. import protocol
 from ..memorization import canary_curves, memorization_scores, run_exposure, run_memorization
@@ -16,7 +17,7 @@ from .sweep import Family, Measured, measure_family
 KIND_ORDER = ["typical", "noise", "mislabeled", "ood", "atypical"]
 
 
-def correct_on_pool(run) -> "torch.Tensor":
+def correct_on_pool(run) -> torch.Tensor:
     """``[models, pool]`` bool: each model's identity-query prediction on each pool sample is right."""
     return run.logits_pool[:, 0].argmax(-1) == run.y_pool
 
