@@ -89,7 +89,7 @@ def test_make_record_writes_a_folder_from_executed_chapters(tmp_path, isolated_s
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(REPO / name, root / name)
     shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("*.ipynb"))
-    with pytest.raises(ValueError, match=r"parameters \['epochs'\] are not parameters"):
+    with pytest.raises(ValueError, match=r"-p epochs: not a parameter of 01_training"):
         record.record(root, "smoke", "tiny", {"epochs": 3}, chapters=("01_training",))
     folder = record.record(root, "smoke", "tiny", {"seeds": 2}, chapters=("01_training", "02_canaries"),
                            command="make record PROFILE=smoke NAME=tiny")
@@ -101,3 +101,8 @@ def test_make_record_writes_a_folder_from_executed_chapters(tmp_path, isolated_s
     assert set(setting.curves.measure) >= {"test accuracy (%)", "canary memorization"}
     assert folder == root / "recorded" / "tiny" and not any(p.name.startswith(".") for p in folder.parent.iterdir())
     assert book.chapter_names(root)  # the copy is a whole book
+    # The models' training time is kept when a second recording loads them from the store.
+    trained = setting.provenance["training_seconds"]
+    assert trained > 0 and "its shadow models trained for" in setting.label()
+    record.record(root, "smoke", "tiny", {"seeds": 2}, chapters=("01_training",))
+    assert record.load_all(root)[0].provenance["training_seconds"] == trained

@@ -118,6 +118,22 @@ def record_curves(chapter: str, profile: str, values: dict[str, pd.DataFrame]) -
     return path
 
 
+def record_cost(chapter: str, profile: str, training_seconds: float) -> Path:
+    """Save how long ``chapter``'s models trained (``<chapter>.cost.json``), which a recording
+    copies into its provenance even when the models were loaded from an earlier run."""
+    path = headline_folder(profile) / f"{chapter}.cost.json"
+    save_json(path, {"chapter": chapter, "training_seconds": round(float(training_seconds), 1)})
+    return path
+
+
+def load_cost(profile: str, chapters: list[str]) -> float | None:
+    """The summed training seconds the listed chapters recorded, or None if none did."""
+    folder = headline_folder(profile)
+    found = [json.loads((folder / f"{c}.cost.json").read_text())["training_seconds"]
+             for c in chapters if (folder / f"{c}.cost.json").is_file()]
+    return float(sum(found)) if found else None
+
+
 def load_curves(profile: str, chapters: list[str]) -> pd.DataFrame:
     """The curve values of the listed chapters that recorded any (an empty table if none did)."""
     folder = headline_folder(profile)
