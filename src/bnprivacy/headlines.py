@@ -8,6 +8,7 @@ the chapters last measured under that profile, with the dataset and architecture
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -84,6 +85,10 @@ def readings(table: pd.DataFrame) -> list[str]:
 
 
 def headline_folder(profile: str) -> Path:
+    """``results/headlines/<profile>/``; ``profile`` must be a plain name, never a path."""
+    if not isinstance(profile, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", profile) or ".." in profile:
+        raise ValueError(f"profile={profile!r} is not allowed; allowed values: a profile name of book/profiles.yml "
+                         "(letters, digits, '-', '_', '.'), e.g. quick")
     return results_dir() / "headlines" / profile
 
 
@@ -111,6 +116,22 @@ def record_curves(chapter: str, profile: str, values: dict[str, pd.DataFrame]) -
 
     write_atomic(path, pd.concat(frames, ignore_index=True)[CURVE_COLUMNS].to_csv(index=False).encode())
     return path
+
+
+def record_cost(chapter: str, profile: str, training_seconds: float) -> Path:
+    """Save how long ``chapter``'s models trained (``<chapter>.cost.json``), which a recording
+    copies into its provenance even when the models were loaded from an earlier run."""
+    path = headline_folder(profile) / f"{chapter}.cost.json"
+    save_json(path, {"chapter": chapter, "training_seconds": round(float(training_seconds), 1)})
+    return path
+
+
+def load_cost(profile: str, chapters: list[str]) -> float | None:
+    """The summed training seconds the listed chapters recorded, or None if none did."""
+    folder = headline_folder(profile)
+    found = [json.loads((folder / f"{c}.cost.json").read_text())["training_seconds"]
+             for c in chapters if (folder / f"{c}.cost.json").is_file()]
+    return float(sum(found)) if found else None
 
 
 def load_curves(profile: str, chapters: list[str]) -> pd.DataFrame:

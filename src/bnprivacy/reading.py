@@ -66,3 +66,12 @@ def sentence(label: str, what: str, value: float, lo: float, hi: float, interval
         tail = f"the interval excludes zero: **{reading}**"
     number = fmt_interval(value, lo, hi, digits=digits, scale=scale, unit=unit)
     return f"{label}, {what} is {number} ({interval}); {tail}."
+
+
+NORM_WORDS = {"batch": "with BatchNorm", "group": "with GroupNorm", "layer": "with LayerNorm",
+              "none": "without normalisation"}
+
+
+def norm_words(norm: str) -> str:
+    """A norm layer in prose: "with GroupNorm", "without normalisation"."""
+    return NORM_WORDS.get(norm, f"with norm={norm!r}")

@@ -8,7 +8,8 @@ executes the chapters that record headline rows under profile ``P`` and writes
 - ``curves.csv``: the per-run values behind the protocol's curve figures (no weights, no logits);
 - ``provenance.json``: git commit (and whether the working tree was dirty, with the changed
   files), the command, the profile's parameters and overrides, package versions, hardware, wall
-  time per chapter and the date.
+  time per chapter, the seconds the shadow models trained for when they were trained (also when
+  the chapters loaded them from an earlier run) and the date.
 
 A dirty working tree is recorded as such, never refused: the provenance says which files differed
 from the commit. The folder is written under a temporary name and renamed into place, so an
@@ -58,7 +59,9 @@ class RecordedSetting:
         """"recorded on <date>, <hardware>, commit <sha>; rerun with <command>"."""
         p = self.provenance
         dirty = " (with uncommitted changes)" if p["dirty"] else ""
-        return (f"recorded on {p['date'][:10]}, {p['hardware']}, commit {p['commit'][:10]}{dirty}; "
+        trained = (f"; its shadow models trained for {p['training_seconds'] / 60:.0f} min"
+                   if p.get("training_seconds") else "")
+        return (f"recorded on {p['date'][:10]}, {p['hardware']}, commit {p['commit'][:10]}{dirty}{trained}; "
                 f"rerun with `{p['command']}`")
 
 
@@ -122,6 +125,9 @@ def record(root: Path, profile: str, name: str, overrides: dict | None = None,
         "profile": profile, "parameters": {c: profile_parameters(root, profile, c) for c in chapters},
         "overrides": overrides, "versions": versions(), "hardware": hardware(),
         "chapter_seconds": seconds, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        # The models' own training time, recorded when they trained: chapter_seconds is short
+        # when the chapters load runs that an earlier invocation trained.
+        "training_seconds": headlines.load_cost(profile, list(chapters)),
     }
     return write_setting(root / RECORDED / name, headlines.load(profile, list(chapters)),
                          headlines.load_curves(profile, list(chapters)), provenance)

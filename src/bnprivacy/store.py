@@ -412,6 +412,12 @@ def _load_run(spec: RunSpec, folder: Path, data, masks, queries: int, query_mode
     )
 
 
+def training_seconds(run: ShadowRun) -> float:
+    """Wall time the run's models trained for, when they were trained (each chunk's history
+    records the seconds since its start): the cost of the run even when it is loaded from disk."""
+    return float(sum(pd.read_csv(chunk / "history.csv").seconds.max() for chunk in _run_chunks(run.folder)))
+
+
 def _run_chunks(folder: Path) -> list[Path]:
     """The complete chunks that make up a run, in model order, without overlaps."""
     chunks = sorted((c for c in _chunk_folders(folder) if is_complete(c)), key=_chunk_range)

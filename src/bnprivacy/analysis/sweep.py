@@ -111,6 +111,14 @@ def comparisons_markdown(fam: Family) -> str:
     return "\n".join(f"- {comparison_sentence(c)}" for c in fam.comparisons)
 
 
+def training_seconds(fam: Family) -> float:
+    """Seconds the family's shadow models trained for when they were trained (the learning-rate
+    choice not included), whether this call trained them or loaded them."""
+    from ..store import training_seconds as run_seconds
+
+    return sum(run_seconds(run) for run in fam.sweep.runs.values())
+
+
 def epochs_to_fit(fam: Family) -> dict[str, float]:
     """Each norm's smallest budget that fits (NaN when none does)."""
     sides = fam.sweep.sides()
