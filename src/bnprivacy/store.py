@@ -511,8 +511,13 @@ def _load_run(spec: RunSpec, folder: Path, data, masks, queries: int, query_mode
 
 def training_seconds(run: ShadowRun) -> float:
     """Wall time the run's models trained for, when they were trained (each chunk's history
-    records the seconds since its start): the cost of the run even when it is loaded from disk."""
-    return float(sum(pd.read_csv(chunk / "history.csv").seconds.max() for chunk in _run_chunks(run.folder)))
+    records every epoch's seconds, the same for all models of the chunk): the cost of the run even
+    when it is loaded from disk."""
+    total = 0.0
+    for chunk in _run_chunks(run.folder):
+        history = pd.read_csv(chunk / "history.csv")
+        total += float(history[history.model == history.model.min()].seconds.sum())
+    return total
 
 
 def _run_chunks(folder: Path) -> list[Path]:
