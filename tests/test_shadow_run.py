@@ -200,3 +200,15 @@ def test_masks_are_checked_before_the_run_folder_is_written(data):
     with pytest.raises(ValueError):
         shadow_run(spec, data, progress=False)
     assert not store.run_folder(spec).exists()
+
+
+def test_training_seconds_sum_every_epoch_of_every_chunk_and_survive_loading(data, monkeypatch):
+    import pandas as pd
+
+    run = shadow_run(SPEC, data, chunk_size=2, progress=False)
+    chunks = sorted(store.run_folder(SPEC).glob("models-*/history.csv"))
+    per_chunk = [pd.read_csv(c).query("model == model.min()").seconds.sum() for c in chunks]
+    assert len(per_chunk) == 2 and store.training_seconds(run) == pytest.approx(sum(per_chunk))
+    assert store.training_seconds(run) > max(pd.read_csv(chunks[0]).seconds)  # more than one epoch's time
+    monkeypatch.setattr(store, "_train_chunk", lambda *a, **k: pytest.fail("a finished run retrained"))
+    assert store.training_seconds(shadow_run(SPEC, data, chunk_size=2, progress=False)) == store.training_seconds(run)
