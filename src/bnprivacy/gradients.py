@@ -113,8 +113,9 @@ def per_sample_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, de
 def _pick_method(method: str, coupled: bool, device: torch.device) -> str:
     """The method for this batch; ``auto`` is the faster one measured on this kind of device."""
     if method == "auto":
-        # benchmarks/gradients.py: the loop beats the Jacobian on a CPU, the reverse on CUDA; for
-        # independent samples vmap beats Opacus's hooks on both (BENCHMARKS.md).
+        # benchmarks/gradients.py: the loop beats the Jacobian on a CPU (the Jacobian is taken on
+        # CUDA); for independent samples vmap beat Opacus's hooks by 1.3-2x on a CPU (BENCHMARKS.md).
+        # Neither choice has been measured on CUDA yet.
         if coupled:
             return "jacobian" if device.type == "cuda" else "loop"
         return "vmap"
