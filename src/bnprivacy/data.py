@@ -333,8 +333,7 @@ def load_imagefolder(root: Path, *, image_size: int = 0):
         )
     train_files = _image_files(train_dir, classes)
     test_files = _image_files(test_dir, classes)
-    _remember_fingerprint(root, train_files + test_files)
-    cache = _imagefolder_cache_path(train_files + test_files, image_size)
+    cache = _imagefolder_cache_path(root, _remember_fingerprint(root, train_files + test_files), image_size)
     if cache.is_file():
         try:
             blob = torch.load(cache, weights_only=True)
@@ -462,12 +461,10 @@ def _remember_fingerprint(root: Path, files: list[tuple[Path, int]]) -> str:
     return fingerprint
 
 
-def _imagefolder_cache_path(files: list[tuple[Path, int]], image_size: int) -> Path:
-    digest = hashlib.sha256(f"v2 size={image_size}".encode())  # v2: majority colour mode
-    for path, label in files:
-        stat = path.stat()
-        digest.update(f"{path.resolve()}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return data_dir() / "cache" / f"imagefolder-{digest.hexdigest()[:16]}.pt"
+def _imagefolder_cache_path(root: Path, fingerprint: str, image_size: int) -> Path:
+    """The decode cache of one folder's content (its fingerprint) at one image size."""
+    key = f"v2 {root.resolve()} {fingerprint} size={image_size}"  # v2: majority colour mode
+    return data_dir() / "cache" / f"imagefolder-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
 
 def _save_atomic(obj, path: Path) -> None:

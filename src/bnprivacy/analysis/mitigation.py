@@ -69,7 +69,7 @@ class Plan:
     chance_factor: float = 1.5
 
     def __post_init__(self):
-        from ..dp import _check_real, check_epsilon
+        from ..dp import check_epsilon
         from .sweep import as_list
 
         # Every parameter is checked here, in the chapter's first cell, not after minutes of training.
@@ -81,15 +81,12 @@ class Plan:
         object.__setattr__(self, "epsilons", tuple(float(e) for e in self.epsilons))
         if self.attack not in ATTACK_NAMES:
             raise ValueError(f"attack={self.attack!r} is not allowed; allowed values: {', '.join(ATTACK_NAMES)}")
-        _check_whole("n_models", self.n_models, "an even integer >= 2 (each sample IN for half of the models)",
-                     isinstance(self.n_models, int) and self.n_models >= 2 and self.n_models % 2 == 0)
-        _check_whole("n_boot", self.n_boot, "an integer >= 1", isinstance(self.n_boot, int) and self.n_boot >= 1)
-        _check_real("confidence", self.confidence, "a number in (0, 1), e.g. 0.95",
-                    _real(self.confidence) and 0 < self.confidence < 1)
-        _check_real("fit_threshold", self.fit_threshold, "a number in (0, 1], e.g. 0.99",
-                    _real(self.fit_threshold) and 0 < self.fit_threshold <= 1)
-        _check_real("chance_factor", self.chance_factor, "a number >= 1, e.g. 1.5",
-                    _real(self.chance_factor) and 1 <= self.chance_factor < math.inf)
+        _check("n_models", self.n_models, "an even integer >= 2 (each sample IN for half of the models)",
+               lambda v: v >= 2 and v % 2 == 0, int)
+        _check("n_boot", self.n_boot, "an integer >= 1", lambda v: v >= 1, int)
+        _check("confidence", self.confidence, "a number in (0, 1), e.g. 0.95", lambda v: 0 < v < 1)
+        _check("fit_threshold", self.fit_threshold, "a number in (0, 1], e.g. 0.99", lambda v: 0 < v <= 1)
+        _check("chance_factor", self.chance_factor, "a number >= 1, e.g. 1.5", lambda v: 1 <= v < math.inf)
 
     @property
     def budgets(self) -> list[float]:
@@ -119,12 +116,10 @@ class Plan:
         return specs
 
 
-def _real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_whole(name: str, value, allowed: str, ok) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not ok:
+def _check(name: str, value, allowed: str, ok, kind=(int, float)) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is a ``kind`` (never a bool) for which
+    ``ok(value)`` holds (NaN fails every range)."""
+    if isinstance(value, bool) or not isinstance(value, kind) or not ok(value):
         raise ValueError(f"{name}={value!r} is not allowed; allowed values: {allowed}")
 
 
