@@ -39,6 +39,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="a Config field, e.g. -c dataset cifar10 -c arch resnet18 (repeatable)")
     shadow.add_argument("--shard", default="0/1", help="i/k: train only shard i of k (default 0/1, all)")
     shadow.add_argument("--chunk-size", type=int, default=16, help="models trained at once")
+    shadow.add_argument("--executor", default="local",
+                        help="local (this process, the default) or ray (one Ray task per missing chunk)")
+    shadow.add_argument("--address", default=None,
+                        help="with --executor ray: the cluster, auto or HOST:PORT (default: a new local instance)")
+    shadow.add_argument("--cpus-per-task", type=int, default=None,
+                        help="with --executor ray on CPUs: CPUs (and torch threads) per chunk task "
+                             "(default: this process's torch threads, for results identical to a local run)")
+    shadow.add_argument("--max-retries", type=int, default=2,
+                        help="with --executor ray: retries of a failing chunk task (default 2)")
     shadow.add_argument("--mask", default="balanced", choices=["balanced", "fraction"])
     shadow.add_argument("--fraction", type=float, default=0.5, help="pool fraction per model with --mask fraction")
     shadow.add_argument("--mask-seed", type=int, default=0)
@@ -89,7 +98,8 @@ def _shadow(args) -> None:
 
     cfg = Config.from_dict(book.parse_overrides(args.config))
     spec = RunSpec(cfg, args.n_models, args.mask, args.fraction, args.mask_seed)
-    run = shadow_run(spec, chunk_size=args.chunk_size, shard=args.shard)
+    run = shadow_run(spec, chunk_size=args.chunk_size, shard=args.shard, executor=args.executor,
+                     address=args.address, cpus_per_task=args.cpus_per_task, max_retries=args.max_retries)
     where = run_folder(spec)
     if run is None:
         print(f"shard {args.shard} finished; other shards' models are still missing in {where}")
@@ -142,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
               "(BNPRIVACY_DATA, default data/) must be folders you can write; fix the path or its permissions",
               file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: every chunk and chapter that had finished is kept; run the same command again "
+              "to resume from them", file=sys.stderr)
+        return 130
     except yaml.YAMLError as error:
         print(f"error: a YAML file could not be read ({error}); book/profiles.yml or _toc.yml is malformed",
               file=sys.stderr)

@@ -273,7 +273,8 @@ def run_folder(spec: RunSpec) -> Path:
 
 def shadow_run(spec: RunSpec, data=None, *, chunk_size: int = 16, shard: str = "0/1",
                queries: int = 2, query_mode: str = "eval", strategy: str = "batched",
-               progress: bool = True) -> ShadowRun | None:
+               progress: bool = True, executor: str = "local", address: str | None = None,
+               cpus_per_task: int | None = None, max_retries: int = 2) -> ShadowRun | None:
     """Train (or resume, or load) the shadow run ``spec`` and return it with its signals.
 
     Models are trained ``chunk_size`` at a time as one batched computation; each finished chunk
@@ -282,11 +283,26 @@ def shadow_run(spec: RunSpec, data=None, *, chunk_size: int = 16, shard: str = "
     separate processes or machines on the same ``results/`` folder, or copy their chunk folders
     together); it returns ``None`` while other shards' models are missing. Signals (logits under
     ``queries`` views, BN ``query_mode``) are computed once per chunk and cached.
+
+    ``executor="ray"`` trains the missing chunks as tasks on a Ray cluster instead (see
+    :mod:`bnprivacy.executors`): the cluster at ``address`` (``auto``, ``HOST:PORT``,
+    ``ray://HOST:PORT``), the one this process already joined, or a new local instance. Each task
+    takes one GPU when the cluster has any, else ``cpus_per_task`` CPUs and as many torch threads
+    (by default this process's thread count: on a CPU, results are bit-identical to a local run
+    only with the same thread count, since the thread count changes float summation order);
+    a failing task is retried ``max_retries`` times. Ray schedules the whole run, so ``shard`` must
+    stay ``"0/1"``.
     """
     from .data import load_dataset
     from .training import resolve_device
 
+    from . import executors
+
     shard_index, shard_count = parse_shard(shard)
+    executors.check_executor(executor, shard, address)
+    executors.check_cpus_per_task(cpus_per_task)
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValueError(f"max_retries={max_retries!r} is not allowed; allowed values: an integer >= 0")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} is not allowed; allowed values: an integer >= 1")
     cfg = spec.config
@@ -297,10 +313,18 @@ def shadow_run(spec: RunSpec, data=None, *, chunk_size: int = 16, shard: str = "
 
     masks = spec.masks(len(data.y_train))
     check_masks(masks, len(data.y_train), cfg.batch_size)  # before anything is written
-    if _missing_chunks(folder, spec.n_models, chunk_size):
+    missing = _missing_chunks(folder, spec.n_models, chunk_size)
+    if missing and executor == "ray":
+        executors.connect(address)  # before anything is written: an unreachable cluster leaves no trace
+    if missing:
         _check_chunk_size(folder, chunk_size)
     _run_masks(spec, folder, masks)
-    _train_my_chunks(spec, data, masks, folder, chunk_size, shard_index, shard_count, strategy, progress)
+    if executor == "ray":
+        executors.train_on_ray(spec, data, masks, folder, chunk_size, strategy=strategy, queries=queries,
+                               query_mode=query_mode, cpus_per_task=cpus_per_task, max_retries=max_retries,
+                               progress=progress)
+    else:
+        _train_my_chunks(spec, data, masks, folder, chunk_size, shard_index, shard_count, strategy, progress)
     if _missing_chunks(folder, spec.n_models, chunk_size):
         return None
     return _load_run(spec, folder, data, masks, queries, query_mode)
@@ -392,7 +416,7 @@ CHUNK_FILES = ("states.pt", "history.csv")
 def _train_chunk(spec: RunSpec, data, masks, models: list[int], folder: Path, strategy: str,
                  progress: bool) -> bool:
     """Train and seal one chunk; False when another live process holds it."""
-    chunk = folder / f"models-{models[0]:05d}-{models[-1]:05d}"
+    chunk = folder / chunk_name(models)
     if models != list(range(models[0], models[-1] + 1)):
         # A chunk folder always holds a contiguous range of models.
         return all([_train_chunk(spec, data, masks, [model], folder, strategy, progress) for model in models])
@@ -404,6 +428,11 @@ def _train_chunk(spec: RunSpec, data, masks, models: list[int], folder: Path, st
     finally:
         _lock(chunk).unlink(missing_ok=True)
     return True
+
+
+def chunk_name(models: list[int]) -> str:
+    """The folder name of the chunk that holds the consecutive models ``models``."""
+    return f"models-{models[0]:05d}-{models[-1]:05d}"
 
 
 def _lock(chunk: Path) -> Path:

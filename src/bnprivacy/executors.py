@@ -1,0 +1,252 @@
+"""Where a shadow run's chunks train: in this process (``local``) or as tasks on a Ray cluster (``ray``).
+
+With Ray, the driver (the process that calls ``shadow_run``) submits one task per missing chunk.
+A task trains its chunk on one GPU (or ``cpus_per_task`` CPUs), computes the chunk's signals, and
+returns every file of the sealed chunk as bytes; the driver writes them into the run folder, the
+manifest last, and checks their checksums. No shared disk is needed, and the run folder is the
+same as a local run's: resume, loading and every chapter work unchanged.
+
+Ray is an optional dependency (``pip install bnprivacy[ray]``); it is imported only here, and only
+when ``executor="ray"`` is asked for.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+EXECUTORS = ("local", "ray")
+
+# Seconds to wait for a TCP connection to a Ray head before calling it unreachable (``ray.init``
+# itself retries an unreachable address for minutes).
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+class ChunksFailed(RuntimeError):
+    """Chunks whose Ray tasks failed after every retry; the chunks that finished stay sealed."""
+
+
+def check_executor(executor: str, shard: str, address: str | None) -> None:
+    """Refuse an unknown executor, Ray combined with a hand-made shard, and an address without Ray."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor={executor!r} is not allowed; allowed values: {', '.join(EXECUTORS)}")
+    if executor == "ray" and str(shard) != "0/1":
+        raise ValueError(f"executor='ray' schedules the whole run, so shard={shard!r} cannot go with it; "
+                         "drop --shard (Ray spreads the chunks over the cluster), or use --executor local "
+                         "with --shard to schedule shards by hand")
+    if address is not None and executor != "ray":
+        raise ValueError(f"address={address!r} names a Ray cluster, but executor={executor!r}; "
+                         "add --executor ray, or drop --address")
+    if address is not None:
+        _host_port(address)
+
+
+def check_cpus_per_task(cpus_per_task: int | None) -> None:
+    """None (as many as this process's torch threads) or a positive whole number of CPUs."""
+    if cpus_per_task is None:
+        return
+    if isinstance(cpus_per_task, bool) or not isinstance(cpus_per_task, int) or cpus_per_task < 1:
+        raise ValueError(f"cpus_per_task={cpus_per_task!r} is not allowed; allowed values: an integer >= 1, "
+                         "or None for as many as this process's torch threads")
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``HOST:PORT`` or ``ray://HOST:PORT``; None for ``auto``."""
+    if address == "auto":
+        return None
+    rest = address.removeprefix("ray://")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address={address!r} is not allowed; allowed values: auto (the cluster started on "
+                         "this machine by `ray start --head`), HOST:PORT (the head's GCS address, e.g. "
+                         "10.0.0.5:6379) or ray://HOST:PORT (Ray Client, port 10001)")
+    return host.strip("[]"), int(port)
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as error:
+        raise RuntimeError("executor='ray' needs Ray, which is not installed: run "
+                           "`pip install 'bnprivacy[ray]'` (or `pip install 'ray>=2.9'`) in this environment, "
+                           "or use --executor local") from error
+    return ray
+
+
+def connect(address: str | None = None):
+    """The ``ray`` module, connected to a cluster: the one this process already joined, the one at
+    ``address`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``), or else a new local instance
+    (``RAY_ADDRESS``, when set, is honoured by Ray). An unreachable address fails within
+    ``CONNECT_TIMEOUT_SECONDS`` with what to do."""
+    ray = _import_ray()
+    where = _host_port(address) if address else None
+    if ray.is_initialized():
+        joined = ray.get_runtime_context().gcs_address
+        if where is not None and not address.startswith("ray://") and joined.rsplit(":", 1)[-1] != str(where[1]):
+            raise ValueError(f"this process already joined the Ray cluster at {joined}, not address={address!r}; "
+                             "a process joins one cluster: drop the address, or run in a new process")
+        return ray
+    if where is not None:
+        try:
+            socket.create_connection(where, timeout=CONNECT_TIMEOUT_SECONDS).close()
+        except OSError as error:
+            raise RuntimeError(_unreachable(address, error)) from error
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except ConnectionError as error:
+        raise RuntimeError(_unreachable(address, error)) from error
+    return ray
+
+
+def _unreachable(address: str | None, error: Exception) -> str:
+    return (f"no Ray cluster could be reached at address={address!r} ({error}); start one with "
+            "`ray start --head` on the head machine and pass the address it prints (HOST:6379), "
+            "or drop --address to start a Ray instance on this machine")
+
+
+def task_threads(ray, cpus_per_task: int | None) -> int:
+    """The CPUs and torch threads of one task: ``cpus_per_task``, or by default this process's torch
+    thread count (what a local run uses, so that CPU results are bit-identical to it), capped at the
+    largest node of the cluster so that the task can be placed."""
+    if cpus_per_task is not None:
+        return cpus_per_task
+    largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=1)
+    return max(1, min(torch.get_num_threads(), int(largest)))
+
+
+def chunk_resources(ray, cfg, threads: int) -> dict:
+    """What one task asks of the cluster: one GPU when the cluster has any and the config may use
+    CUDA, else ``threads`` CPUs."""
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if cfg.device == "cuda" and gpus < 1:
+        raise ValueError("Config.device='cuda' but the Ray cluster has no GPU; use device='auto' or 'cpu', "
+                         "or start the Ray workers on machines with GPUs")
+    if cfg.device != "cpu" and gpus >= 1:
+        return {"num_gpus": 1, "num_cpus": 1}
+    return {"num_gpus": 0, "num_cpus": threads}
+
+
+def train_chunk_files(spec, data, masks, models: list[int], *, strategy: str, queries: int,
+                      query_mode: str, threads: int) -> dict[str, bytes]:
+    """Train one chunk, compute its signals, and return every file of the sealed chunk folder as
+    bytes (what a Ray task sends back to the driver). Runs on a Ray worker; exactly the code of a
+    local run, in a temporary folder."""
+    from . import store
+    from .training import resolve_device
+
+    torch.set_num_threads(threads)  # CPU results depend on the thread count; fix it per task
+    data = data.to(resolve_device(spec.config))
+    with tempfile.TemporaryDirectory(prefix="bnprivacy-chunk-") as tmp:
+        chunk = Path(tmp) / store.chunk_name(models)
+        store._train_and_seal(spec, data, masks, models, chunk, strategy, progress=False)
+        store._chunk_signals(spec, chunk, data, queries, query_mode)
+        return {path.name: path.read_bytes() for path in sorted(chunk.iterdir()) if path.is_file()}
+
+
+def write_chunk_files(chunk: Path, files: dict[str, bytes]) -> None:
+    """Write a chunk that a task returned: every file atomically, the manifests last, then check
+    that the chunk is complete (the checksums cover the transfer)."""
+    from . import store
+
+    for name in files:
+        if Path(name).name != name or name.startswith(".") or not name:
+            raise RuntimeError(f"a Ray task returned a file named {name!r} for {chunk.name}; refused "
+                               "(chunk files are plain names)")
+    store.reset(chunk)
+    manifests = sorted(name for name in files if name.endswith(".json"))
+    for name in [n for n in sorted(files) if n not in manifests] + manifests:
+        store.write_atomic(chunk / name, files[name])
+    if not store.is_complete(chunk, required=store.CHUNK_FILES):
+        store.reset(chunk)
+        raise RuntimeError(f"the files of {chunk.name} arrived incomplete or corrupt; run the same command "
+                           "again to retrain that chunk")
+
+
+def train_on_ray(spec, data, masks, folder: Path, chunk_size: int, *, strategy: str, queries: int,
+                 query_mode: str, cpus_per_task: int | None, max_retries: int, progress: bool) -> None:
+    """Train every missing chunk of the run in ``folder`` as Ray tasks, writing each chunk as its
+    task finishes. Chunks another process holds (their lock) are left to it and waited for. Tasks
+    that fail after ``max_retries`` retries raise :class:`ChunksFailed` once the others finished;
+    Ctrl-C cancels the outstanding tasks and keeps every chunk already written."""
+    from . import store
+
+    ray = connect()
+    threads = task_threads(ray, cpus_per_task)
+    task = ray.remote(train_chunk_files).options(
+        max_retries=max_retries, retry_exceptions=True, **chunk_resources(ray, spec.config, threads))
+    data_ref, masks_ref = ray.put(data.to("cpu")), ray.put(masks.cpu())
+    while True:
+        missing = store._missing_chunks(folder, spec.n_models, chunk_size)
+        if not missing:
+            return
+        mine = [models for models in _contiguous(missing) if store._claim(folder / store.chunk_name(models))]
+        if not mine:
+            time.sleep(store.CHUNK_POLL_SECONDS)  # every missing chunk is held by another process
+            continue
+        _run_tasks(ray, task, folder, mine, data_ref, masks_ref,
+                   dict(strategy=strategy, queries=queries, query_mode=query_mode, threads=threads),
+                   spec, progress)
+
+
+def _contiguous(chunks: list[list[int]]) -> list[list[int]]:
+    """Split chunks into runs of consecutive models (a chunk folder names one range)."""
+    runs = []
+    for models in chunks:
+        start = 0
+        for i in range(1, len(models) + 1):
+            if i == len(models) or models[i] != models[i - 1] + 1:
+                runs.append(models[start:i])
+                start = i
+    return runs
+
+
+def submit_chunk(task, spec, data_ref, masks_ref, models: list[int], options: dict):
+    """One Ray task for the chunk ``models``; returns its object reference."""
+    return task.remote(spec, data_ref, masks_ref, models, **options)
+
+
+def _run_tasks(ray, task, folder: Path, chunks: list[list[int]], data_ref, masks_ref, options: dict,
+               spec, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    from . import store
+
+    pending = {submit_chunk(task, spec, data_ref, masks_ref, models, options): models for models in chunks}
+    failures = []
+    bar = tqdm(total=len(chunks), desc=f"chunks on Ray ({spec.config.arch}/{spec.config.norm})", unit="chunk",
+               disable=not progress)
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            models = pending.pop(done[0])
+            chunk = folder / store.chunk_name(models)
+            try:
+                write_chunk_files(chunk, ray.get(done[0]))
+            except (ray.exceptions.RayError, RuntimeError) as error:  # the task failed, or its files
+                failures.append((models, error))
+            finally:
+                store._lock(chunk).unlink(missing_ok=True)
+            bar.update()
+    except BaseException:
+        for ref, models in pending.items():
+            ray.cancel(ref, force=True)
+            store._lock(folder / store.chunk_name(models)).unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+    if failures:
+        raise ChunksFailed(_failure_report(folder, failures))
+
+
+def _failure_report(folder: Path, failures: list) -> str:
+    lines = [f"{len(failures)} chunk(s) of the run in {folder} failed on Ray after every retry "
+             "(the other chunks are sealed and stay; run the same command again to retry only these):"]
+    for models, error in failures:
+        cause = getattr(error, "cause", None) or error  # a RayTaskError carries the task's exception
+        message = (str(cause).strip().splitlines() or [""])[-1]
+        lines.append(f"  models {models[0]}-{models[-1]}: {type(cause).__name__}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""Shadow runs executed by Ray on a real local cluster: same results as a local run, only missing
+chunks submitted, failures reported by chunk range, an interrupted run keeps its sealed chunks."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from bnprivacy import executors, store
+from bnprivacy.config import Config
+from bnprivacy.data import load_dataset
+from bnprivacy.store import RunSpec, shadow_run
+
+REPO = Path(__file__).resolve().parents[1]
+CFG = Config(norm="batch", width=8, epochs=2, batch_size=32, train_size=128, device="cpu")
+SPEC = RunSpec(CFG, n_models=4)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """One local Ray cluster for the whole test session (starting one takes seconds)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(CFG)
+
+
+@pytest.fixture
+def submitted(monkeypatch):
+    """The chunks the driver submits, in submission order."""
+    calls = []
+    real = executors.submit_chunk
+
+    def spy(task, spec, data_ref, masks_ref, models, options):
+        calls.append(list(models))
+        return real(task, spec, data_ref, masks_ref, models, options)
+
+    monkeypatch.setattr(executors, "submit_chunk", spy)
+    return calls
+
+
+def local_run(data, isolated_store, monkeypatch, name="local"):
+    monkeypatch.setenv("BNPRIVACY_RESULTS", str(isolated_store / name))
+    return shadow_run(SPEC, data, chunk_size=2, progress=False)
+
+
+def assert_identical(a, b):
+    """Bit for bit: masks, every weight and buffer, logits, and the training histories."""
+    assert torch.equal(a.masks, b.masks)
+    for model in range(SPEC.n_models):
+        sa, sb = a.state_dict(model), b.state_dict(model)
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(a.logits_pool, b.logits_pool) and torch.equal(a.logits_test, b.logits_test)
+    cols = ["model", "epoch", "train_loss", "train_acc", "test_acc"]
+    assert a.history[cols].equals(b.history[cols])
+
+
+def leftover_locks(run_folder: Path) -> list[Path]:
+    return sorted(run_folder.glob("*.lock"))
+
+
+def test_a_ray_run_equals_the_local_run_exactly(cluster, data, isolated_store, monkeypatch, submitted):
+    reference = local_run(data, isolated_store, monkeypatch)
+    monkeypatch.setenv("BNPRIVACY_RESULTS", str(isolated_store / "ray"))
+    on_ray = shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray")
+    assert sorted(submitted) == [[0, 1], [2, 3]]
+    assert_identical(on_ray, reference)
+    assert leftover_locks(store.run_folder(SPEC)) == []
+
+
+def test_a_partly_sealed_run_submits_only_its_missing_chunks(cluster, data, isolated_store, monkeypatch,
+                                                            submitted):
+    reference = local_run(data, isolated_store, monkeypatch)
+    monkeypatch.setenv("BNPRIVACY_RESULTS", str(isolated_store / "partial"))
+    assert shadow_run(SPEC, data, chunk_size=2, shard="0/2", progress=False) is None  # seals models 0-1
+    resumed = shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray")
+    assert submitted == [[2, 3]]
+    assert_identical(resumed, reference)
+
+
+def test_a_failing_task_is_reported_with_its_chunk_range_and_the_sealed_chunks_stay(
+        cluster, data, isolated_store, monkeypatch, submitted):
+    real = executors.train_chunk_files
+
+    def fails_on_models_2_and_3(spec, data, masks, models, **options):  # runs on a Ray worker
+        if list(models) == [2, 3]:
+            raise ValueError("simulated failure on a worker")
+        return real(spec, data, masks, models, **options)
+
+    monkeypatch.setattr(executors, "train_chunk_files", fails_on_models_2_and_3)
+    with pytest.raises(executors.ChunksFailed, match="models 2-3: ValueError: simulated failure on a worker"):
+        shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray", max_retries=1)
+    folder = store.run_folder(SPEC)
+    assert store.is_complete(folder / "models-00000-00001", required=store.CHUNK_FILES)
+    assert not (folder / "models-00002-00003").exists()
+    assert leftover_locks(folder) == []
+
+    monkeypatch.setattr(executors, "train_chunk_files", real)
+    submitted.clear()
+    finished = shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray")
+    assert submitted == [[2, 3]]
+    assert_identical(finished, local_run(data, isolated_store, monkeypatch))
+
+
+def test_an_interrupted_ray_run_keeps_its_sealed_chunks_and_resumes(cluster, data, isolated_store, monkeypatch,
+                                                                  submitted):
+    written = []
+    real = executors.write_chunk_files
+
+    def interrupted_after_the_first_chunk(chunk, files):
+        real(chunk, files)
+        written.append(chunk.name)
+        raise KeyboardInterrupt("simulated Ctrl-C")
+
+    monkeypatch.setattr(executors, "write_chunk_files", interrupted_after_the_first_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray")
+    folder = store.run_folder(SPEC)
+    assert len(written) == 1 and store.is_complete(folder / written[0], required=store.CHUNK_FILES)
+    assert leftover_locks(folder) == []
+
+    monkeypatch.setattr(executors, "write_chunk_files", real)
+    submitted.clear()
+    shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray")
+    assert len(submitted) == 1 and store.chunk_name(submitted[0]) != written[0]
+
+
+def test_chunk_files_with_a_path_or_a_bad_checksum_are_refused(tmp_path):
+    chunk = tmp_path / "run" / "models-00000-00001"
+    with pytest.raises(RuntimeError, match="refused"):
+        executors.write_chunk_files(chunk, {"../escape.csv": b"x"})
+    manifest = b'{"files": {"states.pt": "0000", "history.csv": "0000"}}'
+    with pytest.raises(RuntimeError, match="incomplete or corrupt"):
+        executors.write_chunk_files(chunk, {"states.pt": b"w", "history.csv": b"h", "manifest.json": manifest})
+    assert not chunk.exists() and not (tmp_path / "escape.csv").exists()
+
+
+def test_without_ray_installed_the_error_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
+    with pytest.raises(RuntimeError, match=r"pip install 'bnprivacy\[ray\]'"):
+        executors.connect()
+
+
+def test_a_process_joined_to_one_cluster_refuses_another_address(cluster):
+    with pytest.raises(ValueError, match="already joined the Ray cluster"):
+        executors.connect("127.0.0.1:1")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(executor="slurm"), "allowed values: local, ray"),
+    (dict(executor="ray", shard="1/2"), "schedules the whole run"),
+    (dict(address="10.0.0.5:6379"), "add --executor ray"),
+    (dict(executor="ray", address="10.0.0.5"), "HOST:PORT"),
+    (dict(executor="ray", cpus_per_task=0), "cpus_per_task=0 is not allowed"),
+    (dict(executor="ray", max_retries=-1), "max_retries=-1 is not allowed"),
+])
+def test_bad_executor_input_is_refused_before_anything_is_written(data, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        shadow_run(SPEC, data, chunk_size=2, progress=False, **kwargs)
+    assert not store.run_folder(SPEC).exists()
+
+
+def test_an_unreachable_address_is_one_clear_error_and_writes_nothing(isolated_store):
+    env = {**os.environ, "BNPRIVACY_RESULTS": str(isolated_store / "results")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bnprivacy", "shadow", "4", "-c", "epochs", "1", "-c", "width", "4",
+         "--chunk-size", "2", "--executor", "ray", "--address", "127.0.0.1:1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # a guard against a hang
+    assert done.returncode == 1
+    assert "error: no Ray cluster could be reached at address='127.0.0.1:1'" in done.stderr
+    assert "ray start --head" in done.stderr and "Traceback" not in done.stderr
+    assert not (isolated_store / "results").exists()
