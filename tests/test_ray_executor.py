@@ -96,7 +96,7 @@ def test_a_failing_task_is_reported_with_its_chunk_range_and_the_sealed_chunks_s
         return real(spec, data, masks, models, **options)
 
     monkeypatch.setattr(executors, "train_chunk_files", fails_on_models_2_and_3)
-    with pytest.raises(executors.ChunksFailed, match="models 2-3: ValueError: simulated failure on a worker"):
+    with pytest.raises(executors.ChunksFailed, match="models 2-3 of .*: ValueError: simulated failure on a worker"):
         shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray", max_retries=1)
     folder = store.run_folder(SPEC)
     assert store.is_complete(folder / "models-00000-00001", required=store.CHUNK_FILES)
@@ -178,3 +178,17 @@ def test_an_unreachable_address_is_one_clear_error_and_writes_nothing(isolated_s
     assert "error: no Ray cluster could be reached at address='127.0.0.1:1'" in done.stderr
     assert "ray start --head" in done.stderr and "Traceback" not in done.stderr
     assert not (isolated_store / "results").exists()
+
+
+def test_a_family_trained_on_ray_is_found_complete_by_the_chapters(cluster, monkeypatch, submitted):
+    from bnprivacy.analysis import sweep
+
+    p = sweep.family(dataset="digits", arch="cnn", width=4, train_size=128, norms=["batch", "none"], canaries="noise:2",
+                     canary_references=2, n_models=2, seeds=1, budgets=[1, 2], equal_epochs=1, lr=0.1,
+                     lr_grid=[1.0], fit_threshold=0.9, batch_size=32, weight_decay=5e-4, augment="auto",
+                     probe_points=0, probe_typical=2, probe_models=1, precision="auto", device="cpu")
+    assert sweep.train_family_shard(p, chunk_size=1, executor="ray", progress=False) == (4, 4)
+    assert len(submitted) == 8, "every chunk of the four runs is submitted to Ray"
+    monkeypatch.setattr(store, "_train_chunk", lambda *a, **k: pytest.fail("a chapter retrained a run"))
+    family = sweep.train_family(p, progress=False)
+    assert len(family.sweep.sides()) == 4

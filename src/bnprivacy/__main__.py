@@ -39,15 +39,6 @@ def _parser() -> argparse.ArgumentParser:
                         help="a Config field, e.g. -c dataset cifar10 -c arch resnet18 (repeatable)")
     shadow.add_argument("--shard", default="0/1", help="i/k: train only shard i of k (default 0/1, all)")
     shadow.add_argument("--chunk-size", type=int, default=16, help="models trained at once")
-    shadow.add_argument("--executor", default="local",
-                        help="local (this process, the default) or ray (one Ray task per missing chunk)")
-    shadow.add_argument("--address", default=None,
-                        help="with --executor ray: the cluster, auto or HOST:PORT (default: a new local instance)")
-    shadow.add_argument("--cpus-per-task", type=int, default=None,
-                        help="with --executor ray on CPUs: CPUs (and torch threads) per chunk task "
-                             "(default: this process's torch threads, for results identical to a local run)")
-    shadow.add_argument("--max-retries", type=int, default=2,
-                        help="with --executor ray: retries of a failing chunk task (default 2)")
     shadow.add_argument("--mask", default="balanced", choices=["balanced", "fraction"])
     shadow.add_argument("--fraction", type=float, default=0.5, help="pool fraction per model with --mask fraction")
     shadow.add_argument("--mask-seed", type=int, default=0)
@@ -57,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a family parameter of chapter 01, e.g. -p seeds 5 (repeatable)")
     fam.add_argument("--shard", default="0/1", help="i/k: train only shard i of k of every run (default: all)")
     fam.add_argument("--chunk-size", type=int, default=16, help="models trained at once")
+    for sub in (shadow, fam):
+        sub.add_argument("--executor", default="local",
+                         help="local (this process, the default) or ray (one Ray task per missing chunk)")
+        sub.add_argument("--address", default=None,
+                         help="with --executor ray: the cluster, auto or HOST:PORT (default: a new local instance)")
+        sub.add_argument("--cpus-per-task", type=int, default=None,
+                         help="with --executor ray on CPUs: CPUs (and torch threads) per chunk task "
+                              "(default: this process's torch threads, for results identical to a local run)")
+        sub.add_argument("--max-retries", type=int, default=2,
+                         help="with --executor ray: retries of a failing chunk task (default 2)")
     rec = commands.add_parser("record", help="execute chapters 01-04 once and write recorded/<name>/ (rows, curves, provenance)")
     rec.add_argument("--profile", default="quick", help="profile in book/profiles.yml")
     rec.add_argument("--name", required=True, help="folder name under recorded/, e.g. cifar10-cnn")
@@ -87,7 +88,9 @@ def _family(root, args) -> None:
     from .analysis.sweep import family_from, train_family_shard
 
     p = family_from(family_values(root, args.profile, book.parse_overrides(args.param)))
-    complete, total = train_family_shard(p, shard=args.shard, chunk_size=args.chunk_size)
+    complete, total = train_family_shard(p, shard=args.shard, chunk_size=args.chunk_size, executor=args.executor,
+                                         address=args.address, cpus_per_task=args.cpus_per_task,
+                                         max_retries=args.max_retries)
     print(f"shard {args.shard}: {complete} of {total} runs of the family complete"
           + ("" if complete == total else " (other shards' models are still missing)"))
 

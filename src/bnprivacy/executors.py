@@ -12,6 +12,7 @@ when ``executor="ray"`` is asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import tempfile
 import time
@@ -30,8 +31,10 @@ class ChunksFailed(RuntimeError):
     """Chunks whose Ray tasks failed after every retry; the chunks that finished stay sealed."""
 
 
-def check_executor(executor: str, shard: str, address: str | None) -> None:
-    """Refuse an unknown executor, Ray combined with a hand-made shard, and an address without Ray."""
+def check_executor(executor: str, shard: str = "0/1", address: str | None = None,
+                   cpus_per_task: int | None = None, max_retries: int = 2) -> None:
+    """Refuse an unknown executor, Ray combined with a hand-made shard, an address without Ray, and
+    bad task options, before anything runs."""
     if executor not in EXECUTORS:
         raise ValueError(f"executor={executor!r} is not allowed; allowed values: {', '.join(EXECUTORS)}")
     if executor == "ray" and str(shard) != "0/1":
@@ -43,15 +46,15 @@ def check_executor(executor: str, shard: str, address: str | None) -> None:
                          "add --executor ray, or drop --address")
     if address is not None:
         _host_port(address)
-
-
-def check_cpus_per_task(cpus_per_task: int | None) -> None:
-    """None (as many as this process's torch threads) or a positive whole number of CPUs."""
-    if cpus_per_task is None:
-        return
-    if isinstance(cpus_per_task, bool) or not isinstance(cpus_per_task, int) or cpus_per_task < 1:
+    if cpus_per_task is not None and not _whole(cpus_per_task, 1):
         raise ValueError(f"cpus_per_task={cpus_per_task!r} is not allowed; allowed values: an integer >= 1, "
                          "or None for as many as this process's torch threads")
+    if not _whole(max_retries, 0):
+        raise ValueError(f"max_retries={max_retries!r} is not allowed; allowed values: an integer >= 0")
+
+
+def _whole(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
@@ -166,30 +169,51 @@ def write_chunk_files(chunk: Path, files: dict[str, bytes]) -> None:
                            "again to retrain that chunk")
 
 
-def train_on_ray(spec, data, masks, folder: Path, chunk_size: int, *, strategy: str, queries: int,
-                 query_mode: str, cpus_per_task: int | None, max_retries: int, progress: bool) -> None:
-    """Train every missing chunk of the run in ``folder`` as Ray tasks, writing each chunk as its
-    task finishes. Chunks another process holds (their lock) are left to it and waited for. Tasks
-    that fail after ``max_retries`` retries raise :class:`ChunksFailed` once the others finished;
-    Ctrl-C cancels the outstanding tasks and keeps every chunk already written."""
+@dataclasses.dataclass
+class RunChunks:
+    """One run's share of the work: its spec, folder (already opened), masks and chunk size."""
+
+    spec: object
+    folder: Path
+    masks: torch.Tensor
+    chunk_size: int
+
+    def missing(self) -> list[list[int]]:
+        from . import store
+
+        return _contiguous(store._missing_chunks(self.folder, self.spec.n_models, self.chunk_size))
+
+
+def train_on_ray(runs: list[RunChunks], data, *, strategy: str, queries: int, query_mode: str,
+                 cpus_per_task: int | None, max_retries: int, progress: bool) -> None:
+    """Train every missing chunk of ``runs`` as Ray tasks (all runs' chunks at once), writing each
+    chunk as its task finishes. Chunks another process holds (their lock) are left to it and
+    waited for. Tasks that fail after ``max_retries`` retries raise :class:`ChunksFailed` once the
+    others finished; Ctrl-C cancels the outstanding tasks and keeps every chunk already written."""
     from . import store
 
     ray = connect()
     threads = task_threads(ray, cpus_per_task)
-    task = ray.remote(train_chunk_files).options(
-        max_retries=max_retries, retry_exceptions=True, **chunk_resources(ray, spec.config, threads))
-    data_ref, masks_ref = ray.put(data.to("cpu")), ray.put(masks.cpu())
+    options = dict(strategy=strategy, queries=queries, query_mode=query_mode, threads=threads)
+    data_ref = ray.put(data.to("cpu"))
+    masks_refs = {}
     while True:
-        missing = store._missing_chunks(folder, spec.n_models, chunk_size)
+        missing = [(run, models) for run in runs for models in run.missing()]
         if not missing:
             return
-        mine = [models for models in _contiguous(missing) if store._claim(folder / store.chunk_name(models))]
+        mine = [(run, models) for run, models in missing
+                if store._claim(run.folder / store.chunk_name(models))]
         if not mine:
             time.sleep(store.CHUNK_POLL_SECONDS)  # every missing chunk is held by another process
             continue
-        _run_tasks(ray, task, folder, mine, data_ref, masks_ref,
-                   dict(strategy=strategy, queries=queries, query_mode=query_mode, threads=threads),
-                   spec, progress)
+        pending = {}
+        for run, models in mine:
+            task = ray.remote(train_chunk_files).options(
+                max_retries=max_retries, retry_exceptions=True, **chunk_resources(ray, run.spec.config, threads))
+            if id(run) not in masks_refs:
+                masks_refs[id(run)] = ray.put(run.masks.cpu())
+            pending[submit_chunk(task, run.spec, data_ref, masks_refs[id(run)], models, options)] = (run, models)
+        _collect(ray, pending, progress)
 
 
 def _contiguous(chunks: list[list[int]]) -> list[list[int]]:
@@ -209,44 +233,44 @@ def submit_chunk(task, spec, data_ref, masks_ref, models: list[int], options: di
     return task.remote(spec, data_ref, masks_ref, models, **options)
 
 
-def _run_tasks(ray, task, folder: Path, chunks: list[list[int]], data_ref, masks_ref, options: dict,
-               spec, progress: bool) -> None:
+def _collect(ray, pending: dict, progress: bool) -> None:
+    """Write each chunk as its task finishes; on any interruption cancel the rest and free their
+    locks; report the tasks that failed."""
     from tqdm.auto import tqdm
 
     from . import store
 
-    pending = {submit_chunk(task, spec, data_ref, masks_ref, models, options): models for models in chunks}
     failures = []
-    bar = tqdm(total=len(chunks), desc=f"chunks on Ray ({spec.config.arch}/{spec.config.norm})", unit="chunk",
-               disable=not progress)
+    bar = tqdm(total=len(pending), desc="chunks on Ray", unit="chunk", disable=not progress)
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            models = pending.pop(done[0])
-            chunk = folder / store.chunk_name(models)
+            run, models = pending.pop(done[0])
+            chunk = run.folder / store.chunk_name(models)
             try:
                 write_chunk_files(chunk, ray.get(done[0]))
             except (ray.exceptions.RayError, RuntimeError) as error:  # the task failed, or its files
-                failures.append((models, error))
+                failures.append((chunk, error))
             finally:
                 store._lock(chunk).unlink(missing_ok=True)
             bar.update()
     except BaseException:
-        for ref, models in pending.items():
+        for ref, (run, models) in pending.items():
             ray.cancel(ref, force=True)
-            store._lock(folder / store.chunk_name(models)).unlink(missing_ok=True)
+            store._lock(run.folder / store.chunk_name(models)).unlink(missing_ok=True)
         raise
     finally:
         bar.close()
     if failures:
-        raise ChunksFailed(_failure_report(folder, failures))
+        raise ChunksFailed(_failure_report(failures))
 
 
-def _failure_report(folder: Path, failures: list) -> str:
-    lines = [f"{len(failures)} chunk(s) of the run in {folder} failed on Ray after every retry "
-             "(the other chunks are sealed and stay; run the same command again to retry only these):"]
-    for models, error in failures:
+def _failure_report(failures: list) -> str:
+    lines = [f"{len(failures)} chunk(s) failed on Ray after every retry (the other chunks are sealed and stay; "
+             "run the same command again to retry only these):"]
+    for chunk, error in failures:
+        first, last = chunk.name.split("-")[1:3]
         cause = getattr(error, "cause", None) or error  # a RayTaskError carries the task's exception
         message = (str(cause).strip().splitlines() or [""])[-1]
-        lines.append(f"  models {models[0]}-{models[-1]}: {type(cause).__name__}: {message}")
+        lines.append(f"  models {int(first)}-{int(last)} of {chunk.parent}: {type(cause).__name__}: {message}")
     return "\n".join(lines)

@@ -293,41 +293,55 @@ def shadow_run(spec: RunSpec, data=None, *, chunk_size: int = 16, shard: str = "
     a failing task is retried ``max_retries`` times. Ray schedules the whole run, so ``shard`` must
     stay ``"0/1"``.
     """
+    from . import executors
     from .data import load_dataset
     from .training import resolve_device
 
-    from . import executors
-
     shard_index, shard_count = parse_shard(shard)
-    executors.check_executor(executor, shard, address)
-    executors.check_cpus_per_task(cpus_per_task)
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise ValueError(f"max_retries={max_retries!r} is not allowed; allowed values: an integer >= 0")
+    executors.check_executor(executor, shard, address, cpus_per_task, max_retries)
+    check_chunk_size(chunk_size)
+    if data is None:
+        data = load_dataset(spec.config, resolve_device(spec.config))
+    folder, masks = plan_run(spec, data)
+    if executor == "ray" and _missing_chunks(folder, spec.n_models, chunk_size):
+        executors.connect(address)  # before anything is written: an unreachable cluster leaves no trace
+    open_run(spec, folder, masks, chunk_size)
+    if executor == "ray":
+        executors.train_on_ray([executors.RunChunks(spec, folder, masks, chunk_size)], data, strategy=strategy,
+                               queries=queries, query_mode=query_mode, cpus_per_task=cpus_per_task,
+                               max_retries=max_retries, progress=progress)
+    else:
+        _train_my_chunks(spec, data, masks, folder, chunk_size, shard_index, shard_count, strategy, progress)
+    if not is_run_complete(folder, spec.n_models, chunk_size):
+        return None
+    return _load_run(spec, folder, data, masks, queries, query_mode)
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    """A chunk holds a whole number >= 1 of models."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} is not allowed; allowed values: an integer >= 1")
-    cfg = spec.config
-    if data is None:
-        data = load_dataset(cfg, resolve_device(cfg))
-    folder = run_folder(spec)
+
+
+def plan_run(spec: RunSpec, data) -> tuple[Path, torch.Tensor]:
+    """The run's folder and its checked masks; nothing is written yet."""
     from .ensemble import check_masks
 
     masks = spec.masks(len(data.y_train))
-    check_masks(masks, len(data.y_train), cfg.batch_size)  # before anything is written
-    missing = _missing_chunks(folder, spec.n_models, chunk_size)
-    if missing and executor == "ray":
-        executors.connect(address)  # before anything is written: an unreachable cluster leaves no trace
-    if missing:
+    check_masks(masks, len(data.y_train), spec.config.batch_size)
+    return run_folder(spec), masks
+
+
+def open_run(spec: RunSpec, folder: Path, masks: torch.Tensor, chunk_size: int) -> None:
+    """Write the run's description (spec, masks, chunk size) before any chunk trains."""
+    if _missing_chunks(folder, spec.n_models, chunk_size):
         _check_chunk_size(folder, chunk_size)
     _run_masks(spec, folder, masks)
-    if executor == "ray":
-        executors.train_on_ray(spec, data, masks, folder, chunk_size, strategy=strategy, queries=queries,
-                               query_mode=query_mode, cpus_per_task=cpus_per_task, max_retries=max_retries,
-                               progress=progress)
-    else:
-        _train_my_chunks(spec, data, masks, folder, chunk_size, shard_index, shard_count, strategy, progress)
-    if _missing_chunks(folder, spec.n_models, chunk_size):
-        return None
-    return _load_run(spec, folder, data, masks, queries, query_mode)
+
+
+def is_run_complete(folder: Path, n_models: int, chunk_size: int) -> bool:
+    """Whether every model of the run in ``folder`` is in a sealed chunk."""
+    return not _missing_chunks(folder, n_models, chunk_size)
 
 
 # Seconds between looks at a chunk that another process is training.

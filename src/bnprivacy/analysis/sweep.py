@@ -138,23 +138,43 @@ def family_from(parameters: dict) -> Protocol:
     return family(**{name: parameters[name] for name in FAMILY_PARAMETERS})
 
 
-def train_family_shard(p: Protocol, *, shard: str = "0/1", chunk_size: int = 16, progress: bool = True) -> tuple[int, int]:
+def train_family_shard(p: Protocol, *, shard: str = "0/1", chunk_size: int = 16, progress: bool = True,
+                       executor: str = "local", address: str | None = None, cpus_per_task: int | None = None,
+                       max_retries: int = 2) -> tuple[int, int]:
     """Train shard ``i/k`` of every run of the family (``python -m bnprivacy family``), for jobs
     that share one results folder; returns (runs complete, runs in the family). The learning-rate
-    choice is deterministic, so every shard chooses the same rates."""
+    choice is deterministic, so every shard chooses the same rates. ``executor="ray"`` chooses the
+    rates here, then trains every missing chunk of every run as Ray tasks at once (the options of
+    :func:`bnprivacy.store.shadow_run`)."""
+    from .. import executors, store
     from ..data import load_dataset
-    from ..store import parse_shard, shadow_run
     from ..training import resolve_device
 
-    parse_shard(shard)
+    store.parse_shard(shard)
+    executors.check_executor(executor, shard, address, cpus_per_task, max_retries)
+    store.check_chunk_size(chunk_size)
     data = load_dataset(p.base, resolve_device(p.base))
     lrs = protocol.chosen_lr(protocol.choose_learning_rates(p, data, progress=progress))
-    complete = 0
     keys = [(n, b, s) for n in p.norms for b in p.budgets for s in range(p.seeds)]
-    for norm, budget, seed in keys:
-        spec = p.spec(norm, budget, lrs[norm], seed, len(data.y_train))
-        complete += shadow_run(spec, data, chunk_size=chunk_size, shard=shard, progress=progress) is not None
+    specs = [p.spec(norm, budget, lrs[norm], seed, len(data.y_train)) for norm, budget, seed in keys]
+    if executor == "ray":
+        return _train_family_on_ray(specs, data, chunk_size, address, cpus_per_task, max_retries, progress), len(keys)
+    complete = sum(store.shadow_run(spec, data, chunk_size=chunk_size, shard=shard, progress=progress) is not None
+                   for spec in specs)
     return complete, len(keys)
+
+
+def _train_family_on_ray(specs, data, chunk_size: int, address, cpus_per_task, max_retries, progress) -> int:
+    from .. import executors, store
+
+    runs = [executors.RunChunks(spec, *store.plan_run(spec, data), chunk_size) for spec in specs]
+    if any(run.missing() for run in runs):
+        executors.connect(address)  # before anything is written
+    for run in runs:
+        store.open_run(run.spec, run.folder, run.masks, chunk_size)
+    executors.train_on_ray(runs, data, strategy="batched", queries=2, query_mode="eval",
+                           cpus_per_task=cpus_per_task, max_retries=max_retries, progress=progress)
+    return sum(store.is_run_complete(run.folder, run.spec.n_models, chunk_size) for run in runs)
 
 
 @dataclasses.dataclass
