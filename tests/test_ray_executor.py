@@ -23,7 +23,7 @@ SPEC = RunSpec(CFG, n_models=4)
 @pytest.fixture(scope="session")
 def cluster():
     """One local Ray cluster for the whole test session (starting one takes seconds)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 
@@ -36,15 +36,25 @@ def data():
 @pytest.fixture
 def submitted(monkeypatch):
     """The chunks the driver submits, in submission order."""
-    calls = []
     real = executors.submit_chunk
 
     def spy(task, spec, data_ref, masks_ref, models, options):
         calls.append(list(models))
-        return real(task, spec, data_ref, masks_ref, models, options)
+        ref = real(task, spec, data_ref, masks_ref, models, options)
+        calls.refs[tuple(models)] = ref
+        return ref
 
+    calls = SubmittedChunks()
     monkeypatch.setattr(executors, "submit_chunk", spy)
     return calls
+
+
+class SubmittedChunks(list):
+    """The models of every submitted chunk; ``refs`` maps them to the task's object reference."""
+
+    def __init__(self):
+        super().__init__()
+        self.refs = {}
 
 
 def local_run(data, isolated_store, monkeypatch, name="local"):
@@ -110,27 +120,42 @@ def test_a_failing_task_is_reported_with_its_chunk_range_and_the_sealed_chunks_s
     assert_identical(finished, local_run(data, isolated_store, monkeypatch))
 
 
-def test_an_interrupted_ray_run_keeps_its_sealed_chunks_and_resumes(cluster, data, isolated_store, monkeypatch,
-                                                                  submitted):
-    written = []
-    real = executors.write_chunk_files
+def test_ctrl_c_cancels_the_outstanding_tasks_and_keeps_the_sealed_chunks(cluster, data, monkeypatch, submitted):
+    real_train, real_write = executors.train_chunk_files, executors.write_chunk_files
 
-    def interrupted_after_the_first_chunk(chunk, files):
-        real(chunk, files)
-        written.append(chunk.name)
+    def models_2_and_3_take_long(spec, data, masks, models, **options):  # runs on a Ray worker
+        if list(models) == [2, 3]:
+            import time
+            time.sleep(600)
+        return real_train(spec, data, masks, models, **options)
+
+    def ctrl_c_after_the_first_chunk(chunk, files):
+        real_write(chunk, files)
         raise KeyboardInterrupt("simulated Ctrl-C")
 
-    monkeypatch.setattr(executors, "write_chunk_files", interrupted_after_the_first_chunk)
-    with pytest.raises(KeyboardInterrupt):
-        shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray")
+    monkeypatch.setattr(executors, "train_chunk_files", models_2_and_3_take_long)
+    monkeypatch.setattr(executors, "write_chunk_files", ctrl_c_after_the_first_chunk)
+    with pytest.raises(KeyboardInterrupt):  # two 1-CPU tasks run side by side; models 0-1 finish first
+        shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray", cpus_per_task=1)
+    with pytest.raises(ray.exceptions.TaskCancelledError):
+        ray.get(submitted.refs[(2, 3)], timeout=120)  # a guard: a task left running would sleep 600 s
     folder = store.run_folder(SPEC)
-    assert len(written) == 1 and store.is_complete(folder / written[0], required=store.CHUNK_FILES)
-    assert leftover_locks(folder) == []
+    assert store.is_complete(folder / "models-00000-00001", required=store.CHUNK_FILES)
+    assert not (folder / "models-00002-00003").exists() and leftover_locks(folder) == []
 
-    monkeypatch.setattr(executors, "write_chunk_files", real)
+    monkeypatch.setattr(executors, "train_chunk_files", real_train)
+    monkeypatch.setattr(executors, "write_chunk_files", real_write)
     submitted.clear()
     shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray")
-    assert len(submitted) == 1 and store.chunk_name(submitted[0]) != written[0]
+    assert submitted == [[2, 3]]
+
+
+def test_a_cuda_run_on_a_cluster_without_gpus_is_refused_before_any_chunk_is_claimed(cluster, data):
+    spec = RunSpec(CFG.replace(device="cuda"), n_models=4)
+    with pytest.raises(ValueError, match="the Ray cluster has no GPU"):
+        shadow_run(spec, data, chunk_size=2, progress=False, executor="ray")
+    assert leftover_locks(store.run_folder(spec)) == []
+    assert not list(store.run_folder(spec).glob("models-*"))
 
 
 def test_chunk_files_with_a_path_or_a_bad_checksum_are_refused(tmp_path):

@@ -196,7 +196,17 @@ def train_on_ray(runs: list[RunChunks], data, *, strategy: str, queries: int, qu
     threads = task_threads(ray, cpus_per_task)
     options = dict(strategy=strategy, queries=queries, query_mode=query_mode, threads=threads)
     data_ref = ray.put(data.to("cpu"))
-    masks_refs = {}
+    tasks = {}  # one remote function per resource request
+
+    def prepare(run: RunChunks):
+        resources = chunk_resources(ray, run.spec.config, threads)
+        key = tuple(sorted(resources.items()))
+        if key not in tasks:
+            tasks[key] = ray.remote(train_chunk_files).options(max_retries=max_retries, retry_exceptions=True,
+                                                               **resources)
+        return ray.put(run.masks.cpu()), tasks[key]
+
+    prepared = {id(run): prepare(run) for run in runs}  # a bad request fails here, before any lock is taken
     while True:
         missing = [(run, models) for run in runs for models in run.missing()]
         if not missing:
@@ -207,12 +217,13 @@ def train_on_ray(runs: list[RunChunks], data, *, strategy: str, queries: int, qu
             time.sleep(store.CHUNK_POLL_SECONDS)  # every missing chunk is held by another process
             continue
         pending = {}
-        for run, models in mine:
-            task = ray.remote(train_chunk_files).options(
-                max_retries=max_retries, retry_exceptions=True, **chunk_resources(ray, run.spec.config, threads))
-            if id(run) not in masks_refs:
-                masks_refs[id(run)] = ray.put(run.masks.cpu())
-            pending[submit_chunk(task, run.spec, data_ref, masks_refs[id(run)], models, options)] = (run, models)
+        try:
+            for run, models in mine:
+                masks_ref, task = prepared[id(run)]
+                pending[submit_chunk(task, run.spec, data_ref, masks_ref, models, options)] = (run, models)
+        except BaseException:
+            _abandon(ray, pending, mine)
+            raise
         _collect(ray, pending, progress)
 
 
@@ -255,14 +266,22 @@ def _collect(ray, pending: dict, progress: bool) -> None:
                 store._lock(chunk).unlink(missing_ok=True)
             bar.update()
     except BaseException:
-        for ref, (run, models) in pending.items():
-            ray.cancel(ref, force=True)
-            store._lock(run.folder / store.chunk_name(models)).unlink(missing_ok=True)
+        _abandon(ray, pending, list(pending.values()))
         raise
     finally:
         bar.close()
     if failures:
         raise ChunksFailed(_failure_report(failures))
+
+
+def _abandon(ray, pending: dict, claimed: list) -> None:
+    """Cancel the submitted tasks and free the locks of the chunks claimed for them."""
+    from . import store
+
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    for run, models in claimed:
+        store._lock(run.folder / store.chunk_name(models)).unlink(missing_ok=True)
 
 
 def _failure_report(failures: list) -> str:
