@@ -158,6 +158,13 @@ def test_a_cuda_run_on_a_cluster_without_gpus_is_refused_before_any_chunk_is_cla
     assert not list(store.run_folder(spec).glob("models-*"))
 
 
+def test_a_worker_whose_code_differs_from_the_drivers_refuses_to_train(cluster, data, monkeypatch):
+    monkeypatch.setattr(executors, "code_digest", lambda: "0" * 64)  # the driver now claims other code
+    with pytest.raises(executors.ChunksFailed, match="runs bnprivacy code that differs from the driver's"):
+        shadow_run(SPEC, data, chunk_size=4, progress=False, executor="ray", max_retries=0)
+    assert not list(store.run_folder(SPEC).glob("models-*"))
+
+
 def test_chunk_files_with_a_path_or_a_bad_checksum_are_refused(tmp_path):
     chunk = tmp_path / "run" / "models-00000-00001"
     with pytest.raises(RuntimeError, match="refused"):

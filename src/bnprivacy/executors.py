@@ -13,6 +13,8 @@ when ``executor="ray"`` is asked for.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import socket
 import tempfile
 import time
@@ -83,8 +85,9 @@ def _import_ray():
 def connect(address: str | None = None):
     """The ``ray`` module, connected to a cluster: the one this process already joined, the one at
     ``address`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``), or else a new local instance
-    (``RAY_ADDRESS``, when set, is honoured by Ray). An unreachable address fails within
-    ``CONNECT_TIMEOUT_SECONDS`` with what to do."""
+    (``RAY_ADDRESS``, when set, is honoured by Ray). An address where nothing listens fails within
+    ``CONNECT_TIMEOUT_SECONDS``, one where something else answers when Ray gives up (about 20 s),
+    each with what to do."""
     ray = _import_ray()
     where = _host_port(address) if address else None
     if ray.is_initialized():
@@ -133,14 +136,28 @@ def chunk_resources(ray, cfg, threads: int) -> dict:
     return {"num_gpus": 0, "num_cpus": threads}
 
 
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 of this package's Python sources: a worker trains only for a driver with the same code."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def train_chunk_files(spec, data, masks, models: list[int], *, strategy: str, queries: int,
-                      query_mode: str, threads: int) -> dict[str, bytes]:
+                      query_mode: str, threads: int, code: str) -> dict[str, bytes]:
     """Train one chunk, compute its signals, and return every file of the sealed chunk folder as
     bytes (what a Ray task sends back to the driver). Runs on a Ray worker; exactly the code of a
-    local run, in a temporary folder."""
+    local run, in a temporary folder. ``code`` is the driver's :func:`code_digest`."""
     from . import store
     from .training import resolve_device
 
+    if code != code_digest():
+        raise RuntimeError(f"the Ray worker on {socket.gethostname()} runs bnprivacy code that differs from the "
+                           "driver's; install the driver's commit there (git checkout, then make venv) and "
+                           "restart its Ray worker (ray stop; ray start --address HEAD:6379)")
     torch.set_num_threads(threads)  # CPU results depend on the thread count; fix it per task
     data = data.to(resolve_device(spec.config))
     with tempfile.TemporaryDirectory(prefix="bnprivacy-chunk-") as tmp:
@@ -194,7 +211,7 @@ def train_on_ray(runs: list[RunChunks], data, *, strategy: str, queries: int, qu
 
     ray = connect()
     threads = task_threads(ray, cpus_per_task)
-    options = dict(strategy=strategy, queries=queries, query_mode=query_mode, threads=threads)
+    options = dict(strategy=strategy, queries=queries, query_mode=query_mode, threads=threads, code=code_digest())
     data_ref = ray.put(data.to("cpu"))
     tasks = {}  # one remote function per resource request
 
