@@ -84,8 +84,9 @@ def _import_ray():
 
 def connect(address: str | None = None):
     """The ``ray`` module, connected to a cluster: the one this process already joined, the one at
-    ``address`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``), or else a new local instance
-    (``RAY_ADDRESS``, when set, is honoured by Ray). An address where nothing listens fails within
+    ``address`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``), or, without an address, what Ray
+    finds (``RAY_ADDRESS``, then a cluster started on this machine by ``ray start``) or else a new
+    local instance. An address where nothing listens fails within
     ``CONNECT_TIMEOUT_SECONDS``, one where something else answers when Ray gives up (about 20 s),
     each with what to do."""
     ray = _import_ray()
