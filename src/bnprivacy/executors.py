@@ -29,6 +29,11 @@ EXECUTORS = ("local", "ray")
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 
+# Longest wait for a finished task before the driver looks for Ctrl-C again (``ray.wait`` blocks
+# outside Python, where a signal is not handled).
+WAIT_SECONDS = 0.5
+
+
 class ChunksFailed(RuntimeError):
     """Chunks whose Ray tasks failed after every retry; the chunks that finished stay sealed."""
 
@@ -273,7 +278,10 @@ def _collect(ray, pending: dict, progress: bool) -> None:
     bar = tqdm(total=len(pending), desc="chunks on Ray", unit="chunk", disable=not progress)
     try:
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            # A short timeout hands control back to Python, so that Ctrl-C is seen while tasks run.
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
+            if not done:
+                continue
             run, models = pending.pop(done[0])
             chunk = run.folder / store.chunk_name(models)
             try:
