@@ -2,8 +2,10 @@
 chunks submitted, failures reported by chunk range, an interrupted run keeps its sealed chunks."""
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -148,6 +150,31 @@ def test_ctrl_c_cancels_the_outstanding_tasks_and_keeps_the_sealed_chunks(cluste
     submitted.clear()
     shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray")
     assert submitted == [[2, 3]]
+
+
+def test_a_sigint_while_chunks_train_cancels_their_tasks_and_frees_their_locks(cluster, data, monkeypatch,
+                                                                               submitted):
+    def never_finishes(spec, data, masks, models, **options):  # runs on a Ray worker
+        import time
+        time.sleep(600)
+
+    real_submit = executors.submit_chunk
+
+    def submit_then_press_ctrl_c(*args):
+        ref = real_submit(*args)
+        if len(submitted) == 2:  # both chunks submitted: Ctrl-C a second later
+            threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+        return ref
+
+    monkeypatch.setattr(executors, "train_chunk_files", never_finishes)
+    monkeypatch.setattr(executors, "submit_chunk", submit_then_press_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray", cpus_per_task=1)
+    for models in ([0, 1], [2, 3]):
+        with pytest.raises(ray.exceptions.TaskCancelledError):
+            ray.get(submitted.refs[tuple(models)], timeout=120)  # a guard: a task left running sleeps 600 s
+    folder = store.run_folder(SPEC)
+    assert leftover_locks(folder) == [] and not list(folder.glob("models-*"))
 
 
 def test_a_cuda_run_on_a_cluster_without_gpus_is_refused_before_any_chunk_is_claimed(cluster, data):

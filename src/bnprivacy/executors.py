@@ -29,11 +29,6 @@ EXECUTORS = ("local", "ray")
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 
-# Longest wait for a finished task before the driver looks for Ctrl-C again (``ray.wait`` blocks
-# outside Python, where a signal is not handled).
-WAIT_SECONDS = 0.5
-
-
 class ChunksFailed(RuntimeError):
     """Chunks whose Ray tasks failed after every retry; the chunks that finished stay sealed."""
 
@@ -278,10 +273,7 @@ def _collect(ray, pending: dict, progress: bool) -> None:
     bar = tqdm(total=len(pending), desc="chunks on Ray", unit="chunk", disable=not progress)
     try:
         while pending:
-            # A short timeout hands control back to Python, so that Ctrl-C is seen while tasks run.
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
-            if not done:
-                continue
+            done, _ = ray.wait(list(pending), num_returns=1)
             run, models = pending.pop(done[0])
             chunk = run.folder / store.chunk_name(models)
             try:
