@@ -239,6 +239,19 @@ def test_an_unreachable_address_is_one_clear_error_and_writes_nothing(isolated_s
     assert not (isolated_store / "results").exists()
 
 
+def test_a_dp_run_on_ray_equals_the_local_dp_run_with_its_privacy_accounting(cluster, isolated_store, monkeypatch):
+    from bnprivacy.dp import DPRunSpec, dp_shadow_run, run_privacy
+
+    cfg = Config(norm="group", width=4, epochs=2, batch_size=32, lr=0.2, train_size=128, device="cpu")
+    spec, data = DPRunSpec(cfg, n_models=2, epsilon=2.0), load_dataset(cfg)
+    monkeypatch.setenv("BNPRIVACY_RESULTS", str(isolated_store / "local"))
+    local = dp_shadow_run(spec, data, progress=False)
+    monkeypatch.setenv("BNPRIVACY_RESULTS", str(isolated_store / "ray"))
+    on_ray = dp_shadow_run(spec, data, progress=False, executor="ray")
+    assert torch.equal(local.logits_pool, on_ray.logits_pool) and torch.equal(local.logits_test, on_ray.logits_test)
+    assert run_privacy(on_ray).equals(run_privacy(local)) and len(run_privacy(on_ray)) == 2
+
+
 def test_a_family_trained_on_ray_is_found_complete_by_the_chapters(cluster, monkeypatch, submitted):
     from bnprivacy.analysis import sweep
 

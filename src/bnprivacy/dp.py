@@ -182,11 +182,14 @@ class DPRunSpec:
 
 
 def dp_shadow_run(spec: DPRunSpec, data=None, *, chunk_size: int = 1, queries: int = 2,
-                  progress: bool = True) -> ShadowRun:
+                  progress: bool = True, executor: str = "local", address: str | None = None,
+                  cpus_per_task: int | None = None, max_retries: int = 2) -> ShadowRun:
     """Train (or resume, or load) the DP shadow run ``spec``; an ordinary ``ShadowRun``.
 
     ``chunk_size=1`` stores every model as soon as it is trained, so an interrupted run loses at
     most the model in progress. The privacy accounting of every model is in :func:`run_privacy`.
+    ``executor="ray"`` (with ``address``, ``cpus_per_task``, ``max_retries``) trains the models as
+    Ray tasks, as in :func:`bnprivacy.store.shadow_run`; the workers need Opacus.
     """
     from .data import load_dataset
     from .training import resolve_device
@@ -194,7 +197,8 @@ def dp_shadow_run(spec: DPRunSpec, data=None, *, chunk_size: int = 1, queries: i
     if data is None:
         data = load_dataset(spec.config, resolve_device(spec.config))
     spec.resolve_delta(spec.masks(len(data.y_train)))  # a bad delta fails before any training
-    return shadow_run(spec, data, chunk_size=chunk_size, queries=queries, progress=progress)
+    return shadow_run(spec, data, chunk_size=chunk_size, queries=queries, progress=progress, executor=executor,
+                      address=address, cpus_per_task=cpus_per_task, max_retries=max_retries)
 
 
 def run_privacy(run: ShadowRun) -> pd.DataFrame:
