@@ -105,7 +105,10 @@ def connect(address: str | None = None):
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     except ConnectionError as error:
-        raise RuntimeError(_unreachable(address, error)) from error
+        raise RuntimeError(_unreachable(address, error) + (
+            "; if a Ray cluster does run there, it may want its token (Ray >= 2.59 turns token authentication "
+            "on for clusters started by `ray start`): set RAY_AUTH_MODE=token and copy the head's "
+            "~/.ray/auth_token here, or set RAY_AUTH_TOKEN" if where is not None else "")) from error
     return ray
 
 
