@@ -41,8 +41,14 @@ def test_outside_the_repository_the_command_says_where_to_run_it(tmp_path, monke
     (["chapter", "01_training", "-p", "epoch", "1"], "not a parameter of 01_training; allowed names"),
     (["chapter", "01_training", "-p", "profile", "../../x"], "-p profile is not allowed"),
     (["chapter", "01_training", "--profile", "../../x"], "profile '../../x' is not in"),
+    (["shadow", "4", "--executor", "slurm"], "executor='slurm' is not allowed; allowed values: local, ray"),
+    (["shadow", "4", "--executor", "ray", "--shard", "0/2"], "executor='ray' schedules the whole run"),
+    (["family", "--executor", "dask"], "executor='dask' is not allowed; allowed values: local, ray"),
+    (["family", "--executor", "ray", "--shard", "1/2"], "executor='ray' schedules the whole run"),
+    (["family", "--address", "10.0.0.5:6379"], "add --executor ray"),
 ])
-def test_bad_parameters_fail_with_one_line_before_anything_runs(argv, message, monkeypatch, capsys):
+def test_bad_parameters_fail_with_one_line_before_anything_runs(argv, message, monkeypatch, capsys, isolated_store):
     monkeypatch.chdir(REPO)
     assert main(argv) == 1
     assert message in capsys.readouterr().err
+    assert not (isolated_store / "results").exists()
