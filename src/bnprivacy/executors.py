@@ -166,8 +166,8 @@ def train_chunk_files(spec, data, masks, models: list[int], *, strategy: str, qu
     data = data.to(resolve_device(spec.config))
     with tempfile.TemporaryDirectory(prefix="bnprivacy-chunk-") as tmp:
         chunk = Path(tmp) / store.chunk_name(models)
-        store._train_and_seal(spec, data, masks, models, chunk, strategy, progress=False)
-        store._chunk_signals(spec, chunk, data, queries, query_mode)
+        store.train_and_seal(spec, data, masks, models, chunk, strategy, progress=False)
+        store.chunk_signals(spec, chunk, data, queries, query_mode)
         return {path.name: path.read_bytes() for path in sorted(chunk.iterdir()) if path.is_file()}
 
 
@@ -202,7 +202,7 @@ class RunChunks:
     def missing(self) -> list[list[int]]:
         from . import store
 
-        return _contiguous(store._missing_chunks(self.folder, self.spec.n_models, self.chunk_size))
+        return _contiguous(store.missing_chunks(self.folder, self.spec.n_models, self.chunk_size))
 
 
 def train_on_ray(runs: list[RunChunks], data, *, strategy: str, queries: int, query_mode: str,
@@ -233,7 +233,7 @@ def train_on_ray(runs: list[RunChunks], data, *, strategy: str, queries: int, qu
         if not missing:
             return
         mine = [(run, models) for run, models in missing
-                if store._claim(run.folder / store.chunk_name(models))]
+                if store.claim_chunk(run.folder / store.chunk_name(models))]
         if not mine:
             time.sleep(store.CHUNK_POLL_SECONDS)  # every missing chunk is held by another process
             continue
@@ -284,7 +284,7 @@ def _collect(ray, pending: dict, progress: bool) -> None:
             except (ray.exceptions.RayError, RuntimeError) as error:  # the task failed, or its files
                 failures.append((chunk, error))
             finally:
-                store._lock(chunk).unlink(missing_ok=True)
+                store.chunk_lock(chunk).unlink(missing_ok=True)
             bar.update()
     except BaseException:
         _abandon(ray, pending, list(pending.values()))
@@ -302,7 +302,7 @@ def _abandon(ray, pending: dict, claimed: list) -> None:
     for ref in pending:
         ray.cancel(ref, force=True)
     for run, models in claimed:
-        store._lock(run.folder / store.chunk_name(models)).unlink(missing_ok=True)
+        store.chunk_lock(run.folder / store.chunk_name(models)).unlink(missing_ok=True)
 
 
 def _failure_report(failures: list) -> str:

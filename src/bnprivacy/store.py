@@ -303,7 +303,7 @@ def shadow_run(spec: RunSpec, data=None, *, chunk_size: int = 16, shard: str = "
     if data is None:
         data = load_dataset(spec.config, resolve_device(spec.config))
     folder, masks = plan_run(spec, data)
-    if executor == "ray" and _missing_chunks(folder, spec.n_models, chunk_size):
+    if executor == "ray" and missing_chunks(folder, spec.n_models, chunk_size):
         executors.connect(address)  # before anything is written: an unreachable cluster leaves no trace
     open_run(spec, folder, masks, chunk_size)
     if executor == "ray":
@@ -334,14 +334,14 @@ def plan_run(spec: RunSpec, data) -> tuple[Path, torch.Tensor]:
 
 def open_run(spec: RunSpec, folder: Path, masks: torch.Tensor, chunk_size: int) -> None:
     """Write the run's description (spec, masks, chunk size) before any chunk trains."""
-    if _missing_chunks(folder, spec.n_models, chunk_size):
+    if missing_chunks(folder, spec.n_models, chunk_size):
         _check_chunk_size(folder, chunk_size)
     _run_masks(spec, folder, masks)
 
 
 def is_run_complete(folder: Path, n_models: int, chunk_size: int) -> bool:
     """Whether every model of the run in ``folder`` is in a sealed chunk."""
-    return not _missing_chunks(folder, n_models, chunk_size)
+    return not missing_chunks(folder, n_models, chunk_size)
 
 
 # Seconds between looks at a chunk that another process is training.
@@ -357,7 +357,7 @@ def _train_my_chunks(spec: RunSpec, data, masks, folder: Path, chunk_size: int, 
 
     first_pass = True
     while True:
-        todo = [models for models in _missing_chunks(folder, spec.n_models, chunk_size)
+        todo = [models for models in missing_chunks(folder, spec.n_models, chunk_size)
                 if (models[0] // chunk_size) % shard_count == shard_index]
         if not todo:
             return
@@ -409,7 +409,7 @@ def _chunk_range(chunk: Path) -> tuple[int, int]:
     return int(first), int(last)
 
 
-def _missing_chunks(folder: Path, n_models: int, chunk_size: int) -> list[list[int]]:
+def missing_chunks(folder: Path, n_models: int, chunk_size: int) -> list[list[int]]:
     """Models without a complete chunk, grouped into chunks of the run's grid."""
     done = set()
     for chunk in _chunk_folders(folder):
@@ -434,13 +434,13 @@ def _train_chunk(spec: RunSpec, data, masks, models: list[int], folder: Path, st
     if models != list(range(models[0], models[-1] + 1)):
         # A chunk folder always holds a contiguous range of models.
         return all([_train_chunk(spec, data, masks, [model], folder, strategy, progress) for model in models])
-    if not _claim(chunk):
+    if not claim_chunk(chunk):
         return False
     try:
         if not is_complete(chunk, required=CHUNK_FILES):  # sealed by another process meanwhile
-            _train_and_seal(spec, data, masks, models, chunk, strategy, progress)
+            train_and_seal(spec, data, masks, models, chunk, strategy, progress)
     finally:
-        _lock(chunk).unlink(missing_ok=True)
+        chunk_lock(chunk).unlink(missing_ok=True)
     return True
 
 
@@ -449,14 +449,15 @@ def chunk_name(models: list[int]) -> str:
     return f"models-{models[0]:05d}-{models[-1]:05d}"
 
 
-def _lock(chunk: Path) -> Path:
+def chunk_lock(chunk: Path) -> Path:
+    """The lock file of ``chunk``: held by the process that trains (or submits) it."""
     return chunk.with_name(chunk.name + ".lock")
 
 
-def _claim(chunk: Path) -> bool:
+def claim_chunk(chunk: Path) -> bool:
     """Take ``chunk``'s lock file (created exclusively); a lock whose process has died on this
     machine is taken over. False when a live process holds it."""
-    lock = _lock(chunk)
+    lock = chunk_lock(chunk)
     lock.parent.mkdir(parents=True, exist_ok=True)
     try:
         handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -464,7 +465,7 @@ def _claim(chunk: Path) -> bool:
         if not _stale(lock):
             return False
         lock.unlink(missing_ok=True)
-        return _claim(chunk)
+        return claim_chunk(chunk)
     with os.fdopen(handle, "w") as out:
         out.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     return True
@@ -490,8 +491,9 @@ def _stale(lock: Path) -> bool:
     return False
 
 
-def _train_and_seal(spec: RunSpec, data, masks, models: list[int], chunk: Path, strategy: str,
-                    progress: bool) -> None:
+def train_and_seal(spec: RunSpec, data, masks, models: list[int], chunk: Path, strategy: str,
+                   progress: bool) -> None:
+    """Train the models ``models`` and write them into ``chunk`` with their tables, sealed last."""
     reset(chunk)
     result = spec.train(data, masks, models, strategy=strategy, progress=progress)
     save_torch(chunk / "states.pt", {str(m): s for m, s in zip(models, result.states)})
@@ -509,7 +511,9 @@ def chunk_table(run: "ShadowRun", name: str) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
-def _chunk_signals(spec: RunSpec, chunk: Path, data, queries: int, query_mode: str) -> dict:
+def chunk_signals(spec: RunSpec, chunk: Path, data, queries: int, query_mode: str) -> dict:
+    """The logits of ``chunk``'s models on every pool, test (and reference) sample, computed once
+    and sealed in the chunk."""
     from .signals import collect_logits
 
     name = f"signals-{query_mode}-q{queries}"
@@ -533,7 +537,7 @@ def _load_run(spec: RunSpec, folder: Path, data, masks, queries: int, query_mode
         histories.append(pd.read_csv(chunk / "history.csv"))
         canary_histories.append(_read_csv_or_empty(chunk / "canaries.csv"))
         probe_histories.append(_read_csv_or_empty(chunk / "probes.csv"))
-        signals = _chunk_signals(spec, chunk, data, queries, query_mode)
+        signals = chunk_signals(spec, chunk, data, queries, query_mode)
         pool.append(signals["pool"])
         test.append(signals["test"])
         if "ref" in signals:
