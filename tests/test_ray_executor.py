@@ -3,6 +3,7 @@ chunks submitted, failures reported by chunk range, an interrupted run keeps its
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -225,6 +226,27 @@ def test_bad_executor_input_is_refused_before_anything_is_written(data, kwargs, 
     with pytest.raises(ValueError, match=message):
         shadow_run(SPEC, data, chunk_size=2, progress=False, **kwargs)
     assert not store.run_folder(SPEC).exists()
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP server that accepts connections and never answers; yields its (host, port)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    thread = threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True)
+    thread.start()
+    yield server.getsockname()[:2]
+    server.close()
+    for conn, _ in accepted:
+        conn.close()
+
+
+def test_the_probe_tells_a_ray_head_from_a_silent_server(cluster, silent_server, monkeypatch):
+    host, port = cluster.get_runtime_context().gcs_address.rsplit(":", 1)
+    executors.probe_grpc((host, int(port)))  # the test cluster's GCS answers
+    monkeypatch.setattr(executors, "CONNECT_TIMEOUT_SECONDS", 1.0)
+    with pytest.raises(OSError, match="did not answer within 1 s"):
+        executors.probe_grpc(silent_server)
 
 
 def test_an_unreachable_address_is_one_clear_error_and_writes_nothing(isolated_store):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import os
 import socket
 import tempfile
 import time
@@ -24,8 +25,8 @@ import torch
 
 EXECUTORS = ("local", "ray")
 
-# Seconds to wait for a TCP connection to a Ray head before calling it unreachable (``ray.init``
-# itself retries an unreachable address for minutes).
+# Seconds to wait for a Ray head to accept a connection and answer, before calling it unreachable
+# (``ray.init`` itself retries an unreachable or silent address for minutes).
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 
@@ -86,9 +87,9 @@ def connect(address: str | None = None):
     """The ``ray`` module, connected to a cluster: the one this process already joined, the one at
     ``address`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``), or, without an address, what Ray
     finds (``RAY_ADDRESS``, then a cluster started on this machine by ``ray start``) or else a new
-    local instance. An address where nothing listens fails within
-    ``CONNECT_TIMEOUT_SECONDS``, one where something else answers when Ray gives up (about 20 s),
-    each with what to do."""
+    local instance. An address where nothing listens or nothing answers fails within
+    ``CONNECT_TIMEOUT_SECONDS`` (:func:`probe_grpc`), one where another gRPC server answers when Ray
+    gives up (about 20 s), each with what to do."""
     ray = _import_ray()
     where = _host_port(address) if address else None
     if ray.is_initialized():
@@ -99,7 +100,7 @@ def connect(address: str | None = None):
         return ray
     if where is not None:
         try:
-            socket.create_connection(where, timeout=CONNECT_TIMEOUT_SECONDS).close()
+            probe_grpc(where)
         except OSError as error:
             raise RuntimeError(_unreachable(address, error)) from error
     try:
@@ -110,6 +111,28 @@ def connect(address: str | None = None):
             "on for clusters started by `ray start`): set RAY_AUTH_MODE=token and copy the head's "
             "~/.ray/auth_token here, or set RAY_AUTH_TOKEN" if where is not None else "")) from error
     return ray
+
+
+# An HTTP/2 client's opening: the connection preface and an empty SETTINGS frame.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def probe_grpc(where: tuple[str, int]) -> None:
+    """Raise ``OSError`` unless a gRPC server (a Ray head's GCS, or Ray Client) answers at ``where``
+    within ``CONNECT_TIMEOUT_SECONDS``: it must send a SETTINGS frame back. ``ray.init`` waits for
+    minutes on a port where nothing, or something silent, listens. With ``RAY_USE_TLS=1`` only the
+    TCP connection is checked (the server then expects TLS first)."""
+    try:
+        with socket.create_connection(where, timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+            if os.environ.get("RAY_USE_TLS", "0") not in ("0", ""):
+                return
+            conn.sendall(HTTP2_PREFACE)
+            reply = conn.recv(9)
+    except TimeoutError as error:
+        raise OSError(f"{where[0]}:{where[1]} did not answer within {CONNECT_TIMEOUT_SECONDS:g} s") from error
+    if len(reply) < 9 or reply[3] != 4:
+        raise OSError(f"{where[0]}:{where[1]} accepts connections but does not answer as a gRPC server, "
+                      "so it is not a Ray head")
 
 
 def _unreachable(address: str | None, error: Exception) -> str:
