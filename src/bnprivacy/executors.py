@@ -228,6 +228,24 @@ class RunChunks:
         return _contiguous(store.missing_chunks(self.folder, self.spec.n_models, self.chunk_size))
 
 
+def train_runs_on_ray(specs: list, data, chunk_size: int, *, address: str | None, cpus_per_task: int | None,
+                      max_retries: int, progress: bool, strategy: str = "batched", queries: int = 2,
+                      query_mode: str = "eval") -> list[RunChunks]:
+    """Plan the runs of ``specs`` (masks checked, nothing written), join the cluster when a chunk
+    is missing (so an unreachable cluster leaves no trace), write the runs' descriptions, and train
+    every missing chunk of all of them as Ray tasks at once (:func:`train_on_ray`)."""
+    from . import store
+
+    runs = [RunChunks(spec, *store.plan_run(spec, data), chunk_size) for spec in specs]
+    if any(run.missing() for run in runs):
+        connect(address)
+    for run in runs:
+        store.open_run(run.spec, run.folder, run.masks, chunk_size)
+    train_on_ray(runs, data, strategy=strategy, queries=queries, query_mode=query_mode,
+                 cpus_per_task=cpus_per_task, max_retries=max_retries, progress=progress)
+    return runs
+
+
 def train_on_ray(runs: list[RunChunks], data, *, strategy: str, queries: int, query_mode: str,
                  cpus_per_task: int | None, max_retries: int, progress: bool) -> None:
     """Train every missing chunk of ``runs`` as Ray tasks (all runs' chunks at once), writing each
@@ -331,9 +349,11 @@ def _abandon(ray, pending: dict, claimed: list) -> None:
 def _failure_report(failures: list) -> str:
     lines = [f"{len(failures)} chunk(s) failed on Ray after every retry (the other chunks are sealed and stay; "
              "run the same command again to retry only these):"]
+    from . import store
+
     for chunk, error in failures:
-        first, last = chunk.name.split("-")[1:3]
+        first, last = store.chunk_range(chunk)
         cause = getattr(error, "cause", None) or error  # a RayTaskError carries the task's exception
         message = (str(cause).strip().splitlines() or [""])[-1]
-        lines.append(f"  models {int(first)}-{int(last)} of {chunk.parent}: {type(cause).__name__}: {message}")
+        lines.append(f"  models {first}-{last} of {chunk.parent}: {type(cause).__name__}: {message}")
     return "\n".join(lines)

@@ -249,7 +249,7 @@ class ShadowRun:
     def state_dict(self, model: int) -> dict[str, torch.Tensor]:
         """The trained weights and buffers of model ``model``."""
         for folder in _chunk_folders(self.folder):
-            first, last = _chunk_range(folder)
+            first, last = chunk_range(folder)
             if first <= model <= last:
                 return load_torch(folder / "states.pt")[str(model)]
         raise ValueError(f"model {model} is outside the run's {self.spec.n_models} models")
@@ -302,15 +302,14 @@ def shadow_run(spec: RunSpec, data=None, *, chunk_size: int = 16, shard: str = "
     check_chunk_size(chunk_size)
     if data is None:
         data = load_dataset(spec.config, resolve_device(spec.config))
-    folder, masks = plan_run(spec, data)
-    if executor == "ray" and missing_chunks(folder, spec.n_models, chunk_size):
-        executors.connect(address)  # before anything is written: an unreachable cluster leaves no trace
-    open_run(spec, folder, masks, chunk_size)
     if executor == "ray":
-        executors.train_on_ray([executors.RunChunks(spec, folder, masks, chunk_size)], data, strategy=strategy,
-                               queries=queries, query_mode=query_mode, cpus_per_task=cpus_per_task,
-                               max_retries=max_retries, progress=progress)
+        (run,) = executors.train_runs_on_ray([spec], data, chunk_size, address=address, strategy=strategy,
+                                             queries=queries, query_mode=query_mode, cpus_per_task=cpus_per_task,
+                                             max_retries=max_retries, progress=progress)
+        folder, masks = run.folder, run.masks
     else:
+        folder, masks = plan_run(spec, data)
+        open_run(spec, folder, masks, chunk_size)
         _train_my_chunks(spec, data, masks, folder, chunk_size, shard_index, shard_count, strategy, progress)
     if not is_run_complete(folder, spec.n_models, chunk_size):
         return None
@@ -404,7 +403,8 @@ def _chunk_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("models-*") if p.is_dir())
 
 
-def _chunk_range(chunk: Path) -> tuple[int, int]:
+def chunk_range(chunk: Path) -> tuple[int, int]:
+    """The first and last model of the chunk folder ``chunk``."""
     first, last = chunk.name.split("-")[1:3]
     return int(first), int(last)
 
@@ -414,7 +414,7 @@ def missing_chunks(folder: Path, n_models: int, chunk_size: int) -> list[list[in
     done = set()
     for chunk in _chunk_folders(folder):
         if is_complete(chunk, required=CHUNK_FILES):
-            first, last = _chunk_range(chunk)
+            first, last = chunk_range(chunk)
             done.update(range(first, last + 1))
     chunks = []
     for start in range(0, n_models, chunk_size):
@@ -569,10 +569,10 @@ def training_seconds(run: ShadowRun) -> float:
 
 def _run_chunks(folder: Path) -> list[Path]:
     """The complete chunks that make up a run, in model order, without overlaps."""
-    chunks = sorted((c for c in _chunk_folders(folder) if is_complete(c, required=CHUNK_FILES)), key=_chunk_range)
+    chunks = sorted((c for c in _chunk_folders(folder) if is_complete(c, required=CHUNK_FILES)), key=chunk_range)
     kept, covered = [], -1
     for chunk in chunks:
-        first, last = _chunk_range(chunk)
+        first, last = chunk_range(chunk)
         if first <= covered:
             continue  # an overlapping chunk left by an earlier grid: the first one wins
         kept.append(chunk)

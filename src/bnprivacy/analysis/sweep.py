@@ -158,23 +158,12 @@ def train_family_shard(p: Protocol, *, shard: str = "0/1", chunk_size: int = 16,
     keys = [(n, b, s) for n in p.norms for b in p.budgets for s in range(p.seeds)]
     specs = [p.spec(norm, budget, lrs[norm], seed, len(data.y_train)) for norm, budget, seed in keys]
     if executor == "ray":
-        return _train_family_on_ray(specs, data, chunk_size, address, cpus_per_task, max_retries, progress), len(keys)
+        runs = executors.train_runs_on_ray(specs, data, chunk_size, address=address, cpus_per_task=cpus_per_task,
+                                           max_retries=max_retries, progress=progress)
+        return sum(store.is_run_complete(run.folder, run.spec.n_models, chunk_size) for run in runs), len(keys)
     complete = sum(store.shadow_run(spec, data, chunk_size=chunk_size, shard=shard, progress=progress) is not None
                    for spec in specs)
     return complete, len(keys)
-
-
-def _train_family_on_ray(specs, data, chunk_size: int, address, cpus_per_task, max_retries, progress) -> int:
-    from .. import executors, store
-
-    runs = [executors.RunChunks(spec, *store.plan_run(spec, data), chunk_size) for spec in specs]
-    if any(run.missing() for run in runs):
-        executors.connect(address)  # before anything is written
-    for run in runs:
-        store.open_run(run.spec, run.folder, run.masks, chunk_size)
-    executors.train_on_ray(runs, data, strategy="batched", queries=2, query_mode="eval",
-                           cpus_per_task=cpus_per_task, max_retries=max_retries, progress=progress)
-    return sum(store.is_run_complete(run.folder, run.spec.n_models, chunk_size) for run in runs)
 
 
 @dataclasses.dataclass
