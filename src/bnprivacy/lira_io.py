@@ -7,15 +7,25 @@ Layout of a folder ``ROOT``::
     ROOT/experiment-{k}_{N}/keep.npy        model k's inclusion mask, bool [P]
     ROOT/experiment-{k}_{N}/logits/{epoch:010d}.npy   float32 [P, 1, Q, K]: logits of model k
                                             on every pool sample under Q query views
+    ROOT/bnprivacy.json                     ours only: {"format": 1, "query_mode": "eval" or "train",
+                                            "n_models": N, "epoch": E}
 
-The reference ``score.py`` turns each logits file into ``scores/{epoch:010d}.npy`` and ``plot.py``
-reads ``keep.npy`` with those scores; exporting lets anyone run them on our models, importing
-lets our attacks score theirs.
+The reference ``train.py`` names a folder ``experiment-{k}_{N}`` with ``--expid k`` and
+``experiment-{seed}`` without it; import reads both. The reference ``score.py`` turns each logits
+file into ``scores/{epoch:010d}.npy`` and ``plot.py`` reads ``keep.npy`` with those scores; exporting
+lets anyone run them on our models, importing lets our attacks score theirs. ``bnprivacy.json``
+records how BatchNorm was queried (``eval``: running statistics, ``train``: the query batch's own
+statistics), which the logits alone do not tell; the reference scripts ignore it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import re
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,24 +33,144 @@ import torch
 
 from .attacks import AttackInput
 
-EXPERIMENT = re.compile(r"experiment-(\d+)_(\d+)$")
+EXPERIMENT = re.compile(r"experiment-(\d+)_(\d+)$")  # train.py --expid k --num_experiments N
+SEEDED = re.compile(r"experiment-(\d+)$")  # train.py without --expid: the training seed
+METADATA = "bnprivacy.json"
+FORMAT = 1
+QUERY_MODES = ("eval", "train")
 
 
-def export_lira(run, root: Path, epoch: int | None = None) -> Path:
-    """Write a ShadowRun's masks and pool logits into ``root`` in the reference layout."""
+@dataclasses.dataclass(frozen=True)
+class LiraMetadata:
+    """What ``export_lira`` records in ``ROOT/bnprivacy.json`` besides the reference layout."""
+
+    query_mode: str
+    n_models: int
+    epoch: int
+    format: int = FORMAT
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+def export_lira(run, root: Path, epoch: int | None = None, *, query_mode: str | None = None,
+                replace: bool = False) -> Path:
+    """Write a ShadowRun's masks and pool logits into ``root`` in the reference layout.
+
+    ``query_mode`` ("eval" or "train", how BatchNorm was queried) defaults to ``run.query_mode``
+    and is recorded in ``root/bnprivacy.json``. A ``root`` that already holds the layout
+    (``y_train.npy``, ``experiment*`` folders, ``bnprivacy.json``) is refused unless
+    ``replace=True``, which first removes exactly those entries and leaves other files alone.
+    """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    mode = _export_mode(run, query_mode)
     epoch = int(run.history["epoch"].max()) if epoch is None else epoch
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        raise ValueError(f"epoch={epoch!r}; expected an integer >= 0 (it names the logits file)")
+    _clear_destination(root, replace)
+    root.mkdir(parents=True, exist_ok=True)
     np.save(root / "y_train.npy", run.y_pool.numpy().astype(np.int64))
     n = run.masks.shape[0]
     for k in range(n):
         folder = root / f"experiment-{k}_{n}"
-        (folder / "logits").mkdir(parents=True, exist_ok=True)
+        (folder / "logits").mkdir(parents=True)
         np.save(folder / "keep.npy", run.masks[k].numpy())
         logits = run.logits_pool[k].permute(1, 0, 2).unsqueeze(1).numpy().astype(np.float32)
         np.save(folder / "logits" / f"{epoch:010d}.npy", logits)
+    # Written last, so a folder whose export was killed half-way carries no claim to be complete.
+    _write_metadata(root, LiraMetadata(query_mode=mode, n_models=n, epoch=int(epoch)))
     return root
 
+
+def _export_mode(run, query_mode: str | None) -> str:
+    """The BN query mode to record: the caller's, else the run's own; both must agree."""
+    own = getattr(run, "query_mode", None)
+    mode = own if query_mode is None else query_mode
+    if mode is None:
+        raise ValueError("the run does not say how BatchNorm was queried; pass query_mode='eval' "
+                         "(running statistics) or query_mode='train' (the query batch's statistics)")
+    if mode not in QUERY_MODES:
+        raise ValueError(f"query_mode={mode!r}; expected 'eval' or 'train'")
+    if own is not None and own != mode:
+        raise ValueError(f"query_mode={mode!r} but the run was queried with {own!r}; leave query_mode "
+                         "out to record the run's own mode")
+    return mode
+
+
+def _layout_entries(root: Path) -> list[Path]:
+    """The entries of ``root`` that belong to the layout (what the reference plot.py would read)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir()
+                  if p.name in ("y_train.npy", METADATA) or (p.name.startswith("experiment") and p.is_dir()))
+
+
+def _clear_destination(root: Path, replace: bool) -> None:
+    """Refuse a ``root`` that holds the layout, or (``replace``) remove exactly the layout's entries.
+
+    Old experiment folders left next to new ones would be imported with them (6 then 4 models
+    would read back as 10), and an old logits file would sit beside a new keep.npy.
+    """
+    entries = _layout_entries(root)
+    if not entries:
+        return
+    if not replace:
+        shown = ", ".join(p.name for p in entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise ValueError(f"{root} already holds a LiRA layout ({shown}); pass replace=True to remove those "
+                         "entries first (other files stay), or export into another folder")
+    # The metadata goes first: a removal that is interrupted leaves no file claiming a complete export.
+    for path in sorted(entries, key=lambda p: p.name != METADATA):
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()  # a link is removed, never the folder it points to
+        else:
+            shutil.rmtree(path)
+
+
+def _write_metadata(root: Path, meta: LiraMetadata) -> None:
+    """``root/bnprivacy.json``, through a temporary file and a rename."""
+    temporary = root / f".{METADATA}.tmp"
+    temporary.write_text(json.dumps(dataclasses.asdict(meta), indent=1, sort_keys=True) + "\n")
+    os.replace(temporary, root / METADATA)
+
+
+# --- metadata -------------------------------------------------------------------------------------
+
+def lira_metadata(root: Path) -> LiraMetadata | None:
+    """What ``root/bnprivacy.json`` records (the BN query mode among it), or None for a folder
+    without it, such as one written by the reference code, whose query mode is unknown.
+
+    Raises ``ValueError`` naming the file when it is not the JSON object ``export_lira`` writes.
+    """
+    path = Path(root) / METADATA
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); re-export the run with replace=True, "
+                         f"or delete {path.name} to import the folder without a recorded query mode") from None
+    expected = {field.name for field in dataclasses.fields(LiraMetadata)}
+    if not isinstance(raw, dict) or set(raw) != expected:
+        found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"{path} holds {found}; expected an object with exactly the keys {sorted(expected)}")
+    return _checked_metadata(path, raw)
+
+
+def _checked_metadata(path: Path, raw: dict) -> LiraMetadata:
+    """The fields of ``raw`` with their types and ranges checked."""
+    for name in ("format", "n_models", "epoch"):
+        if isinstance(raw[name], bool) or not isinstance(raw[name], int):
+            raise ValueError(f"{path}: {name} is {raw[name]!r}; expected an integer")
+    if raw["format"] != FORMAT:
+        raise ValueError(f"{path} has format {raw['format']}; this version reads format {FORMAT} only")
+    if raw["query_mode"] not in QUERY_MODES:
+        raise ValueError(f"{path}: query_mode is {raw['query_mode']!r}; expected 'eval' or 'train'")
+    if raw["n_models"] < 1 or raw["epoch"] < 0:
+        raise ValueError(f"{path}: n_models {raw['n_models']} and epoch {raw['epoch']}; expected n_models >= 1 "
+                         "and epoch >= 0")
+    return LiraMetadata(**raw)
+
+
+# --- import ---------------------------------------------------------------------------------------
 
 def _load_array(path: Path) -> np.ndarray:
     """An .npy file, never unpickled (object arrays are refused)."""
@@ -61,12 +191,81 @@ def _keep(path: Path, pool: int) -> np.ndarray:
     return keep.astype(bool)
 
 
-def import_lira(root: Path) -> AttackInput:
-    """Read a folder in the reference layout (the last logits file of every experiment).
+def _experiments(root: Path) -> list[Path]:
+    """The experiment folders of ``root`` ordered by their number (k, or the seed).
 
-    Raises ``ValueError`` naming what is missing or inconsistent.
+    Folders named ``experiment*`` in neither style are skipped with a warning naming each;
+    two folders with the same number, ``experiment-k_N`` folders that disagree on N, and
+    folders without keep.npy or logits are refused, all of them named.
     """
-    root = Path(root)
+    numbered, odd, sizes = [], [], {}
+    for path in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("experiment")):
+        match = EXPERIMENT.match(path.name) or SEEDED.match(path.name)
+        if match is None:
+            odd.append(path.name)
+            continue
+        numbered.append((int(match.group(1)), path))
+        if match.re is EXPERIMENT:
+            sizes.setdefault(int(match.group(2)), []).append(path.name)
+    if odd:
+        warnings.warn(f"skipped {len(odd)} folder(s) in {root} named neither experiment-K_N nor "
+                      f"experiment-SEED: {', '.join(odd)}; rename or move them to import them", stacklevel=3)
+    if not numbered:
+        raise ValueError(f"no experiment-K_N or experiment-SEED folders in {root}")
+    _refuse_clashes(root, numbered, sizes)
+    _refuse_incomplete(root, [path for _, path in numbered])
+    return [path for _, path in sorted(numbered)]
+
+
+def _refuse_clashes(root: Path, numbered: list[tuple[int, Path]], sizes: dict[int, list[str]]) -> None:
+    """Refuse folders that cannot come from one run: a number used twice, or several values of N."""
+    by_number: dict[int, list[str]] = {}
+    for number, path in numbered:
+        by_number.setdefault(number, []).append(path.name)
+    clashes = [names for names in by_number.values() if len(names) > 1]
+    if clashes:
+        raise ValueError(f"{root} has several folders for the same model: "
+                         f"{'; '.join(' and '.join(names) for names in clashes)}; they come from different "
+                         "exports or trainings, move one set to another folder")
+    if len(sizes) > 1:
+        listed = "; ".join(f"N={n}: {', '.join(names)}" for n, names in sorted(sizes.items()))
+        raise ValueError(f"{root} mixes experiment-K_N folders of runs with different N ({listed}); "
+                         "move each run to its own folder")
+
+
+def _refuse_incomplete(root: Path, folders: list[Path]) -> None:
+    """Name every experiment folder that lacks keep.npy or a logits file."""
+    incomplete = [folder.name for folder in folders
+                  if not (folder / "keep.npy").is_file() or not any((folder / "logits").glob("*.npy"))]
+    if incomplete:
+        raise ValueError(f"{len(incomplete)} experiment folder(s) in {root} lack keep.npy or logits/*.npy: "
+                         f"{', '.join(incomplete)}; finish them (the reference inference.py writes the logits) "
+                         "or move them out of the folder")
+
+
+def _check_against_metadata(root: Path, meta: LiraMetadata, folders: list[Path], query_mode: str | None) -> None:
+    """Refuse a query mode other than the recorded one, and a folder that no longer matches its export."""
+    path = root / METADATA
+    if query_mode is not None and query_mode != meta.query_mode:
+        raise ValueError(f"asked for query_mode={query_mode!r} but {path} records {meta.query_mode!r}; "
+                         "these logits were queried with the other BatchNorm statistics")
+    if len(folders) != meta.n_models:
+        raise ValueError(f"{path} records {meta.n_models} models but {root} holds {len(folders)} experiment "
+                         "folders; re-export the run with replace=True")
+    name = f"{meta.epoch:010d}.npy"
+    stale = [folder.name for folder in folders if _last_logits(folder).name != name]
+    if stale:
+        raise ValueError(f"{path} records epoch {meta.epoch} but the last logits file of {', '.join(stale)} is "
+                         f"not logits/{name}; re-export the run with replace=True")
+
+
+def _last_logits(folder: Path) -> Path:
+    """The logits file of the latest epoch (the names are zero-padded epochs)."""
+    return sorted((folder / "logits").glob("*.npy"))[-1]
+
+
+def _labels(root: Path) -> torch.Tensor:
+    """``y_train.npy``: the pool's class indices."""
     labels_file = root / "y_train.npy"
     if not labels_file.is_file():
         raise ValueError(f"{labels_file} is missing; the LiRA layout keeps the pool's labels there")
@@ -74,27 +273,41 @@ def import_lira(root: Path) -> AttackInput:
     if raw_labels.ndim != 1 or raw_labels.dtype.kind not in "iu" or (raw_labels < 0).any():
         raise ValueError(f"{labels_file} holds {raw_labels.dtype} of shape {raw_labels.shape}; expected the pool's "
                          "class indices, a 1-D array of integers >= 0")
-    labels = torch.from_numpy(raw_labels.astype(np.int64))
-    experiments = sorted((int(m.group(1)), p) for p in root.iterdir()
-                         if p.is_dir() and (m := EXPERIMENT.match(p.name)))
-    if not experiments:
-        raise ValueError(f"no experiment-K_N folders in {root}")
+    return torch.from_numpy(raw_labels.astype(np.int64))
+
+
+def import_lira(root: Path, query_mode: str | None = None) -> AttackInput:
+    """Read a folder in the reference layout (the last logits file of every experiment), models
+    ordered by the number in their folder's name (``experiment-K_N`` or ``experiment-SEED``).
+
+    With ``query_mode`` ("eval" or "train"), a folder whose ``bnprivacy.json`` records the other
+    BN query mode is refused. A folder without ``bnprivacy.json`` (as the reference code writes
+    it) is accepted with any ``query_mode``: its mode is unknown, and ``lira_metadata(root)``
+    returns None. Folders named ``experiment*`` in neither style are skipped with a warning.
+    Raises ``ValueError`` naming what is missing or inconsistent.
+    """
+    root = Path(root)
+    if query_mode is not None and query_mode not in QUERY_MODES:
+        raise ValueError(f"query_mode={query_mode!r}; expected 'eval', 'train' or None (do not check)")
+    labels = _labels(root)
+    meta = lira_metadata(root)
+    folders = _experiments(root)
+    if meta is not None:
+        _check_against_metadata(root, meta, folders, query_mode)
     masks, logits = [], []
-    for index, folder in experiments:
-        files = sorted((folder / "logits").glob("*.npy"))
-        if not (folder / "keep.npy").is_file() or not files:
-            raise ValueError(f"{folder} needs keep.npy and at least one logits/*.npy")
+    for folder in folders:
         masks.append(torch.from_numpy(_keep(folder / "keep.npy", len(labels))))
-        array = _load_array(files[-1])
+        file = _last_logits(folder)
+        array = _load_array(file)
         if array.ndim != 4 or array.shape[0] != len(labels) or array.shape[1] != 1:
-            raise ValueError(f"{files[-1]} has shape {array.shape}; expected [P={len(labels)}, 1, Q, K]")
+            raise ValueError(f"{file} has shape {array.shape}; expected [P={len(labels)}, 1, Q, K]")
         if logits and array.shape[2:] != tuple(logits[0].shape[::2]):
-            raise ValueError(f"{files[-1]} has {array.shape[2]} queries and {array.shape[3]} classes but "
-                             f"{experiments[0][1]} has {logits[0].shape[0]} and {logits[0].shape[2]}; every "
+            raise ValueError(f"{file} has {array.shape[2]} queries and {array.shape[3]} classes but "
+                             f"{folders[0]} has {logits[0].shape[0]} and {logits[0].shape[2]}; every "
                              "experiment must be scored with the same queries and classes")
         logits.append(torch.from_numpy(array[:, 0]).permute(1, 0, 2).float())
     classes = logits[0].shape[-1]
     if int(labels.max()) >= classes:
-        raise ValueError(f"{labels_file} holds label {int(labels.max())} but the logits have {classes} classes "
-                         f"(labels 0 ... {classes - 1})")
+        raise ValueError(f"{root / 'y_train.npy'} holds label {int(labels.max())} but the logits have {classes} "
+                         f"classes (labels 0 ... {classes - 1})")
     return AttackInput(logits=torch.stack(logits), labels=labels, masks=torch.stack(masks))

@@ -1,0 +1,180 @@
+"""Export and import of shadow runs in the LiRA reference code's layout (no training: stub runs)."""
+
+import json
+import shutil
+import types
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bnprivacy.ensemble import balanced_masks
+from bnprivacy.lira_io import LiraMetadata, export_lira, import_lira, lira_metadata
+
+
+def stub_run(n_models=4, samples=20, classes=3, seed=0, query_mode="eval"):
+    """The attributes of a ShadowRun that the export reads, with random logits."""
+    generator = torch.Generator().manual_seed(seed)
+    return types.SimpleNamespace(
+        masks=balanced_masks(n_models, samples, seed=seed + 1000),
+        logits_pool=torch.randn(n_models, 2, samples, classes, generator=generator),
+        y_pool=torch.randint(0, classes, (samples,), generator=generator),
+        history=pd.DataFrame({"epoch": [3, 7]}), query_mode=query_mode)
+
+
+def reference_folder(root, seeds, samples=20, classes=3):
+    """A folder as the reference train.py (without --expid) and inference.py write it: no metadata."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    np.save(root / "y_train.npy", rng.integers(0, classes, samples))
+    for seed in seeds:
+        (root / f"experiment-{seed}" / "logits").mkdir(parents=True)
+        np.save(root / f"experiment-{seed}" / "keep.npy", np.full(samples, seed % 2 == 0))
+        np.save(root / f"experiment-{seed}" / "logits" / "0000000100.npy",
+                np.full((samples, 1, 2, classes), seed, np.float32))
+    return root
+
+
+def test_round_trip_records_the_query_mode(tmp_path):
+    run = stub_run(query_mode="train")
+    root = export_lira(run, tmp_path / "exp")
+    assert lira_metadata(root) == LiraMetadata(query_mode="train", n_models=4, epoch=7)
+    assert json.loads((root / "bnprivacy.json").read_text())["format"] == 1
+    back = import_lira(root, query_mode="train")
+    assert torch.equal(back.masks, run.masks) and torch.equal(back.labels, run.y_pool)
+    assert torch.allclose(back.logits, run.logits_pool)
+
+
+def test_a_query_mode_mismatch_is_refused_naming_both(tmp_path):
+    root = export_lira(stub_run(query_mode="eval"), tmp_path / "exp")
+    with pytest.raises(ValueError, match=r"query_mode='train' but .*bnprivacy.json records 'eval'"):
+        import_lira(root, query_mode="train")
+    with pytest.raises(ValueError, match=r"query_mode='batch'; expected 'eval', 'train' or None"):
+        import_lira(root, query_mode="batch")
+
+
+def test_export_needs_a_query_mode_and_refuses_one_that_contradicts_the_run(tmp_path):
+    run = stub_run()
+    del run.query_mode
+    with pytest.raises(ValueError, match="pass query_mode='eval'"):
+        export_lira(run, tmp_path / "a")
+    assert lira_metadata(export_lira(run, tmp_path / "a", query_mode="train")).query_mode == "train"
+    with pytest.raises(ValueError, match=r"query_mode='train' but the run was queried with 'eval'"):
+        export_lira(stub_run(), tmp_path / "b", query_mode="train")
+
+
+def test_reference_folders_named_by_seed_import_in_seed_order_without_metadata(tmp_path):
+    root = reference_folder(tmp_path, seeds=[907, 12, 3051])
+    assert lira_metadata(root) is None
+    back = import_lira(root, query_mode="eval")  # no metadata: the mode cannot be checked
+    assert back.logits[:, 0, 0, 0].tolist() == [12, 907, 3051]
+    assert back.masks[:, 0].tolist() == [True, False, False]
+
+
+def test_mixed_styles_are_ordered_by_number_and_a_clash_is_refused(tmp_path):
+    root = reference_folder(tmp_path, seeds=[5, 1])
+    shutil.copytree(root / "experiment-5", root / "experiment-3_8")
+    assert import_lira(root).logits[:, 0, 0, 0].tolist() == [1, 5, 5]
+    shutil.copytree(root / "experiment-5", root / "experiment-1_8")
+    with pytest.raises(ValueError, match=r"same model: experiment-1 and experiment-1_8"):
+        import_lira(root)
+
+
+def test_folders_of_different_n_are_refused(tmp_path):
+    root = reference_folder(tmp_path, seeds=[0])
+    shutil.move(root / "experiment-0", root / "experiment-0_2")
+    shutil.copytree(root / "experiment-0_2", root / "experiment-1_3")
+    with pytest.raises(ValueError, match=r"different N \(N=2: experiment-0_2; N=3: experiment-1_3\)"):
+        import_lira(root)
+
+
+def test_odd_experiment_folders_are_named_in_a_warning(tmp_path):
+    root = reference_folder(tmp_path, seeds=[0, 1])
+    (root / "experiment-old").mkdir()
+    (root / "experiments_backup").mkdir()
+    (root / "notes").mkdir()  # unrelated: neither warned about nor read
+    (root / "README.txt").write_text("unrelated")
+    with pytest.warns(UserWarning, match=r"skipped 2 folder\(s\).*experiment-old, experiments_backup"):
+        assert import_lira(root).n_models == 2
+
+
+def test_a_clean_folder_imports_without_warnings(tmp_path):
+    root = export_lira(stub_run(), tmp_path / "exp")
+    (root / "notes").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        import_lira(root)
+
+
+def test_incomplete_experiment_folders_are_all_named(tmp_path):
+    root = reference_folder(tmp_path, seeds=[0, 1, 2])
+    (root / "experiment-0" / "keep.npy").unlink()
+    shutil.rmtree(root / "experiment-2" / "logits")
+    with pytest.raises(ValueError, match=r"2 experiment folder\(s\) .* lack keep.npy or logits/\*.npy: "
+                                         r"experiment-0, experiment-2"):
+        import_lira(root)
+
+
+def test_export_into_a_used_folder_is_refused_with_a_way_out(tmp_path):
+    root = export_lira(stub_run(), tmp_path / "exp")
+    with pytest.raises(ValueError, match=r"already holds a LiRA layout \(bnprivacy.json, experiment-0_4, .*\); "
+                                         r"pass replace=True .* or export into another folder"):
+        export_lira(stub_run(), root)
+    reference = reference_folder(tmp_path / "theirs", seeds=[])
+    with pytest.raises(ValueError, match=r"already holds a LiRA layout \(y_train.npy\)"):
+        export_lira(stub_run(), reference)
+
+
+def test_replace_exports_exactly_the_new_models_and_keeps_unrelated_files(tmp_path):
+    root = export_lira(stub_run(n_models=6, seed=1), tmp_path / "exp")
+    (root / "notes.txt").write_text("mine")
+    (root / "plots").mkdir()
+    new = stub_run(n_models=4, seed=2)
+    new.history = pd.DataFrame({"epoch": [9]})  # another epoch: an old logits file must not survive
+    export_lira(new, root, replace=True)
+    back = import_lira(root)
+    assert back.n_models == 4 and torch.equal(back.masks, new.masks)
+    assert torch.allclose(back.logits, new.logits_pool)
+    assert sorted(p.name for p in (root / "experiment-0_4" / "logits").iterdir()) == ["0000000009.npy"]
+    assert (root / "notes.txt").read_text() == "mine" and (root / "plots").is_dir()
+    assert lira_metadata(root) == LiraMetadata(query_mode="eval", n_models=4, epoch=9)
+
+
+def test_replace_removes_a_link_never_its_target(tmp_path):
+    elsewhere = reference_folder(tmp_path / "elsewhere", seeds=[4])
+    root = tmp_path / "exp"
+    root.mkdir()
+    (root / "experiment-4").symlink_to(elsewhere / "experiment-4")
+    export_lira(stub_run(), root, replace=True)
+    assert not (root / "experiment-4").exists() and (elsewhere / "experiment-4" / "keep.npy").is_file()
+
+
+def test_a_folder_changed_after_export_no_longer_matches_its_metadata(tmp_path):
+    root = export_lira(stub_run(), tmp_path / "exp")
+    shutil.copytree(root / "experiment-3_4", root / "experiment-7")
+    with pytest.raises(ValueError, match=r"records 4 models but .* holds 5 experiment folders"):
+        import_lira(root)
+    shutil.rmtree(root / "experiment-7")
+    logits = root / "experiment-1_4" / "logits"
+    shutil.copy(logits / "0000000007.npy", logits / "0000000008.npy")
+    with pytest.raises(ValueError, match=r"records epoch 7 but the last logits file of experiment-1_4 is not"):
+        import_lira(root)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", r"bnprivacy.json is not valid JSON"),
+    ("[1, 2]", r"bnprivacy.json holds list; expected an object with exactly the keys"),
+    ('{"format": 1, "query_mode": "eval", "n_models": 4}', r"bnprivacy.json holds \['format', 'n_models', "),
+    ('{"format": 1, "query_mode": "eval", "n_models": "4", "epoch": 7}', r"bnprivacy.json: n_models is '4'"),
+    ('{"format": 1, "query_mode": "eval", "n_models": true, "epoch": 7}', r"bnprivacy.json: n_models is True"),
+    ('{"format": 2, "query_mode": "eval", "n_models": 4, "epoch": 7}', r"bnprivacy.json has format 2"),
+    ('{"format": 1, "query_mode": "batch", "n_models": 4, "epoch": 7}', r"bnprivacy.json: query_mode is 'batch'"),
+    ('{"format": 1, "query_mode": "eval", "n_models": 0, "epoch": 7}', r"bnprivacy.json: n_models 0"),
+])
+def test_malformed_metadata_is_refused_naming_the_file(tmp_path, content, message):
+    root = export_lira(stub_run(), tmp_path / "exp")
+    (root / "bnprivacy.json").write_text(content)
+    with pytest.raises(ValueError, match=message):
+        import_lira(root)
