@@ -23,12 +23,12 @@ SETTINGS = ("equal epochs", "matched fit", "matched accuracy", "mitigation", "si
 COMPARABILITY = ("epochs_bn", "epochs_ref", "lr_bn", "lr_ref", "train_acc_bn", "train_acc_ref", "test_acc_bn",
                  "test_acc_ref", "fit_bn", "fit_ref", "comparable", "reason")
 COLUMNS = ["chapter", "measure", "setting", "reference", "batch", "ref", "diff", "lo", "hi", "interval",
-           "higher_means", *COMPARABILITY, "robustness", "dataset", "arch", "profile"]
+           "higher_means", *COMPARABILITY, "resolution", "robustness", "dataset", "arch", "profile"]
 
 
 def headline_row(measure: str, setting: str, batch: float, ref: float, diff: float, lo: float,
                  hi: float, interval: str, higher_means: str, reference: str = "none", *,
-                 comparison=None, robustness: str = "") -> dict:
+                 comparison=None, robustness: str = "", resolution: str = "") -> dict:
     """One comparison of BN with a reference (no normalisation unless ``reference`` names another,
     e.g. "group"): values with BN (``batch``) and with the reference (``ref``), ``diff`` =
     BN − reference with its interval.
@@ -39,7 +39,9 @@ def headline_row(measure: str, setting: str, batch: float, ref: float, diff: flo
     comparability fields (budgets, learning rates, train and test accuracy of both sides, fit,
     ``comparable`` and the ``reason`` when not) go into the row, so the verdict never reads a row
     whose sides did not train. ``robustness`` says whether the sign holds at every pair of budgets
-    at which both sides fit (``protocol.robustness``).
+    at which both sides fit (``protocol.robustness``). ``resolution`` is empty, or says why the
+    measure cannot resolve the comparison ("not resolvable with n non-members", "not resolved:
+    within the null spread"); such a row is read as that, never as evidence.
     """
     if setting not in SETTINGS:
         raise ValueError(f"setting {setting!r} is not one of {SETTINGS}")
@@ -48,7 +50,7 @@ def headline_row(measure: str, setting: str, batch: float, ref: float, diff: flo
                          "(protocol.Comparison) for the comparability fields")
     values = {"batch": batch, "ref": ref, "diff": diff, "lo": lo, "hi": hi}
     row = {"measure": measure, "setting": setting, "interval": interval, "higher_means": higher_means,
-           "reference": reference, "robustness": robustness}
+           "reference": reference, "robustness": robustness, "resolution": resolution}
     row.update({key: float(value) for key, value in values.items()})
     if comparison is not None:
         fields = comparison.fields()
@@ -77,11 +79,14 @@ def paired_headline(measure: str, setting: str, batch_values, ref_values, higher
 
 def readings(table: pd.DataFrame) -> list[str]:
     """The reading of every headline row: "not comparable: <reason>" for a row whose sides did not
-    train to a comparable state, else what its interval says (``reading.judge``)."""
+    train to a comparable state, its ``resolution`` for a row its measure cannot resolve, else what
+    its interval says (``reading.judge``)."""
     from .reading import not_comparable
 
-    return [judge(lo, hi) if comparable else not_comparable(reason)
-            for lo, hi, comparable, reason in zip(table["lo"], table["hi"], table["comparable"], table["reason"])]
+    resolutions = table["resolution"] if "resolution" in table else [""] * len(table)
+    return [not_comparable(reason) if not comparable else (resolution or judge(lo, hi))
+            for lo, hi, comparable, reason, resolution in
+            zip(table["lo"], table["hi"], table["comparable"], table["reason"], resolutions)]
 
 
 def headline_folder(profile: str) -> Path:
@@ -161,7 +166,7 @@ def load(profile: str, chapters: list[str]) -> pd.DataFrame:
 def _upgraded(row: dict) -> dict:
     """A row recorded before the reference value was named ``ref`` (it was ``none``, even when the
     reference was GroupNorm), or before rows had a reference."""
-    row = {"reference": "none", **row}
+    row = {"reference": "none", "resolution": "", **row}
     if "ref" not in row and "none" in row:
         row["ref"] = row.pop("none")
     return row

@@ -427,11 +427,14 @@ def difference(values: pd.DataFrame, comparison: Comparison) -> dict:
     return {"batch": float(a.value.mean()), "ref": float(b.value.mean()), **d}
 
 
-def reading(comparison: Comparison, lo: float, hi: float, higher: str = "BN higher", lower: str = "BN lower") -> str:
-    """The words for a comparison: "not comparable: ..." when the guard failed, else the interval's."""
+def reading(comparison: Comparison, lo: float, hi: float, higher: str = "BN higher", lower: str = "BN lower",
+            resolution: str = "") -> str:
+    """The words for a comparison: "not comparable: ..." when the guard failed, else ``resolution``
+    when the measure cannot resolve it ("not resolvable ...", "not resolved ..."), else the
+    interval's."""
     if not comparison.comparable:
         return not_comparable(comparison.reason)
-    return judge(lo, hi, higher, lower)
+    return resolution or judge(lo, hi, higher, lower)
 
 
 def fitting_pairings(sweep: Sweep, values: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
@@ -467,9 +470,11 @@ def robustness(pairings: pd.DataFrame) -> str:
 
 
 def headline_rows(values: pd.DataFrame, comparisons: list[Comparison], measure: str, higher_means: str,
-                  robust: str = "") -> list[dict]:
+                  robust: str = "", resolution=None) -> list[dict]:
     """One headline row per comparison of a measure (``headlines.headline_row`` with the
-    comparability fields and the ``robust`` line of :func:`robustness`), for the verdict."""
+    comparability fields and the ``robust`` line of :func:`robustness`), for the verdict.
+    ``resolution(comparison, difference) -> str`` says when the measure cannot resolve a
+    comparison (empty when it can)."""
     from .headlines import headline_row
 
     rows = []
@@ -477,12 +482,13 @@ def headline_rows(values: pd.DataFrame, comparisons: list[Comparison], measure: 
         d = difference(values, c)
         rows.append(headline_row(measure, c.setting, d["batch"], d["ref"], d["diff"], d["lo"], d["hi"],
                                  f"95% t-interval over {d['n']} seeds (paired by masks)", higher_means,
-                                 reference=c.reference, comparison=c, robustness=robust))
+                                 reference=c.reference, comparison=c, robustness=robust,
+                                 resolution=resolution(c, d) if resolution else ""))
     return rows
 
 
 def comparison_table(values: pd.DataFrame, comparisons: list[Comparison], digits: int = 3,
-                     scale: float = 1.0) -> pd.DataFrame:
+                     scale: float = 1.0, resolution=None) -> pd.DataFrame:
     """The comparisons of one measure as a table for a chapter: the two sides' budgets and state,
     BN, reference, BN − reference with its interval, and the reading."""
     from .reading import fmt_interval
@@ -495,7 +501,7 @@ def comparison_table(values: pd.DataFrame, comparisons: list[Comparison], digits
                      "IN acc (BN / ref)": f"{c.train_acc_bn:.3f} / {c.train_acc_ref:.3f}",
                      "BN": f"{d['batch'] * scale:.{digits}f}", c.reference: f"{d['ref'] * scale:.{digits}f}",
                      "BN − ref [95% CI]": fmt_interval(d["diff"], d["lo"], d["hi"], digits=digits, scale=scale),
-                     "reading": reading(c, d["lo"], d["hi"])})
+                     "reading": reading(c, d["lo"], d["hi"], resolution=resolution(c, d) if resolution else "")})
     return pd.DataFrame(rows).set_index("setting")
 
 

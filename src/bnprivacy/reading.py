@@ -10,6 +10,8 @@ import math
 
 NO_INTERVAL = "no interval"
 NO_CLEAR = "no clear difference"
+NOT_RESOLVABLE = "not resolvable"
+NOT_RESOLVED = "not resolved"
 
 
 def _missing(lo: float, hi: float) -> bool:
@@ -31,6 +33,26 @@ def judge(lo: float, hi: float, higher: str = "BN higher", lower: str = "BN lowe
 def not_comparable(reason: str) -> str:
     """The reading of a comparison that is not evidence: ``"not comparable: <reason>"``."""
     return f"not comparable: {reason}"
+
+
+def not_resolvable(nonmembers: int, level: float) -> str:
+    """The words for a TPR at FPR ``level`` that ``nonmembers`` pooled non-members cannot resolve."""
+    need = math.ceil(10 / level - 1e-9)
+    return f"{NOT_RESOLVABLE} with {int(nonmembers):,} non-members (TPR at {level * 100:g}% FPR needs {need:,})"
+
+
+def not_resolved(diff: float, spread: float) -> str:
+    """The words for a difference inside the spread of the same difference on the attack's null."""
+    return f"{NOT_RESOLVED}: {diff:+.4f} is within the null spread ±{spread:.4f}"
+
+
+def fmt_rate(value: float, lo: float, hi: float, *, nonmembers: int, level: float, digits: int = 3,
+             scale: float = 1.0, unit: str = "") -> str:
+    """A TPR at FPR ``level`` as ``"value [lo, hi]"``, or the "not resolvable with n non-members"
+    words where it is NaN, so an unresolvable rate never reads as a number."""
+    if value is None or math.isnan(value):
+        return not_resolvable(nonmembers, level)
+    return fmt_interval(value, lo, hi, digits=digits, scale=scale, signed=False, unit=unit)
 
 
 def fmt_bounds(lo: float, hi: float, *, digits: int = 3, scale: float = 1.0, signed: bool = True) -> str:

@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import headlines
@@ -185,8 +186,23 @@ def load_setting(folder: Path) -> RecordedSetting:
         raise RecordedError(f"recorded setting {folder}: curves.csv lacks {sorted(set(headlines.CURVE_COLUMNS) - set(curves.columns))}")
     rows["comparable"] = rows["comparable"].astype(bool)
     rows["reason"] = rows["reason"].fillna("")
+    rows["resolution"] = _resolution(rows)
     rows["reading"] = headlines.readings(rows)
     return RecordedSetting(folder.name, folder, rows, curves, provenance)
+
+
+# Chapter 04's rows recorded before the attacks were calibrated (rows without a "resolution"):
+# online LiRA without IN/OUT trimming, whose null AUC is 0.41-0.43 at the 8 models they used.
+UNCALIBRATED = ("not resolved: recorded with the uncalibrated online LiRA of before issue 21 (IN and OUT "
+                "references not trimmed; null AUC 0.41-0.43 at 8 models); not read until re-recorded")
+
+
+def _resolution(rows: pd.DataFrame) -> pd.Series:
+    """Each row's resolution: as recorded, or :data:`UNCALIBRATED` for chapter 04 rows recorded
+    before rows carried one."""
+    if "resolution" in rows:
+        return rows["resolution"].fillna("").astype(str)
+    return pd.Series(np.where(rows["chapter"] == "04_membership_inference", UNCALIBRATED, ""), index=rows.index)
 
 
 def load_all(root: Path) -> list[RecordedSetting]:

@@ -181,15 +181,19 @@ class Measured:
 
 
 def measure_family(fam: Family, measures: dict, names: dict[str, str], higher_means: str, sentence,
-                   digits: int = 3) -> Measured:
+                   digits: int = 3, resolution: dict | None = None) -> Measured:
     """Compute each ``measures[key](run) -> float`` on every run and read it through the
     protocol's comparisons; ``names[key]`` is the measure's name in the headline rows and
-    ``sentence(values, comparison)`` says what one comparison finds."""
+    ``sentence(values, comparison)`` says what one comparison finds. ``resolution[key]``
+    (optional, ``protocol.headline_rows``) says when the measure cannot resolve a comparison."""
+    resolution = resolution or {}
     values = {key: protocol.measure_table(fam.sweep, fn) for key, fn in measures.items()}
     pairings = {key: protocol.fitting_pairings(fam.sweep, v, fam.protocol.reference) for key, v in values.items()}
     robust = {key: protocol.robustness(table) for key, table in pairings.items()}
     rows = [row for key in measures
-            for row in protocol.headline_rows(values[key], fam.comparisons, names[key], higher_means, robust[key])]
+            for row in protocol.headline_rows(values[key], fam.comparisons, names[key], higher_means, robust[key],
+                                              resolution.get(key))]
     return Measured(values, {k: protocol.curves(v) for k, v in values.items()},
-                    {k: protocol.comparison_table(v, fam.comparisons, digits=digits) for k, v in values.items()},
+                    {k: protocol.comparison_table(v, fam.comparisons, digits=digits, resolution=resolution.get(k))
+                     for k, v in values.items()},
                     rows, {c.setting: sentence(values, c) for c in fam.comparisons}, pairings, robust)

@@ -10,10 +10,10 @@ import pandas as pd
 
 from .. import headlines
 from ..protocol import FAIR_SETTINGS
-from ..reading import NO_CLEAR, NO_INTERVAL, fmt_interval
+from ..reading import NO_CLEAR, NO_INTERVAL, NOT_RESOLVABLE, NOT_RESOLVED, fmt_interval
 
 PRIVACY_CHAPTERS = ("02_canaries", "03_gradient_influence", "04_membership_inference")
-READING_ORDER = ("BN higher", "BN lower", NO_CLEAR, NO_INTERVAL, "not comparable")
+READING_ORDER = ("BN higher", "BN lower", NO_CLEAR, NO_INTERVAL, NOT_RESOLVED, NOT_RESOLVABLE, "not comparable")
 
 
 def gather(profile: str, chapters: list[str]) -> pd.DataFrame:
@@ -22,6 +22,7 @@ def gather(profile: str, chapters: list[str]) -> pd.DataFrame:
     table = headlines.load(profile, chapters)
     table["comparable"] = table["comparable"].fillna(True).astype(bool)
     table["reason"] = table["reason"].fillna("")
+    table["resolution"] = table["resolution"].fillna("").astype(str)
     table["reading"] = headlines.readings(table)
     return table
 
@@ -64,7 +65,10 @@ def legend_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _kind(reading: str) -> str:
-    return "not comparable" if reading.startswith("not comparable") else reading
+    for kind in ("not comparable", NOT_RESOLVABLE, NOT_RESOLVED):
+        if reading.startswith(kind):
+            return kind
+    return reading
 
 
 def count_text(table: pd.DataFrame, setting: str) -> str:
@@ -126,12 +130,14 @@ def conclusion(table: pd.DataFrame) -> str:
     equal-epochs setting is reported beside them; not-comparable rows are named, never read."""
     privacy = table[table.chapter.isin(PRIVACY_CHAPTERS)]
     fair = privacy[privacy.setting.isin(FAIR_SETTINGS)]
-    readable = fair[fair.comparable]
+    resolved = fair["resolution"].fillna("") == "" if "resolution" in fair else True
+    readable = fair[fair.comparable & resolved]
+    unresolved = fair[fair.comparable & ~resolved] if "resolution" in fair else fair.iloc[:0]
     blocks = []
     if readable.empty:
-        blocks.append("**No fair comparison is comparable on this setting**: in every matched-fit and "
-                      "matched-accuracy row a side did not fit or did not train, so this profile gives no "
-                      "evidence either way.")
+        blocks.append("**No fair comparison is readable on this setting**: in every matched-fit and "
+                      "matched-accuracy row a side did not fit or did not train, or the measure cannot "
+                      "resolve the difference, so this profile gives no evidence either way.")
     else:
         higher = readable[readable.reading == "BN higher"]
         lower = readable[readable.reading == "BN lower"]
@@ -145,6 +151,9 @@ def conclusion(table: pd.DataFrame) -> str:
     if not excluded.empty:
         blocks.append("Not read as evidence (a side did not train to a comparable state): "
                       + "; ".join(f"{r.measure}, {r.setting} ({r.reason})" for r in excluded.itertuples()) + ".")
+    if not unresolved.empty:
+        blocks.append("Not read as evidence (the measure cannot resolve the difference): "
+                      + "; ".join(f"{r.measure}, {r.setting} ({r.resolution})" for r in unresolved.itertuples()) + ".")
     equal = privacy[privacy.setting == "equal epochs"]
     if not equal.empty:
         if equal.comparable.all():
