@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bnprivacy import headlines, protocol
+from bnprivacy import attacks, headlines, protocol
 from bnprivacy.analysis import canaries as canary_steps
 from bnprivacy.analysis import influence as influence_steps
 from bnprivacy.analysis import membership as attack_steps
@@ -84,7 +84,7 @@ def test_against_a_reference_that_never_fits_every_fair_row_is_not_comparable(fa
     table["reading"] = headlines.readings(table)
     assert all(r.startswith("not comparable:") and "none did not" in r for r in table.reading)
     text = verdict_steps.conclusion(table)
-    assert "No fair comparison is comparable" in text and "BN memorizes more" not in text
+    assert "No fair comparison is readable" in text and "BN memorizes more" not in text
 
 
 def test_gradient_ratios_come_from_the_probes_of_members(fam):
@@ -98,14 +98,44 @@ def test_gradient_ratios_come_from_the_probes_of_members(fam):
     assert ratio.to_numpy() == pytest.approx(1.0, rel=1e-3)
 
 
-def test_attack_rows_pool_the_targets_of_each_run(fam):
+def test_attack_rows_pool_the_targets_of_each_run_and_say_what_they_cannot_resolve(fam):
     targets = attack_steps.check_targets(6, 6)
-    result = attack_steps.compare_attacks(fam, targets)
+    calibration = attack_steps.calibrate_family(fam, targets, draws=2)
+    assert calibration.attack in attacks.HEADLINE_PREFERENCE
+    assert set(calibration.table.attack) == set(attacks.HEADLINE_PREFERENCE) and calibration.table.draw.nunique() == 2
+    result = attack_steps.compare_attacks(fam, targets, calibration)
     value = result.values["auc"].query("norm == 'group' and budget == 30 and seed == 0").value.item()
-    assert value == pytest.approx(attack_steps.lira_metrics(fam.run("group", 30, 0), targets)["auc"])
-    assert 0 <= value <= 1
+    metrics = attack_steps.run_metrics(fam.run("group", 30, 0), calibration.attack, targets)
+    assert value == pytest.approx(metrics["auc"]) and 0 <= value <= 1
+    # About 6 x 125 pooled non-members: no TPR at 1% FPR (needs 1,000), never a number in its place.
+    assert metrics["nonmembers"] < 1000 and np.isnan(metrics["tpr@0.01"])
+    tpr_rows = [r for r in result.rows if r["measure"].endswith("TPR at 1% FPR") and r["comparable"]]
+    assert tpr_rows and all(r["resolution"].startswith("not resolvable with") for r in tpr_rows)
+    readings = headlines.readings(pd.DataFrame(result.rows))
+    assert not any(r in ("BN higher", "BN lower") for r, row in zip(readings, result.rows) if row["resolution"])
     with pytest.raises(ValueError, match="n_targets=7"):
         attack_steps.check_targets(7, 6)
+    with pytest.raises(ValueError, match="null_draws=1"):
+        attack_steps.check_draws(1)
+
+
+def test_a_difference_within_the_null_spread_reads_not_resolved():
+    # Null AUCs of the headline attack: sd 0.01 on each side, 2 seeds -> spread 2 * sqrt(2e-4 / 2) = 0.02.
+    rows = [{"attack": "lira_online", "norm": norm, "budget": 10, "seed": seed, "draw": draw,
+             "auc": 0.5 + (0.01 if draw else -0.01) * (1 if seed else -1), "tpr@0.01": 0.01,
+             "members": 1000, "nonmembers": 1000}
+            for norm in ("batch", "none") for seed in (0, 1) for draw in (0, 1)]
+    table = pd.DataFrame(rows)
+    calibration = attack_steps.Calibration(table, attacks.null_summary(table), "lira_online")
+    c = protocol.Comparison("matched fit", "none", 10, 10, 0.1, 0.1, 1.0, 1.0, 0.9, 0.9, True, True, True, "")
+    spread = attack_steps.null_spread(calibration, c, "auc")
+    assert spread == pytest.approx(2 * np.sqrt((table.auc[:4].var() + table.auc[4:].var()) / 2))
+    rule = attack_steps.resolution_rule(calibration, "auc", nonmembers=20000)
+    assert rule(c, {"diff": 0.5 * spread}).startswith("not resolved")
+    assert rule(c, {"diff": 2 * spread}) == ""
+    assert protocol.reading(c, 0.01, 0.03, resolution=rule(c, {"diff": 0.5 * spread})).startswith("not resolved")
+    assert attack_steps.resolution_rule(calibration, "tpr@0.001", nonmembers=9999)(c, {"diff": 1.0}).startswith(
+        "not resolvable with 9,999 non-members")
 
 
 def test_the_verdict_concludes_from_the_fair_rows_and_names_the_excluded_ones(fam):

@@ -9,13 +9,16 @@ import numpy as np
 import pandas as pd
 
 from .. import protocol
-from ..attacks import ATTACK_NAMES, AttackInput, attack_scores, evaluate, summarize, vulnerability
+from ..attacks import (ATTACK_NAMES, HEADLINE_PREFERENCE, AttackInput, LiraOptions, attack_scores, calibrate, evaluate,
+                       headline_attack, null_summary, resolvable, shuffled_masks, summarize, vulnerability)
 from ..memorization import run_memorization
-from ..reading import fmt_interval
+from ..reading import fmt_interval, fmt_rate, not_resolvable, not_resolved
 from .sweep import Family, Measured, measure_family
 
-SHOWN_ATTACKS = ("lira_online", "lira_offline", "lira_online_fixed", "rmia", "loss")
-MEASURES = {"auc": "LiRA online AUC", "tpr@0.001": "LiRA online TPR at 0.1% FPR"}
+SHOWN_ATTACKS = ("lira_online", "lira_offline", "lira_online_fixed", "rmia_online", "rmia", "loss", "correct")
+# The headline metrics of the chosen attack, each with its name in the headline rows.
+METRICS = {"auc": "AUC", "tpr@0.01": "TPR at 1% FPR", "tpr@0.001": "TPR at 0.1% FPR"}
+FPRS = (0.001, 0.01)
 
 
 def check_targets(n_targets, n_models: int) -> list[int]:
@@ -26,55 +29,139 @@ def check_targets(n_targets, n_models: int) -> list[int]:
     return list(range(n_targets))
 
 
-def lira_metrics(run, targets: list[int]) -> dict:
-    """LiRA online (leave the target out) on ``targets`` of one run, pooled: AUC and TPR at low FPR."""
-    scores = attack_scores(AttackInput.from_run(run), "lira_online", targets)
-    return summarize(np.asarray(scores).ravel(), np.asarray(run.masks[targets]).ravel())
+def check_draws(null_draws) -> int:
+    """The number of null draws per run; raises ``ValueError`` unless an integer >= 2 (a spread
+    needs two)."""
+    if isinstance(null_draws, bool) or not isinstance(null_draws, int) or null_draws < 2:
+        raise ValueError(f"null_draws={null_draws!r} is not allowed; allowed values: an integer >= 2 (the null "
+                         "spread is a standard deviation over draws)")
+    return null_draws
 
 
-def compare_attacks(fam: Family, targets: list[int]) -> Measured:
-    """LiRA online AUC and TPR at 0.1% FPR of every run under the protocol's comparisons; each run's
-    value pools its targets, the interval is over seeds."""
-    # Score each run once; both measures read the same scores (runs are keyed by their folder).
-    metrics = {run.folder: lira_metrics(run, targets) for run in fam.sweep.runs.values()}
-    measures = {m: (lambda run, m=m: metrics[run.folder][m]) for m in MEASURES}
-    return measure_family(fam, measures, MEASURES, "BN models are more vulnerable", setting_sentence)
+@dataclasses.dataclass
+class Calibration:
+    """The null of the candidate headline attacks on every run of the family (``table``: one row
+    per run, attack and draw), their summary over all runs (``null``) and the headline attack the
+    rule chose from it (``attacks.headline_attack``)."""
+
+    table: pd.DataFrame
+    null: pd.DataFrame
+    attack: str
+
+    def name(self) -> str:
+        return ATTACK_NAMES[self.attack]
 
 
-def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:
-    """What one comparison says about LiRA online's AUC and low-FPR TPR, in words."""
+def calibrate_family(fam: Family, targets: list[int], draws: int = 4) -> Calibration:
+    """Score every run of the family with shuffled masks (``attacks.calibrate``), ``draws`` times,
+    with every candidate headline attack, and choose the headline attack from that null."""
+    rows = []
+    for (norm, budget, seed), run in fam.sweep.runs.items():
+        null = calibrate(AttackInput.from_run(run), HEADLINE_PREFERENCE, targets, draws=draws, seed=1000 * seed,
+                         fprs=FPRS)
+        rows.append(null.assign(norm=norm, budget=budget, seed=seed))
+    table = pd.concat(rows, ignore_index=True)
+    summary = null_summary(table)
+    return Calibration(table, summary, headline_attack(summary))
+
+
+def run_metrics(run, attack: str, targets: list[int]) -> dict:
+    """``attack`` on ``targets`` of one run, pooled: AUC and TPR at each FPR of ``FPRS`` (NaN where
+    the pooled non-members cannot resolve it), with the member and non-member counts."""
+    scores = attack_scores(AttackInput.from_run(run), attack, targets)
+    members = np.asarray(run.masks[targets]).ravel()
+    return {**summarize(np.asarray(scores).ravel(), members, FPRS), "nonmembers": int((~members).sum())}
+
+
+def null_spread(calibration: Calibration, c: protocol.Comparison, metric: str) -> float:
+    """Two standard deviations of BN − reference of ``metric`` (mean over seeds, as the comparison)
+    when neither side has any membership signal: from the headline attack's null at the
+    comparison's two budgets (spread over seeds and draws of each side)."""
+    t = calibration.table[calibration.table.attack == calibration.attack]
+    bn = t[(t.norm == "batch") & (t.budget == c.epochs_bn)][metric]
+    ref = t[(t.norm == c.reference) & (t.budget == c.epochs_ref)][metric]
+    seeds = max(t.seed.nunique(), 1)
+    return float(2 * np.sqrt((bn.var(ddof=1) + ref.var(ddof=1)) / seeds))
+
+
+def resolution_rule(calibration: Calibration, metric: str, nonmembers: int):
+    """``rule(comparison, difference) -> str``: "not resolvable with n non-members" for a TPR the
+    pooled non-members cannot resolve, "not resolved" for a difference within the null spread, ""
+    otherwise (``protocol.headline_rows``)."""
+    def rule(c: protocol.Comparison, d: dict) -> str:
+        if metric.startswith("tpr@") and not resolvable(float(metric[4:]), nonmembers):
+            return not_resolvable(nonmembers, float(metric[4:]))
+        spread = null_spread(calibration, c, metric)
+        if not np.isfinite(d["diff"]) or abs(d["diff"]) <= spread:
+            return not_resolved(d["diff"], spread)
+        return ""
+    return rule
+
+
+def compare_attacks(fam: Family, targets: list[int], calibration: Calibration) -> Measured:
+    """The headline attack's AUC and TPR at 1% and 0.1% FPR on every run, read through the
+    protocol's comparisons; each run's value pools its targets, the interval is over seeds. A
+    comparison the instrument cannot resolve reads "not resolvable" or "not resolved"."""
+    attack = calibration.attack
+    # Score each run once; the three metrics read the same scores (runs are keyed by their folder).
+    metrics = {run.folder: run_metrics(run, attack, targets) for run in fam.sweep.runs.values()}
+    nonmembers = min(m["nonmembers"] for m in metrics.values())
+    names = {m: f"{ATTACK_NAMES[attack]} {label}" for m, label in METRICS.items()}
+    measures = {m: (lambda run, m=m: metrics[run.folder][m]) for m in METRICS}
+    rules = {m: resolution_rule(calibration, m, nonmembers) for m in METRICS}
+
+    def sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:
+        return setting_sentence(values, c, names, rules)
+
+    return measure_family(fam, measures, names, "BN models are more vulnerable", sentence, resolution=rules)
+
+
+def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison, names: dict, rules: dict) -> str:
+    """What one comparison says about the headline attack's AUC and TPRs, in words."""
     parts = []
-    for m, unit, scale in (("auc", "", 1), ("tpr@0.001", " points", 100)):
+    for m, name in names.items():
         d = protocol.difference(values[m], c)
-        reading = protocol.reading(c, d["lo"], d["hi"], "higher with BN", "lower with BN")
-        parts.append(f"{MEASURES[m]} {fmt_interval(d['diff'], d['lo'], d['hi'], scale=scale, unit=unit)} ({reading})")
+        scale, unit = (1, "") if m == "auc" else (100, " points")
+        reading = protocol.reading(c, d["lo"], d["hi"], "higher with BN", "lower with BN", rules[m](c, d))
+        if reading.startswith("not resolvable"):
+            parts.append(f"{name}: {reading}")
+        else:
+            parts.append(f"{name} {fmt_interval(d['diff'], d['lo'], d['hi'], scale=scale, unit=unit)} ({reading})")
     return (f"At {c.setting} (BN at {c.epochs_bn} epochs, {c.reference} at {c.epochs_ref}), BN minus "
             f"{c.reference}: " + "; ".join(parts) + ".")
 
 
 @dataclasses.dataclass
 class Attacked:
-    """Every shown attack's scores on one run per norm (seed 0 of one comparison's sides)."""
+    """Every shown attack's scores on one run per norm (seed 0 of one comparison's sides), and
+    each attack's null on the same runs (``attacks.calibrate``, one row per norm, attack, draw)."""
 
     runs: dict
     scores: dict
     targets: list[int]
+    null: pd.DataFrame
 
     def table(self, n_boot: int = 200, select=None) -> pd.DataFrame:
-        """Pooled metrics per (norm, attack) with bootstrap intervals over (target, sample) pairs."""
-        rows = [{"norm": norm, "attack": ATTACK_NAMES[attack],
-                 **evaluate(s, self.runs[norm].masks[self.targets], n_boot=n_boot, select=select)}
-                for (norm, attack), s in self.scores.items()]
+        """Pooled metrics per (norm, attack) with bootstrap intervals over (target, sample) pairs,
+        beside the attack's null (mean and standard deviation over draws)."""
+        null = self.null.groupby(["norm", "attack"])[["auc", "tpr@0.01"]].agg(["mean", "std"])
+        rows = []
+        for (norm, attack), s in self.scores.items():
+            measured = evaluate(s, self.runs[norm].masks[self.targets], n_boot=n_boot, select=select, fprs=FPRS)
+            rows.append({"norm": norm, "attack": ATTACK_NAMES[attack], **measured,
+                         **{f"null {m} {stat}": null.loc[(norm, attack), (m, stat)]
+                            for m in ("auc", "tpr@0.01") for stat in ("mean", "std")}})
         return pd.DataFrame(rows)
 
 
 def attack_setting(fam: Family, c: protocol.Comparison, targets: list[int], seed: int = 0,
-                   query_mode: str = "eval", norms=None) -> Attacked:
-    """Score every shown attack on seed ``seed`` of both sides of comparison ``c`` (or of ``norms``).
-    ``query_mode="train"`` queries BN with the query batch's statistics (the LiRA reference code)."""
+                   query_mode: str = "eval", norms=None, null_draws: int = 4) -> Attacked:
+    """Score every shown attack on seed ``seed`` of both sides of comparison ``c`` (or of ``norms``),
+    and calibrate each on the same runs (``null_draws`` shuffled-mask draws). ``query_mode="train"``
+    queries BN with the query batch's statistics (the LiRA reference code)."""
     from ..store import shadow_run
 
-    runs, scores = {}, {}
+    runs, scores, nulls = {}, {}, []
     for norm, budget in (("batch", c.epochs_bn), (c.reference, c.epochs_ref)):
         if norms is not None and norm not in norms:
             continue
@@ -85,49 +172,108 @@ def attack_setting(fam: Family, c: protocol.Comparison, targets: list[int], seed
         attack_input = AttackInput.from_run(run)
         for attack in SHOWN_ATTACKS:
             scores[norm, attack] = attack_scores(attack_input, attack, targets)
-    return Attacked(runs, scores, targets)
+        nulls.append(calibrate(attack_input, SHOWN_ATTACKS, targets, draws=null_draws, fprs=FPRS).assign(norm=norm))
+    return Attacked(runs, scores, targets, pd.concat(nulls, ignore_index=True))
 
 
-def interval_table(table: pd.DataFrame, columns=("auc", "tpr@0.001", "tpr@0.01"), index=("attack", "norm")) -> pd.DataFrame:
-    """Metrics as "value [lo, hi]" text, one row per (attack, norm)."""
+def interval_table(table: pd.DataFrame, columns=("auc", "tpr@0.01", "tpr@0.001"), index=("attack", "norm")) -> pd.DataFrame:
+    """Metrics as "value [lo, hi]" text, one row per (attack, norm); a TPR the pooled
+    non-members cannot resolve reads "not resolvable with n non-members"; the null AUC and TPR at
+    1% FPR (mean ± sd over draws) stand beside the measured ones when the table has them."""
     shown = table.set_index(list(index))
     out = pd.DataFrame(index=shown.index)
     for c in columns:
-        out[c] = [fmt_interval(v, lo, hi, signed=False) for v, lo, hi in
-                  zip(shown[c], shown[f"{c}_lo"], shown[f"{c}_hi"])]
+        if c.startswith("tpr@"):
+            out[c] = [fmt_rate(v, lo, hi, nonmembers=n, level=float(c[4:])) for v, lo, hi, n in
+                      zip(shown[c], shown[f"{c}_lo"], shown[f"{c}_hi"], shown["nonmembers"])]
+        else:
+            out[c] = [fmt_interval(v, lo, hi, signed=False) for v, lo, hi in
+                      zip(shown[c], shown[f"{c}_lo"], shown[f"{c}_hi"])]
+        if f"null {c} mean" in shown:
+            out[f"null {c}"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(shown[f"null {c} mean"], shown[f"null {c} std"])]
     return out.sort_index(level=0, sort_remaining=False)
 
 
-def by_group(attacked: Attacked, is_canary: np.ndarray, n_boot: int = 200) -> pd.DataFrame:
-    """LiRA online on canaries and on typical samples separately, per norm."""
+def by_group(attacked: Attacked, is_canary: np.ndarray, attack: str, n_boot: int = 200) -> pd.DataFrame:
+    """``attack`` on canaries and on typical samples separately, per norm (AUC only: a few dozen
+    canaries per target cannot resolve a TPR at low FPR)."""
     rows = []
     for norm, run in attacked.runs.items():
         for group, select in (("canaries", is_canary), ("typical", ~is_canary)):
-            r = evaluate(attacked.scores[norm, "lira_online"], run.masks[attacked.targets], n_boot=n_boot, select=select)
-            rows.append({"norm": norm, "samples": group, "auc": r["auc"], "auc_lo": r["auc_lo"], "auc_hi": r["auc_hi"],
-                         "tpr@0.01": r["tpr@0.01"]})
+            r = evaluate(attacked.scores[norm, attack], run.masks[attacked.targets], n_boot=n_boot, select=select)
+            rows.append({"norm": norm, "samples": group, "auc": r["auc"], "auc_lo": r["auc_lo"], "auc_hi": r["auc_hi"]})
     return pd.DataFrame(rows).set_index(["samples", "norm"]).sort_index()
 
 
-def reference_growth(attacked: Attacked, n_models: int) -> pd.DataFrame:
-    """TPR at 1% FPR and AUC of LiRA online/offline as the number of reference models grows.
+GROWTH_ATTACKS = ("lira_online", "lira_offline", "rmia_online", "rmia", "loss")
 
-    Samples with fewer than 2 IN (online) or OUT reference models among the first ``count`` are
-    left unscored; ``scored pairs`` says what fraction was scored.
+
+def reference_growth(attacked: Attacked, n_models: int, attacks=GROWTH_ATTACKS, seed: int = 0) -> pd.DataFrame:
+    """AUC and TPR at 1% FPR of each attack as the number of reference models grows, on the real
+    masks and on shuffled ones (the null, one draw).
+
+    Each target's references are the first ``count`` other models. Samples with too few IN or OUT
+    references among them (after trimming) are left unscored; ``scored pairs`` says what fraction
+    was scored. LOSS uses no reference model, so its value is the same at every count.
     """
-    counts = [c for c in (4, 6, 8, 12, 16, 24, 32, 64, 128, 256) if c < n_models] + [n_models - 1]
+    counts = [c for c in (4, 6, 8, 12, 16, 24, 32, 64, 128, 256) if c < n_models - 1] + [n_models - 1]
     rows = []
     for norm, run in attacked.runs.items():
-        attack_input = AttackInput.from_run(run)
-        for count in counts:
-            for attack in ("lira_online", "lira_offline"):
-                per_target = [attack_scores(attack_input, attack, [t], strict=False,
-                                            references=[m for m in range(n_models) if m != t][:count])[0]
-                              for t in attacked.targets]
-                r = evaluate(np.stack(per_target), run.masks[attacked.targets], n_boot=0)
-                rows.append({"norm": norm, "reference models": count, "attack": ATTACK_NAMES[attack],
-                             "tpr@0.01": r["tpr@0.01"], "auc": r["auc"],
-                             "scored pairs": r["pairs"] / (r["pairs"] + r["unscored"])})
+        real = AttackInput.from_run(run)
+        for masks_name, data in (("real", real), ("null", real.with_masks(shuffled_masks(run.masks, seed)))):
+            members = data.masks[attacked.targets]
+            for count in counts:
+                for attack in attacks:
+                    per_target = [attack_scores(data, attack, [t], strict=False,
+                                                references=[m for m in range(n_models) if m != t][:count])[0]
+                                  for t in attacked.targets]
+                    r = _scored_metrics(np.stack(per_target), members.numpy())
+                    rows.append({"norm": norm, "masks": masks_name, "reference models": count,
+                                 "attack": ATTACK_NAMES[attack], **r})
+    return pd.DataFrame(rows)
+
+
+def _scored_metrics(scores: np.ndarray, members: np.ndarray) -> dict:
+    """AUC and TPR at 1% FPR of the scored (finite) pairs, NaN when they hold no member or no
+    non-member, with the fraction of pairs scored."""
+    scored = np.isfinite(scores)
+    fraction = float(scored.mean())
+    chosen = members[scored]
+    if not chosen.any() or chosen.all():
+        return {"tpr@0.01": np.nan, "auc": np.nan, "scored pairs": fraction}
+    r = summarize(scores[scored], chosen, (0.01,))
+    return {"tpr@0.01": r["tpr@0.01"], "auc": r["auc"], "scored pairs": fraction}
+
+
+# Each departure from the reference code, alone, then the reference preset (plot.py exactly).
+LIRA_VARIANTS = {
+    "book default": ({}, "lira_online", "lira_offline"),
+    "no trimming (the book before)": ({"trim": "none"}, "lira_online", "lira_offline"),
+    "trimmed as plot.py (one count per side)": ({"trim": "global"}, "lira_online", "lira_offline"),
+    "median location": ({"location": "median"}, "lira_online", "lira_offline"),
+    "ddof 0": ({"ddof": 0}, "lira_online", "lira_offline"),
+    "two-sided offline test": ({"offline_test": "two_sided"}, None, "lira_offline"),
+    "fixed variance, pooled (the book's)": ({}, "lira_online_fixed", "lira_offline_fixed"),
+    "fixed variance, global (plot.py's)": ({"variance": "global"}, "lira_online_fixed", "lira_offline_fixed"),
+    "plot.py exactly": ("reference", "lira_online", "lira_offline"),
+    "plot.py exactly, fixed variance": ("reference", "lira_online_fixed", "lira_offline_fixed"),
+}
+
+
+def lira_variants(attacked: Attacked) -> pd.DataFrame:
+    """AUC and TPR at 1% FPR of online and offline LiRA under each option of
+    ``attacks.LiraOptions`` alone, and under the reference preset, per norm."""
+    rows = []
+    for norm, run in attacked.runs.items():
+        data = AttackInput.from_run(run)
+        for name, (change, online, offline) in LIRA_VARIANTS.items():
+            options = change if isinstance(change, str) else LiraOptions(**change)
+            for side, attack in (("online", online), ("offline", offline)):
+                if attack is None:
+                    continue
+                r = evaluate(attack_scores(data, attack, attacked.targets, lira=options),
+                             run.masks[attacked.targets], n_boot=0, fprs=(0.01,))
+                rows.append({"variant": name, "norm": norm, "LiRA": side, "auc": r["auc"], "tpr@0.01": r["tpr@0.01"]})
     return pd.DataFrame(rows)
 
 
@@ -139,15 +285,15 @@ class Vulnerability:
     rho: dict[str, float]
 
 
-def vulnerability_link(attacked: Attacked) -> Vulnerability:
-    """Each sample's LiRA vulnerability (mean score IN minus OUT over targets) against its
+def vulnerability_link(attacked: Attacked, attack: str = "lira_online") -> Vulnerability:
+    """Each sample's vulnerability to ``attack`` (mean score IN minus OUT over targets) against its
     memorization score in the same run."""
     from scipy import stats
 
     rows = []
     for norm, run in attacked.runs.items():
         scores, _ = run_memorization(run, n_boot=0)
-        vuln = vulnerability(attacked.scores[norm, "lira_online"].numpy(), run.masks[attacked.targets].numpy())
+        vuln = vulnerability(attacked.scores[norm, attack].numpy(), run.masks[attacked.targets].numpy())
         rows.append(scores.assign(vulnerability=vuln, norm=norm))
     table = pd.concat(rows, ignore_index=True)
     rho = {norm: float(stats.spearmanr(g["mem"], g["vulnerability"], nan_policy="omit").statistic)

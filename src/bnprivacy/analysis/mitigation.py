@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 from .. import protocol
-from ..attacks import ATTACK_NAMES
+from ..attacks import ATTACK_NAMES, min_nonmembers, resolvable
 from ..config import Config
-from ..reading import fmt_interval, not_comparable
+from ..reading import NOT_RESOLVABLE, fmt_interval, fmt_rate, not_comparable
 from ..stats import paired_difference, percentile_interval
 
 BN, GN = "BN, no DP", "GN, no DP"
@@ -278,6 +278,7 @@ def _summary_row(setup: Setup, trained: Trained, label: str) -> dict:
     return {"setting": label, "accountant ε": trained.accountant_epsilon(label),
             "x": plot_x(epsilon, setup.plan.budgets) if label in setup.dp_settings else math.nan,
             "test acc": accuracy.mean(), "test acc sd": accuracy.std(ddof=1), "pairs": result["pairs"],
+            "nonmembers": result["nonmembers"],
             **{f"{m}{end}": result[f"{m}{end}"] for m in METRICS for end in ("", "_lo", "_hi")},
             "canary mem": memo.loc["canaries", "mem"], "canary mem lo": memo.loc["canaries", "lo"],
             "canary mem hi": memo.loc["canaries", "hi"], "typical mem": memo.loc["typical", "mem"]}
@@ -292,8 +293,10 @@ def _shown_summary(table: pd.DataFrame, attack_name: str) -> pd.DataFrame:
     shown["accountant ε"] = [f"{e:.2f}" if math.isfinite(e) else "∞" for e in table["accountant ε"]]
     shown["test acc %"] = [f"{m * 100:.1f} ± {s * 100:.1f}" for m, s in zip(table["test acc"], table["test acc sd"])]
     shown[f"{attack_name} AUC"] = interval("auc")
-    shown["TPR@1% FPR (%)"] = interval("tpr@0.01", 100, 2)
-    shown["TPR@0.1% FPR (%)"] = interval("tpr@0.001", 100, 2)
+    for column, level in (("TPR@1% FPR (%)", 0.01), ("TPR@0.1% FPR (%)", 0.001)):
+        name = f"tpr@{level:g}"
+        shown[column] = [fmt_rate(v, lo, hi, nonmembers=n, level=level, scale=100, digits=2) for v, lo, hi, n in
+                         table[[name, f"{name}_lo", f"{name}_hi", "nonmembers"]].to_numpy()]
     shown["canary mem."] = [fmt_interval(*row, signed=False) for row in
                             table[["canary mem", "canary mem lo", "canary mem hi"]].to_numpy()]
     shown["typical mem."] = [f"{v:.3f}" for v in table["typical mem"]]
@@ -305,12 +308,17 @@ def _summary_numbers(setup: Setup, trained: Trained, table: pd.DataFrame) -> dic
     non_members = int((~trained.runs[GN].masks[setup.targets]).sum())
     numbers = {"pairs": int(table.loc[GN, "pairs"]), "n_models": setup.plan.n_models, "non_members": non_members,
                "fp_at_01": non_members * 0.001, "fpr_resolution": 100 / non_members,
+               "needed_at_01": min_nonmembers(0.001),
+               "tpr01_status": ("resolvable" if resolvable(0.001, non_members) else
+                                f"not resolvable (it needs {min_nonmembers(0.001):,}), so the table says so"),
                "eps_lo": budgets[-1], "eps_hi": budgets[0]}
     keys = {"bn": BN, "gn": GN, "inf": dp_label(math.inf), "lo": dp_label(budgets[-1]), "hi": dp_label(budgets[0])}
     for key, label in keys.items():
         row = table.loc[label]
         numbers.update({f"acc_{key}": float(row["test acc"]) * 100, f"auc_{key}": float(row["auc"]),
-                        f"tpr1_{key}": float(row["tpr@0.01"]) * 100, f"mem_{key}": float(row["canary mem"])})
+                        f"tpr1_{key}": fmt_rate(float(row["tpr@0.01"]), math.nan, math.nan, nonmembers=non_members,
+                                                level=0.01, scale=100, digits=1, unit="%"),
+                        f"mem_{key}": float(row["canary mem"])})
     return numbers
 
 
@@ -347,11 +355,12 @@ def _which_lira(plan: Plan, online: float, offline: float) -> str:
     n = plan.n_models
     return (f"With {n} shadow models, attacking each model with the others as references leaves "
             f"{n // 2 - 1} or {n // 2} IN and as many OUT references per sample, and which side has the "
-            "extra model depends on the target's own membership. Online LiRA with per-example variances fits "
-            "its Gaussians to a handful of values and is then biased on weakly memorized samples: on the DP "
-            f"models at ε = {plan.budgets[-1]:g} its AUC is {online:.3f}{' (below chance)' if online < 0.5 else ''}, "
-            f"against {offline:.3f} offline with a fixed variance, the variant Carlini et al. recommend for "
-            f"few shadow models. This chapter attacks with {plan.attack_name}.")
+            "extra model depends on the target's own membership; every LiRA here trims both sides to "
+            f"{n // 2 - 1}, which keeps it calibrated at this count (chapter 4 checks the null). Each Gaussian is "
+            f"still fitted to {n // 2 - 1} values: on the DP models at ε = {plan.budgets[-1]:g} online LiRA with "
+            f"per-example variances reads AUC {online:.3f}, against {offline:.3f} offline with a fixed variance, "
+            f"the variant Carlini et al. recommend for few shadow models. This chapter attacks with "
+            f"{plan.attack_name}.")
 
 
 # --- 5. effects of each change, guarded -----------------------------------------------------------
@@ -402,6 +411,8 @@ class Effect:
         the reading when the change is not comparable (its :meth:`guard` says why)."""
         scale, unit = (100, " points") if measure == "accuracy" else (1.0, "")
         value, lo, hi = getattr(self, measure)
+        if measure == "tpr" and math.isnan(value):
+            return f"{NOT_RESOLVABLE}: too few non-members for a TPR at 1% FPR"
         number = fmt_interval(value, lo, hi, scale=scale, unit=unit)
         return f"{number} ({self.reading(measure)})" if self.comparison.comparable else number
 
