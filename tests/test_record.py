@@ -92,7 +92,10 @@ def test_make_record_writes_a_folder_from_executed_chapters(tmp_path, isolated_s
     shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("*.ipynb"))
     with pytest.raises(ValueError, match=r"-p epochs: not a parameter of 01_training"):
         record.record(root, "smoke", "tiny", {"epochs": 3}, chapters=("01_training",))
-    folder = record.record(root, "smoke", "tiny", {"seeds": 2}, chapters=("01_training", "02_canaries"),
+    with pytest.raises(ValueError, match=r"n_models=6 per run in 01_training; a recording needs at least 16"):
+        record.record(root, "smoke", "tiny", {"seeds": 2}, chapters=("01_training",))
+    assert not (root / "recorded").exists()
+    folder = record.record(root, "smoke", "tiny", {"seeds": 2, "n_models": 16}, chapters=("01_training", "02_canaries"),
                            command="make record PROFILE=smoke NAME=tiny")
     (setting,) = record.load_all(root)
     assert setting.provenance["commit"].startswith("unknown") and setting.provenance["dirty"] is True
@@ -107,6 +110,6 @@ def test_make_record_writes_a_folder_from_executed_chapters(tmp_path, isolated_s
     # when a second recording loads the runs from the store.
     stored_cost = setting.provenance["training_seconds"]
     assert stored_cost and "its shadow models trained for" in setting.label()
-    record.record(root, "smoke", "tiny", {"seeds": 2}, chapters=("01_training",))
+    record.record(root, "smoke", "tiny", {"seeds": 2, "n_models": 16}, chapters=("01_training",))
     reloaded_cost = record.load_all(root)[0].provenance["training_seconds"]
     assert reloaded_cost == stored_cost

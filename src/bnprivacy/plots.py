@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -38,11 +39,17 @@ def training_curves(history: pd.DataFrame, metrics=("test_acc", "train_loss"), t
     return fig
 
 
-def protocol_curves(curve: pd.DataFrame, ylabel: str, comparisons=None):
+def protocol_curves(curve: pd.DataFrame, ylabel: str, comparisons=None, null: tuple[float, float] | None = None):
     """A measure against epoch budget (left) and against test accuracy (right), per norm, with the
-    95% interval over seeds; markers ring the budgets the comparisons use."""
+    95% interval over seeds; markers ring the budgets the comparisons use. ``null`` = (mean, sd)
+    of the measure on shuffled masks draws a grey band at mean ± 2 sd (what no signal reads)."""
     order = norm_order(curve["norm"].unique())
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    if null is not None and all(map(np.isfinite, null)):
+        for ax in axes:
+            ax.axhspan(null[0] - 2 * null[1], null[0] + 2 * null[1], color="0.85", zorder=0,
+                       label="null ± 2 sd" if ax is axes[0] else None)
+            ax.axhline(null[0], color="0.6", lw=0.8, ls="--", zorder=0)
     for norm in order:
         part = curve[curve.norm == norm].sort_values("budget")
         for ax, x in zip(axes, ("budget", "test_acc")):
@@ -55,7 +62,11 @@ def protocol_curves(curve: pd.DataFrame, ylabel: str, comparisons=None):
             point = curve[(curve.norm == norm) & (curve.budget == budget)]
             axes[0].scatter(point.budget, point["mean"], s=160, facecolors="none", edgecolors="black",
                             label="matched fit" if norm == "batch" else None)
-    axes[0].set_xscale("log", base=2)
+    if np.isfinite(curve["mean"].to_numpy(dtype=float)).any():
+        axes[0].set_xscale("log", base=2)
+    else:  # e.g. a TPR that no run's pooled non-members can resolve: say so instead of an empty plot
+        for ax in axes:
+            ax.text(0.5, 0.5, "not resolvable at this pool size", ha="center", va="center", transform=ax.transAxes)
     axes[0].set_xlabel("epoch budget (complete schedule)")
     axes[1].set_xlabel("test accuracy")
     axes[0].set_ylabel(ylabel)

@@ -101,6 +101,22 @@ def versions() -> dict:
     return found
 
 
+# A recording feeds headline rows: below 16 models per run the attacks' nulls are too wide to
+# resolve BN's effect, and LiRA's Gaussians are fitted to 3 values a side (issue 21).
+MIN_RECORDED_MODELS = 16
+
+
+def check_model_count(profile: str, parameters: dict[str, dict]) -> None:
+    """Refuse a recording whose chapters train fewer than :data:`MIN_RECORDED_MODELS` models per
+    run (``parameters``: each chapter's profile parameters with the overrides)."""
+    for chapter, values in parameters.items():
+        n = values.get("n_models")
+        if isinstance(n, int) and not isinstance(n, bool) and n < MIN_RECORDED_MODELS:
+            raise ValueError(f"profile {profile!r} trains n_models={n} per run in {chapter}; a recording needs at "
+                             f"least {MIN_RECORDED_MODELS} (attacks are calibrated and resolve differences only "
+                             f"from there): pass -p n_models {MIN_RECORDED_MODELS} or raise it in book/profiles.yml")
+
+
 def record(root: Path, profile: str, name: str, overrides: dict | None = None,
            chapters: tuple[str, ...] = RECORDED_CHAPTERS, command: str | None = None) -> Path:
     """Execute ``chapters`` under ``profile`` (with ``overrides``) and write ``recorded/<name>/``."""
@@ -113,6 +129,7 @@ def record(root: Path, profile: str, name: str, overrides: dict | None = None,
         raise ValueError(f"chapters {unknown} are not chapters of the book")
     check_overrides(root, list(chapters), overrides)
     declared = {c: set(chapter_parameters(root, c)) for c in chapters}
+    check_model_count(profile, {c: {**profile_parameters(root, profile, c), **overrides} for c in chapters})
     state = git_state(root)
     seconds = {}
     for chapter in chapters:
