@@ -184,8 +184,8 @@ LIRA_DEFAULT = LiraOptions()
 # tensorflow/privacy research/mi_lira_2021/plot.py (generate_ours, generate_ours_offline), exactly.
 LIRA_REFERENCE = LiraOptions(trim="global", location="median", variance="global", offline_test="two_sided",
                              ddof=0, epsilon="reference")
-# RMIA's defaults: the RMIA paper's CIFAR-10 settings (Zarifzadeh et al. 2024, appendix) as the
-# authors' code (privacytrustlab/ml_privacy_meter) ships them; see rmia_defaults().
+# RMIA's defaults: the RMIA authors' CIFAR-10 configuration (their research code's attack_configs);
+# see rmia_defaults().
 RMIA_A = 0.3
 RMIA_GAMMA = 2.0
 
@@ -423,8 +423,9 @@ def _normal_logpdf(x, mean, var):
 def rmia_defaults() -> dict:
     """RMIA's ``a`` and ``gamma`` with where they come from."""
     return {"a": RMIA_A, "gamma": RMIA_GAMMA,
-            "source": "the RMIA paper's CIFAR-10 settings (Zarifzadeh et al. 2024) as shipped by the "
-                      "authors' privacytrustlab/ml_privacy_meter"}
+            "source": "the RMIA authors' CIFAR-10 configuration (Zarifzadeh et al. 2024; research/2024_rmia/"
+                      "attack_configs in privacytrustlab/ml_privacy_meter, commit d3273416); the current "
+                      "ml_privacy_meter instead tunes a on a reference model and compares with gamma = 1"}
 
 
 def _rmia(data: AttackInput, targets: list[int], a: float, gamma: float, references, *, online: bool,
