@@ -136,6 +136,9 @@ def test_a_difference_within_the_null_spread_reads_not_resolved():
     assert protocol.reading(c, 0.01, 0.03, resolution=rule(c, {"diff": 0.5 * spread})).startswith("not resolved")
     assert attack_steps.resolution_rule(calibration, "tpr@0.001", nonmembers=9999)(c, {"diff": 1.0}).startswith(
         "not resolvable with 9,999 non-members")
+    # A TPR's words are in the percentage points its sentence prints, not in fractions.
+    tpr_rule = attack_steps.resolution_rule(calibration, "tpr@0.01", nonmembers=20000)
+    assert tpr_rule(c, {"diff": 0.0}) == "not resolved: +0.0000 points is within the null spread ±0.0000 points"
 
 
 def test_the_verdict_concludes_from_the_fair_rows_and_names_the_excluded_ones(fam):

@@ -41,9 +41,10 @@ def not_resolvable(nonmembers: int, level: float) -> str:
     return f"{NOT_RESOLVABLE} with {int(nonmembers):,} non-members (TPR at {level * 100:g}% FPR needs {need:,})"
 
 
-def not_resolved(diff: float, spread: float) -> str:
-    """The words for a difference inside the spread of the same difference on the attack's null."""
-    return f"{NOT_RESOLVED}: {diff:+.4f} is within the null spread ±{spread:.4f}"
+def not_resolved(diff: float, spread: float, *, scale: float = 1.0, unit: str = "") -> str:
+    """The words for a difference inside the spread of the same difference on the attack's null,
+    in the units of the value beside it (``scale`` 100 and ``unit`` " points" for rates)."""
+    return f"{NOT_RESOLVED}: {diff * scale:+.4f}{unit} is within the null spread ±{spread * scale:.4f}{unit}"
 
 
 def fmt_rate(value: float, lo: float, hi: float, *, nonmembers: int, level: float, digits: int = 3,

@@ -84,6 +84,11 @@ def null_spread(calibration: Calibration, c: protocol.Comparison, metric: str) -
     return float(2 * np.sqrt((bn.var(ddof=1) + ref.var(ddof=1)) / seeds))
 
 
+def metric_units(metric: str) -> dict:
+    """How a metric's difference is printed: AUC as is, a TPR in percentage points."""
+    return {"scale": 1.0, "unit": ""} if metric == "auc" else {"scale": 100.0, "unit": " points"}
+
+
 def resolution_rule(calibration: Calibration, metric: str, nonmembers: int):
     """``rule(comparison, difference) -> str``: "not resolvable with n non-members" for a TPR the
     pooled non-members cannot resolve, "not resolved" for a difference within the null spread, ""
@@ -93,7 +98,7 @@ def resolution_rule(calibration: Calibration, metric: str, nonmembers: int):
             return not_resolvable(nonmembers, float(metric[4:]))
         spread = null_spread(calibration, c, metric)
         if not np.isfinite(d["diff"]) or abs(d["diff"]) <= spread:
-            return not_resolved(d["diff"], spread)
+            return not_resolved(d["diff"], spread, **metric_units(metric))
         return ""
     return rule
 
@@ -121,12 +126,12 @@ def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison, na
     parts = []
     for m, name in names.items():
         d = protocol.difference(values[m], c)
-        scale, unit = (1, "") if m == "auc" else (100, " points")
+        units = metric_units(m)
         reading = protocol.reading(c, d["lo"], d["hi"], "higher with BN", "lower with BN", rules[m](c, d))
         if reading.startswith("not resolvable"):
             parts.append(f"{name}: {reading}")
         else:
-            parts.append(f"{name} {fmt_interval(d['diff'], d['lo'], d['hi'], scale=scale, unit=unit)} ({reading})")
+            parts.append(f"{name} {fmt_interval(d['diff'], d['lo'], d['hi'], **units)} ({reading})")
     return (f"At {c.setting} (BN at {c.epochs_bn} epochs, {c.reference} at {c.epochs_ref}), BN minus "
             f"{c.reference}: " + "; ".join(parts) + ".")
 
