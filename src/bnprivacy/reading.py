@@ -1,7 +1,10 @@
-"""Intervals into words: one reading of an interval and one way to print "value [lo, hi]".
+"""Intervals and tests into words: one reading of a difference and one way to print "value [lo, hi]".
 
-A reading is only ever made from an interval; a comparison that is not comparable (a side that did
-not train, see ``protocol.py``) is read as such and never as evidence either way.
+A headline difference reads exactly one of ``BN higher``, ``BN lower`` (the difference test at the
+family-wise level), ``equivalent within ±margin`` (TOST at the same level) or ``inconclusive``
+(:func:`decide`); a comparison that is not comparable (a side that did not train, see
+``protocol.py``) is read as such and never as evidence either way. An interval alone (:func:`judge`)
+can say higher, lower or inconclusive, never "no difference".
 """
 
 from __future__ import annotations
@@ -9,7 +12,10 @@ from __future__ import annotations
 import math
 
 NO_INTERVAL = "no interval"
-NO_CLEAR = "no clear difference"
+INCONCLUSIVE = "inconclusive"
+NO_CLEAR = INCONCLUSIVE  # an interval that holds zero is absence of evidence, never "no difference"
+EQUIVALENT = "equivalent within"
+ALPHA = 0.05  # the family-wise error rate of the verdict's tests
 NOT_RESOLVABLE = "not resolvable"
 NOT_RESOLVED = "not resolved"
 
@@ -20,7 +26,7 @@ def _missing(lo: float, hi: float) -> bool:
 
 def judge(lo: float, hi: float, higher: str = "BN higher", lower: str = "BN lower") -> str:
     """What an interval of a difference says: ``higher`` when it lies above zero, ``lower`` when
-    below, "no clear difference" when it contains zero, "no interval" when a bound is NaN."""
+    below, "inconclusive" when it contains zero, "no interval" when a bound is NaN."""
     if _missing(lo, hi):
         return NO_INTERVAL
     if lo > 0:
@@ -28,6 +34,23 @@ def judge(lo: float, hi: float, higher: str = "BN higher", lower: str = "BN lowe
     if hi < 0:
         return lower
     return NO_CLEAR
+
+
+def equivalent(margin: float, *, scale: float = 1.0, unit: str = "") -> str:
+    """The reading of a difference shown to lie within ±``margin``."""
+    return f"{EQUIVALENT} ±{margin * scale:g}{unit}"
+
+
+def decide(diff: float, p: float, p_equivalence: float, margin: float, *, higher: str = "BN higher",
+           lower: str = "BN lower", alpha: float = ALPHA, scale: float = 1.0, unit: str = "") -> str:
+    """Exactly one of ``higher``/``lower`` (the difference test's p below ``alpha``),
+    "equivalent within ±margin" (the TOST p below ``alpha``) or "inconclusive" (neither, or a
+    test that could not be made: NaN p). Pass multiplicity-adjusted p-values (``stats.holm``)."""
+    if p < alpha:
+        return higher if diff > 0 else lower
+    if p_equivalence < alpha:
+        return equivalent(margin, scale=scale, unit=unit)
+    return INCONCLUSIVE
 
 
 def not_comparable(reason: str) -> str:
@@ -83,8 +106,8 @@ def sentence(label: str, what: str, value: float, lo: float, hi: float, interval
     reading = judge(lo, hi, higher, lower)
     if reading == NO_INTERVAL:
         tail = "with a single replicate there is no interval, so this is not evidence either way"
-    elif reading == NO_CLEAR:
-        tail = f"the interval includes zero: **{NO_CLEAR}**"
+    elif reading == INCONCLUSIVE:
+        tail = f"the interval includes zero: **{INCONCLUSIVE}** (not evidence of no difference)"
     else:
         tail = f"the interval excludes zero: **{reading}**"
     number = fmt_interval(value, lo, hi, digits=digits, scale=scale, unit=unit)

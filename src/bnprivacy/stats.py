@@ -77,3 +77,63 @@ def clopper_pearson(successes, trials, alpha: float) -> tuple[np.ndarray, np.nda
         lower = np.where(k > 0, stats.beta.ppf(alpha, k, n - k + 1), 0.0)
         upper = np.where(k < n, stats.beta.ppf(1 - alpha, k + 1, n - k), 1.0)
     return lower, upper
+
+
+# --- tests of a difference: is it non-zero, is it within a margin, and many rows at once ------------
+
+def standard_error(lo: float, hi: float, df: float, level: float = LEVEL) -> float:
+    """The standard error behind a symmetric interval ``[lo, hi]`` at ``level`` with ``df`` degrees
+    of freedom (Student-t; ``df=inf`` for a normal interval, as used for a bootstrap percentile
+    interval, where it is an approximation)."""
+    from scipy import stats
+
+    _check_level(level)
+    return (hi - lo) / (2 * stats.t.ppf((1 + level) / 2, df))
+
+
+def difference_p(diff: float, se: float, df: float) -> float:
+    """Two-sided p-value of "the difference is zero" (t-test with ``df`` degrees of freedom); NaN
+    when the standard error is missing or not positive."""
+    from scipy import stats
+
+    if not (math.isfinite(diff) and math.isfinite(se) and se > 0):
+        return float("nan")
+    return float(2 * stats.t.sf(abs(diff) / se, df))
+
+
+def equivalence_p(diff: float, se: float, df: float, margin: float) -> float:
+    """TOST p-value (two one-sided t-tests) of "the difference lies within ±``margin``": the larger
+    of the p-values against ``diff <= -margin`` and ``diff >= +margin``; small p means equivalent.
+    NaN when the standard error is missing or not positive."""
+    from scipy import stats
+
+    check_margin("margin", margin)
+    if not (math.isfinite(diff) and math.isfinite(se) and se > 0):
+        return float("nan")
+    below = stats.t.sf((diff + margin) / se, df)   # H0: diff <= -margin
+    above = stats.t.cdf((diff - margin) / se, df)  # H0: diff >= +margin
+    return float(max(below, above))
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN entries are not tests: they stay
+    NaN and do not count towards the family's size). Controls the family-wise error rate."""
+    p = np.asarray(pvalues, dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    if not len(tested):
+        return adjusted
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def check_margin(name: str, margin) -> None:
+    """Refuse an equivalence margin that is not a finite number > 0, naming the parameter."""
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin <= 0:
+        raise ValueError(f"{name}={margin!r} is not allowed; allowed values: a finite number > 0 (the largest "
+                         "difference that counts as no difference, in the measure's units), e.g. 0.01")
