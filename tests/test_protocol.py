@@ -1,5 +1,6 @@
-"""The comparison protocol: bad input refused before training, the guard, the three comparisons on
-known sweeps, headline rows with comparability fields, and shared runs on a tiny real sweep."""
+"""The comparison protocol: bad input refused before training, the guard, the comparisons on known
+sweeps (equal epochs, both fit, matched fit, the interpolated frontier, merged settings), headline
+rows with comparability fields and tests, and shared runs on a tiny real sweep."""
 
 
 import numpy as np
@@ -54,8 +55,9 @@ def test_the_guard_refuses_a_side_that_did_not_fit_or_did_not_train():
     assert not unfit.comparable and unfit.reason.startswith("none did not fit (IN accuracy 0.954 < 0.99")
     untrained = guard("equal epochs", _side("batch", 10, 0.999, 0.97), _side("none", 10, 0.2, 0.14), num_classes=10)
     assert not untrained.comparable and "none did not train" in untrained.reason and "1.5x chance" in untrained.reason
-    assert protocol.reading(untrained, 0.1, 0.2).startswith("not comparable: none did not train")
-    assert protocol.reading(fine, 0.1, 0.2) == "BN higher"
+    d = {"diff": 0.15, "lo": 0.1, "hi": 0.2, "df": 4}
+    assert protocol.reading(untrained, d, 0.01).startswith("not comparable: none did not train")
+    assert protocol.reading(fine, d, 0.01) == "BN higher"
 
 
 def test_a_reference_exempt_from_fitting_must_still_train():
@@ -67,11 +69,11 @@ def test_a_reference_exempt_from_fitting_must_still_train():
     assert not dead.comparable and "group did not train" in dead.reason
 
 
-def _sweep(accuracies, fit_threshold=0.99):
-    """A sweep from ``{(norm, budget): (train_acc, test_acc)}`` with two seeds each, no runs."""
-    p = Protocol(BASE, budgets=(10, 20, 40), seeds=2, fit_threshold=fit_threshold)
+def _sweep(accuracies, fit_threshold=0.99, equal_epochs=10, seeds=2):
+    """A sweep from ``{(norm, budget): (train_acc, test_acc)}`` with ``seeds`` seeds each, no runs."""
+    p = Protocol(BASE, budgets=(10, 20, 40), seeds=seeds, fit_threshold=fit_threshold, equal_epochs=equal_epochs)
     rows = [dict(norm=n, budget=b, seed=s, lr=0.05, train_acc=tr, test_acc=te)
-            for (n, b), (tr, te) in accuracies.items() for s in range(2)]
+            for (n, b), (tr, te) in accuracies.items() for s in range(seeds)]
     return Sweep(p, pd.DataFrame(), {}, pd.DataFrame(rows), num_classes=10)
 
 
@@ -81,32 +83,93 @@ DIGITS = {("batch", 10): (0.998, 0.978), ("batch", 20): (1.0, 0.980), ("batch", 
 
 
 def test_comparisons_on_a_known_sweep():
-    equal, fit, accuracy = compare(_sweep(DIGITS))
+    equal, both, fit, interpolated = compare(_sweep(DIGITS))
     assert (equal.epochs_bn, equal.epochs_ref, equal.comparable) == (10, 10, False)
     assert "none did not fit" in equal.reason
-    assert (fit.epochs_bn, fit.epochs_ref, fit.comparable) == (10, 40, True)
-    # the highest accuracy every norm reaches is none's best, 0.959: BN's closest budget is 10
-    assert (accuracy.epochs_bn, accuracy.epochs_ref, accuracy.comparable) == (10, 40, True)
-    assert "none never reaches batch's best" in accuracy.note and "+1.90 points" in accuracy.note
+    assert both.setting == "equal epochs, both fit" and both.pairs == ((40, 40),) and both.comparable
+    assert (fit.epochs_bn, fit.epochs_ref, fit.comparable, fit.runs) == (10, 40, True, "batch@10 vs none@40")
+    # none fits at one budget only: no frontier to interpolate along, and the row says why
+    assert interpolated.setting == "matched accuracy, interpolated" and not interpolated.comparable
+    assert interpolated.reason == ("a frontier needs at least 2 fitting budgets per norm; of the ladder 10,20,40, "
+                                   "none fits at 1 (40)")
 
 
 def test_matched_fit_without_a_fitting_budget_is_not_comparable_and_says_so():
     never = {k: ((0.9, 0.9) if k[0] == "none" else v) for k, v in DIGITS.items()}
-    fit = compare(_sweep(never))[1]
+    equal, both, fit, interpolated = compare(_sweep(never))
     assert not fit.comparable and fit.epochs_ref == 40 and "no budget of the ladder fits for none" in fit.note
+    assert not both.comparable and "no budget of the ladder at which both sides fit" in both.note
+    assert "none fits at 0 (none)" in interpolated.reason
+
+
+# Both norms fit at two budgets or more, with overlapping test accuracies: a frontier exists.
+FRONTIER = {("batch", 10): (0.998, 0.90), ("batch", 20): (1.0, 0.94), ("batch", 40): (1.0, 0.96),
+            ("none", 10): (0.95, 0.85), ("none", 20): (0.995, 0.92), ("none", 40): (0.999, 0.95)}
+
+
+def _linear_in_accuracy(sweep, offset=0.1):
+    """A measure that is 2 x test accuracy + seed/100, plus ``offset`` with BN: BN minus none at
+    equal accuracy is exactly ``offset`` whatever the budgets."""
+    return sweep.table.assign(value=2 * sweep.table.test_acc + 0.01 * sweep.table.seed
+                              + np.where(sweep.table.norm == "batch", offset, 0.0))
+
+
+def test_the_interpolated_comparison_reads_both_curves_at_equal_test_accuracy():
+    sweep = _sweep(FRONTIER, seeds=3)
+    interpolated = compare(sweep)[-1]
+    assert interpolated.comparable and interpolated.pairs == ()
+    assert interpolated.frontier_bn == (10, 20, 40) and interpolated.frontier_ref == (20, 40)
+    assert interpolated.accuracy_range == pytest.approx((0.92, 0.95))
+    assert interpolated.runs == "frontier batch@10,20,40 vs none@20,40"
+    d = protocol.difference(_linear_in_accuracy(sweep), interpolated)
+    assert d["diff"] == pytest.approx(0.1) and d["n"] == 3 and d["df"] == 2
+    # whole budgets would compare BN at 0.94 or 0.96 with none at 0.95: off by 2 x 0.01 either way
+    fit = protocol.difference(_linear_in_accuracy(sweep), compare(sweep)[2])
+    assert fit["diff"] == pytest.approx(0.1 + 2 * (0.90 - 0.92))
+
+
+def test_a_frontier_is_never_extrapolated():
+    apart = {**FRONTIER, ("none", 20): (0.995, 0.85), ("none", 40): (0.999, 0.88)}
+    interpolated = compare(_sweep(apart))[-1]
+    assert not interpolated.comparable
+    assert interpolated.reason == ("the test-accuracy ranges of the fitting budgets do not overlap "
+                                   "(batch 0.900-0.960, none 0.850-0.880); not extrapolated")
+    sweep = _sweep(FRONTIER)
+    with pytest.raises(ValueError, match="never extrapolated"):
+        protocol.frontier_values(_linear_in_accuracy(sweep), "none", (20, 40), [0.90, 0.93])
+
+
+def test_equal_epochs_both_fit_averages_the_per_seed_differences_over_the_common_fitting_budgets():
+    sweep = _sweep(FRONTIER, seeds=3)
+    both = compare(sweep)[1]
+    assert both.pairs == ((20, 20), (40, 40)) and both.comparable
+    values = sweep.table.assign(value=sweep.table.budget / 10 + sweep.table.seed
+                                + np.where(sweep.table.norm == "batch", sweep.table.budget / 100, 0.0))
+    d = protocol.difference(values, both)
+    assert d["diff"] == pytest.approx((0.2 + 0.4) / 2)
+
+
+def test_two_settings_that_read_the_same_runs_are_one_comparison():
+    # equal epochs at 40, where alone both fit: the plain row and the both-fit row are the same runs
+    comparisons = compare(_sweep(DIGITS, equal_epochs=40))
+    assert [c.setting for c in comparisons] == ["equal epochs = equal epochs, both fit", "matched fit",
+                                                "matched accuracy, interpolated"]
+    assert comparisons[0].settings == ["equal epochs", "equal epochs, both fit"]
+    assert {c.runs for c in comparisons if c.pairs} == {"batch@40 vs none@40", "batch@10 vs none@40"}
 
 
 def test_headline_rows_pair_seeds_at_each_sides_budget_and_carry_the_fields():
     sweep = _sweep(DIGITS)
     comparisons = compare(sweep)
     values = sweep.table.assign(value=lambda d: d.budget / 10 + d.seed + np.where(d.norm == "batch", 1.0, 0.0))
-    rows = protocol.headline_rows(values, comparisons, "canary memorization", "BN memorizes more")
+    rows = protocol.headline_rows(values, comparisons, "canary memorization", "BN memorizes more", margin=0.05)
     by_setting = {r["setting"]: r for r in rows}
     fit = by_setting["matched fit"]  # BN at 10 epochs (1 + seed + 1) against none at 40 (4 + seed)
     assert fit["diff"] == pytest.approx(-2.0) and fit["batch"] == pytest.approx(2.5)
     assert fit["epochs_bn"] == 10 and fit["epochs_ref"] == 40 and fit["comparable"] is True
     for row in rows:
-        assert set(headlines.COMPARABILITY) <= set(row)
+        assert set(headlines.COMPARABILITY) <= set(row) and row["margin"] == 0.05
+    assert fit["interval"] == "95% Student-t interval over 2 seeds paired by masks (1 df)" and fit["df"] == 1
     assert by_setting["equal epochs"]["comparable"] is False
     table = pd.DataFrame(rows)
     assert headlines.readings(table)[0].startswith("not comparable: none did not fit")
@@ -124,9 +187,16 @@ def test_curves_give_a_t_interval_per_norm_and_budget():
 
 def test_headline_rows_without_a_comparison_are_refused_except_simulations():
     with pytest.raises(ValueError, match="needs its comparison"):
-        headlines.headline_row("AUC", "matched fit", 0.6, 0.5, 0.1, 0.0, 0.2, "x", "y")
-    row = headlines.headline_row("steps", "simulation", 3, 1, 2, 1, 3, "x", "y")
+        headlines.headline_row("AUC", "matched fit", 0.6, 0.5, 0.1, 0.0, 0.2, "x", "y", margin=0.01, df=2)
+    row = headlines.headline_row("steps", "simulation", 3, 1, 2, 1, 3, "x", "y", margin=0.5, df=2)
     assert row["comparable"] is True
+
+
+@pytest.mark.parametrize("margin", [0, -0.01, float("nan"), float("inf"), "0.01", True, None])
+def test_a_margin_that_is_not_a_positive_number_is_refused(margin):
+    sweep = _sweep(DIGITS)
+    with pytest.raises(ValueError, match="allowed values: a finite number > 0"):
+        protocol.headline_rows(sweep.table.assign(value=1.0), compare(sweep), "m", "y", margin=margin)
 
 
 def test_the_learning_rate_choice_breaks_ties_towards_the_base_rate(monkeypatch):
@@ -172,7 +242,7 @@ def test_a_tiny_real_sweep_fits_shares_its_runs_and_loads_them_again(isolated_st
     assert again.run("batch", 3, 1).folder == run.folder
     assert torch.equal(again.run("none", 1, 0).logits_pool, sweep.run("none", 1, 0).logits_pool)
     comparisons = compare(again)
-    assert [c.setting for c in comparisons] == list(protocol.SETTINGS)
+    assert {part for c in comparisons for part in c.settings} == set(protocol.SETTINGS)
 
 
 def test_fitting_pairings_show_when_the_answer_depends_on_the_budgets():
@@ -185,7 +255,8 @@ def test_fitting_pairings_show_when_the_answer_depends_on_the_budgets():
     assert list(pairs.reading) == ["BN lower", "BN higher", "BN higher"]
     assert pairs["diff"].tolist() == pytest.approx([-0.20, 0.10, 0.12])
     assert protocol.robustness(pairs) == ("depends on the budgets: 2 BN higher, 1 BN lower of 3 pairs of budgets "
-                                          "at which both sides fit")
-    assert protocol.robustness(pairs.iloc[1:]) == "BN higher at all 2 pairs of budgets at which both sides fit"
+                                          "at which both sides fit (differences -0.2 to +0.12)")
+    assert protocol.robustness(pairs.iloc[1:]) == ("BN higher at all 2 pairs of budgets at which both sides fit "
+                                                   "(differences +0.1 to +0.12)")
     never = _sweep({k: ((0.9, 0.9) if k[0] == "none" else v) for k, v in DIGITS.items()})
     assert protocol.robustness(protocol.fitting_pairings(never, values)) == "no pair of budgets at which both sides fit"

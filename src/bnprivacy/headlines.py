@@ -13,28 +13,39 @@ from pathlib import Path
 
 import pandas as pd
 
-from .reading import judge  # noqa: F401  (re-exported for the verdict)
+import math
+
+from .protocol import FIELDS as COMPARABILITY
+from .protocol import SAME_RUNS
+from .protocol import SETTINGS as PROTOCOL_SETTINGS
+from .reading import decide, judge, not_comparable  # noqa: F401  (judge re-exported for the verdict)
+from .stats import check_margin, difference_p, equivalence_p, holm, standard_error
 from .store import results_dir, save_json
 
-# The protocol's three comparisons (``protocol.py``), DP-SGD against its non-private twin, and the
-# theory chapter's linear-model simulation.
-SETTINGS = ("equal epochs", "matched fit", "matched accuracy", "mitigation", "simulation")
-# Every row that compares trained models carries these (``protocol.Comparison.fields``).
-COMPARABILITY = ("epochs_bn", "epochs_ref", "lr_bn", "lr_ref", "train_acc_bn", "train_acc_ref", "test_acc_bn",
-                 "test_acc_ref", "fit_bn", "fit_ref", "comparable", "reason")
-COLUMNS = ["chapter", "measure", "setting", "reference", "batch", "ref", "diff", "lo", "hi", "interval",
-           "higher_means", *COMPARABILITY, "resolution", "robustness", "dataset", "arch", "profile"]
+# The protocol's comparisons (``protocol.py``), DP-SGD against its non-private twin, and the theory
+# chapter's linear-model simulation.
+SETTINGS = (*PROTOCOL_SETTINGS, "mitigation", "simulation")
+# Settings of rows recorded before the utility frontier (read, never written any more).
+PREVIOUS_SETTINGS = ("matched accuracy",)
+TESTS = ("margin", "df", "p", "p_equivalence", "p_holm", "p_equivalence_holm", "reading")
+COLUMNS = ["chapter", "measure", "setting", "reference", "runs", "batch", "ref", "diff", "lo", "hi", "interval",
+           "higher_means", *COMPARABILITY, "resolution", "robustness", *TESTS, "dataset", "arch", "profile"]
 
 
 def headline_row(measure: str, setting: str, batch: float, ref: float, diff: float, lo: float,
                  hi: float, interval: str, higher_means: str, reference: str = "none", *,
-                 comparison=None, robustness: str = "", resolution: str = "") -> dict:
+                 comparison=None, robustness: str = "", resolution: str = "", margin: float,
+                 df: float) -> dict:
     """One comparison of BN with a reference (no normalisation unless ``reference`` names another,
     e.g. "group"): values with BN (``batch``) and with the reference (``ref``), ``diff`` =
-    BN − reference with its interval.
+    BN − reference with its 95% interval.
 
-    ``interval`` says what the interval is over (e.g. "95% t-interval over 3 seeds");
-    ``higher_means`` what a positive difference would mean (e.g. "BN memorizes more").
+    ``interval`` says what the interval is (method, replicates, degrees of freedom);
+    ``higher_means`` what a positive difference would mean (e.g. "BN memorizes more"). ``margin``
+    (> 0, in the measure's units) is the largest difference that counts as no difference; ``df``
+    the interval's degrees of freedom (``math.inf`` for a bootstrap interval, read as normal). The
+    row carries the two unadjusted tests (``p``: no difference; ``p_equivalence``: TOST within
+    ±margin); :func:`adjust` adds the Holm-adjusted ones and the reading across all rows.
     ``comparison`` (a ``protocol.Comparison``) is required for every setting but "simulation": its
     comparability fields (budgets, learning rates, train and test accuracy of both sides, fit,
     ``comparable`` and the ``reason`` when not) go into the row, so the verdict never reads a row
@@ -43,11 +54,12 @@ def headline_row(measure: str, setting: str, batch: float, ref: float, diff: flo
     measure cannot resolve the comparison ("not resolvable with n non-members", "not resolved:
     within the null spread"); such a row is read as that, never as evidence.
     """
-    if setting not in SETTINGS:
-        raise ValueError(f"setting {setting!r} is not one of {SETTINGS}")
+    if any(part not in SETTINGS for part in setting.split(SAME_RUNS)):
+        raise ValueError(f"setting {setting!r} is not one of {SETTINGS} (or several joined by {SAME_RUNS!r})")
     if comparison is None and setting != "simulation":
         raise ValueError(f"a {setting!r} row compares trained models and needs its comparison "
                          "(protocol.Comparison) for the comparability fields")
+    check_margin(f"margin of {measure!r}", margin)
     values = {"batch": batch, "ref": ref, "diff": diff, "lo": lo, "hi": hi}
     row = {"measure": measure, "setting": setting, "interval": interval, "higher_means": higher_means,
            "reference": reference, "robustness": robustness, "resolution": resolution}
@@ -55,15 +67,27 @@ def headline_row(measure: str, setting: str, batch: float, ref: float, diff: flo
     if comparison is not None:
         fields = comparison.fields()
         row.update({k: (v.item() if hasattr(v, "item") else v) for k, v in fields.items()})
+        row["runs"] = comparison.runs
     else:
-        row.update({"comparable": True, "reason": ""})
+        row.update({"comparable": True, "reason": "", "runs": ""})
+    row.update(row_tests(row["diff"], row["lo"], row["hi"], float(df), float(margin)))
     return row
 
 
+def row_tests(diff: float, lo: float, hi: float, df: float, margin: float) -> dict:
+    """``{margin, df, p, p_equivalence}`` of a difference with its 95% interval: the standard error
+    is read off the interval (exact for a Student-t interval with ``df`` degrees of freedom), NaN
+    p-values where there is no interval. ``margin`` NaN (a row recorded before margins) gives no
+    equivalence test."""
+    se = standard_error(lo, hi, df) if df > 0 and math.isfinite(lo) and math.isfinite(hi) else float("nan")
+    p_equivalence = equivalence_p(diff, se, df, margin) if math.isfinite(margin) else float("nan")
+    return {"margin": margin, "df": df, "p": difference_p(diff, se, df), "p_equivalence": p_equivalence}
+
+
 def paired_headline(measure: str, setting: str, batch_values, ref_values, higher_means: str, *,
-                    comparison=None) -> dict:
+                    comparison=None, margin: float) -> dict:
     """A headline row from per-seed values paired by seed (Student-t interval of the mean difference);
-    ``comparison`` as in :func:`headline_row`."""
+    ``comparison`` and ``margin`` as in :func:`headline_row`."""
     import numpy as np
 
     from .stats import paired_difference
@@ -73,20 +97,42 @@ def paired_headline(measure: str, setting: str, batch_values, ref_values, higher
         raise ValueError(f"paired values need one per seed on both sides; got {batch_values.shape} "
                          f"with BN and {ref_values.shape} without")
     d = paired_difference(batch_values, ref_values)
+    df = max(d["n"] - 1, 0)
     return headline_row(measure, setting, batch_values.mean(), ref_values.mean(), d["diff"], d["lo"],
-                        d["hi"], f"95% t-interval over {d['n']} seeds", higher_means, comparison=comparison)
+                        d["hi"], f"95% Student-t interval over {d['n']} seeds ({df} df)", higher_means,
+                        comparison=comparison, margin=margin, df=df)
+
+
+def adjust(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows with the verdict's tests: ``p_holm`` and ``p_equivalence_holm`` adjusted by Holm's
+    method across every row that is evidence (comparable, resolved, with a test), and ``reading``,
+    exactly one of "BN higher", "BN lower", "equivalent within ±margin", "inconclusive" for those
+    rows, else "not comparable: <reason>" or the row's resolution. The family-wise error rate of
+    the readings is ``reading.ALPHA``."""
+    table = table.copy()
+    table["comparable"] = [_truthy(v) for v in table["comparable"]]
+    table["reason"] = table["reason"].fillna("").astype(str)
+    table["resolution"] = table["resolution"].fillna("").astype(str)
+    evidence = table["comparable"] & (table["resolution"] == "")
+    p = table["p"].astype(float).where(evidence)
+    table["p_holm"] = holm(p)
+    table["p_equivalence_holm"] = holm(table["p_equivalence"].astype(float).where(evidence))
+    table["reading"] = [
+        not_comparable(r.reason) if not r.comparable else (r.resolution or decide(r.diff, r.p_holm,
+                                                                                  r.p_equivalence_holm, r.margin))
+        for r in table.itertuples()]
+    return table
+
+
+def _truthy(value) -> bool:
+    """A recorded ``comparable`` field: only a real True (or 1) is comparable; a missing field or a
+    string such as "false" is not."""
+    return value is True or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1)
 
 
 def readings(table: pd.DataFrame) -> list[str]:
-    """The reading of every headline row: "not comparable: <reason>" for a row whose sides did not
-    train to a comparable state, its ``resolution`` for a row its measure cannot resolve, else what
-    its interval says (``reading.judge``)."""
-    from .reading import not_comparable
-
-    resolutions = table["resolution"] if "resolution" in table else [""] * len(table)
-    return [not_comparable(reason) if not comparable else (resolution or judge(lo, hi))
-            for lo, hi, comparable, reason, resolution in
-            zip(table["lo"], table["hi"], table["comparable"], table["reason"], resolutions)]
+    """The reading of every headline row (:func:`adjust`)."""
+    return list(adjust(table)["reading"])
 
 
 def headline_folder(profile: str) -> Path:
@@ -104,7 +150,24 @@ def record(chapter: str, profile: str, rows: list[dict], *, dataset: str, arch: 
     rows = [dict(row, chapter=chapter, dataset=dataset, arch=arch, profile=profile) for row in rows]
     path = headline_folder(profile) / f"{chapter}.json"
     save_json(path, rows)
+    readjust(profile)
     return path
+
+
+def readjust(profile: str) -> None:
+    """Rewrite every chapter's rows under ``profile`` with the tests adjusted across all of them
+    (:func:`adjust`), so each file holds the reading the verdict gives."""
+    folder = headline_folder(profile)
+    chapters = sorted(f.stem for f in folder.glob("*.json") if "." not in f.stem)
+    table = adjust(load(profile, chapters))
+    for chapter, rows in table.groupby("chapter", sort=False):
+        records = [{k: _plain(v) for k, v in row.items()} for row in rows.to_dict("records")]
+        save_json(folder / f"{chapter}.json", records)
+
+
+def _plain(value):
+    """A JSON-ready value: numpy scalars as Python ones."""
+    return value.item() if hasattr(value, "item") else value
 
 
 CURVE_COLUMNS = ["chapter", "measure", "norm", "budget", "seed", "value", "test_acc", "train_acc"]
@@ -159,14 +222,66 @@ def load(profile: str, chapters: list[str]) -> pd.DataFrame:
             f"execute them first, e.g. `make chapter CH={missing[0]} PROFILE={profile}` "
             f"(or `make book PROFILE={profile}` for all)"
         )
-    rows = [_upgraded(row) for c in chapters for row in json.loads((folder / f"{c}.json").read_text())]
-    return pd.DataFrame(rows, columns=COLUMNS)
+    rows = [upgraded(row) for c in chapters for row in json.loads((folder / f"{c}.json").read_text())]
+    return merge_same_runs(pd.DataFrame(rows, columns=COLUMNS))
 
 
-def _upgraded(row: dict) -> dict:
+def merge_same_runs(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per comparison: rows of one chapter and measure that read the same runs (same
+    ``runs`` and reference; rows recorded before ``protocol.merge_same_runs``, e.g. "matched fit"
+    and "matched accuracy" on the same budgets) become the first of them, named by every setting."""
+    if table.empty:
+        return table
+    keyed = table["runs"].fillna("").astype(str) != ""
+    keys = list(zip(table["chapter"], table["measure"], table["reference"], table["runs"]))
+    keep, settings = [], {}
+    for index, key, has_runs in zip(table.index, keys, keyed):
+        if has_runs and key in settings:
+            first = settings[key]
+            parts = str(table.at[first, "setting"]).split(SAME_RUNS)
+            if table.at[index, "setting"] not in parts:
+                table.at[first, "setting"] = SAME_RUNS.join([*parts, str(table.at[index, "setting"])])
+            continue
+        settings[key] = index
+        keep.append(index)
+    return table.loc[keep].reset_index(drop=True)
+
+
+def upgraded(row: dict) -> dict:
     """A row recorded before the reference value was named ``ref`` (it was ``none``, even when the
-    reference was GroupNorm), or before rows had a reference."""
+    reference was GroupNorm), before rows had a reference, or before rows carried their tests
+    (margin and p-values): its tests are derived from its interval, its ``df`` from the number of
+    seeds its interval names (else read as normal), with no margin, so it can never read
+    "equivalent"."""
     row = {"reference": "none", "resolution": "", **row}
     if "ref" not in row and "none" in row:
         row["ref"] = row.pop("none")
+    if "p" not in row:
+        seeds = re.search(r"over (\d+) seeds", str(row.get("interval", "")))
+        df = int(seeds.group(1)) - 1 if seeds else math.inf
+        numbers = [_number(row.get(k)) for k in ("diff", "lo", "hi")]
+        row.update(row_tests(*numbers, df, math.nan))
+    if not row.get("runs"):
+        row["runs"] = _legacy_runs(row)
     return row
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _legacy_runs(row: dict) -> str:
+    """The runs a row recorded without ``runs`` compares, from its budgets (empty without them)."""
+    bn, ref = row.get("epochs_bn"), row.get("epochs_ref")
+    if bn is None or ref is None or row.get("setting") in ("mitigation", "simulation"):
+        return ""
+    return f"batch@{bn} vs {row.get('reference', 'none')}@{ref}"
+
+
+def from_previous_protocol(table: pd.DataFrame) -> bool:
+    """Whether rows were recorded before the utility frontier and equivalence margins (issue 22):
+    they carry no margin."""
+    return "margin" not in table or table["margin"].isna().all()

@@ -11,10 +11,13 @@ A comparison is evidence only when both sides trained to a comparable state. So,
 3. **Fit.** A model has *fit* when its accuracy on its own IN samples (identity query, eval mode)
    reaches ``fit_threshold`` at the end of its budget; a side fits when its models' mean does.
 4. **Comparisons**, BN against the reference, paired by seed (same masks and canaries):
-   *equal epochs* (the paper's setting, at ``equal_epochs``), *matched fit* (each norm at its
-   smallest budget that fits), *matched accuracy* (each norm at the budget whose test accuracy is
-   closest to the highest accuracy that every norm reaches), and the *curves* of every measure
-   against budget and test accuracy.
+   *equal epochs* (the paper's setting, at ``equal_epochs``); *equal epochs, both fit* (every
+   budget at which both sides fit, the per-seed differences averaged over those budgets); *matched
+   fit* (each norm at its smallest budget that fits); *matched accuracy, interpolated* (BN minus
+   the reference at equal test accuracy, read off each norm's curve of the measure against test
+   accuracy over its fitting budgets, across the accuracy range both reach, never extrapolated);
+   and the *curves* of every measure against budget and test accuracy. Two settings that select
+   the same runs are one comparison, named by both (``"equal epochs = equal epochs, both fit"``).
 5. **Guard.** A comparison where a side did not fit, or trained to below ``chance_factor`` times
    chance test accuracy, is "not comparable" and is never read as evidence either way.
 6. **Shared runs.** One shadow run per (norm, budget, seed) serves chapters 02, 03 and 04: the
@@ -32,12 +35,18 @@ import pandas as pd
 import torch
 
 from .config import Config
-from .reading import judge, not_comparable
-from .stats import paired_difference, t_interval
+from .reading import decide, judge, not_comparable
+from .stats import (check_margin, difference_p, equivalence_p, paired_difference, standard_error,
+                    t_interval)
 from .store import RunSpec, ShadowRun, results_dir, save_json, shadow_run
 
-SETTINGS = ("equal epochs", "matched fit", "matched accuracy")
-FAIR_SETTINGS = ("matched fit", "matched accuracy")
+SETTINGS = ("equal epochs", "equal epochs, both fit", "matched fit", "matched accuracy, interpolated")
+FAIR_SETTINGS = ("equal epochs, both fit", "matched fit", "matched accuracy, interpolated")
+INTERPOLATED = "matched accuracy, interpolated"
+# A merged comparison's setting names every setting that selected its runs, joined by this.
+SAME_RUNS = " = "
+# Test accuracies at which the interpolated comparison reads both curves, across the common range.
+FRONTIER_POINTS = 5
 # Comparability fields of every headline row that compares trained models.
 FIELDS = ("epochs_bn", "epochs_ref", "lr_bn", "lr_ref", "train_acc_bn", "train_acc_ref", "test_acc_bn",
           "test_acc_ref", "fit_bn", "fit_ref", "comparable", "reason")
@@ -62,7 +71,7 @@ class Protocol:
 
     base: Config
     norms: tuple[str, ...] = ("batch", "none")
-    budgets: tuple[int, ...] = (10, 20, 40)
+    budgets: tuple[int, ...] = (20, 28, 40, 56)
     lr_grid: tuple[float, ...] = (0.25, 1.0, 4.0)
     fit_threshold: float = 0.99
     chance_factor: float = 1.5
@@ -302,10 +311,48 @@ class Comparison:
     comparable: bool
     reason: str
     note: str = ""
+    # The (BN budget, reference budget) pairs whose runs it compares, paired by seed; empty for
+    # the interpolated comparison, which reads each norm's curve over ``frontier_bn``/``frontier_ref``
+    # at test accuracies spanning ``accuracy_range``.
+    pairs: tuple = ()
+    frontier_bn: tuple = ()
+    frontier_ref: tuple = ()
+    accuracy_range: tuple = ()
 
     def fields(self) -> dict:
         """The comparability fields a headline row carries."""
         return {name: getattr(self, name) for name in FIELDS}
+
+    @property
+    def settings(self) -> list[str]:
+        """The settings this comparison stands for (two when both selected the same runs)."""
+        return self.setting.split(SAME_RUNS)
+
+    @property
+    def runs(self) -> str:
+        """Which runs it reads, in words: ``"batch@10 vs none@40"``, ``"batch@20,40 vs none@20,40"``
+        (averaged over budgets), or ``"frontier batch@10,20 vs none@20,40"``."""
+        if not self.pairs:
+            return (f"frontier batch@{_budgets(self.frontier_bn)} vs "
+                    f"{self.reference}@{_budgets(self.frontier_ref)}")
+        return (f"batch@{_budgets(b for b, _ in self.pairs)} vs "
+                f"{self.reference}@{_budgets(r for _, r in self.pairs)}")
+
+
+    def where(self) -> str:
+        """Where the comparison reads the two norms, for a sentence: "BN at 10 epochs, none at 40"."""
+        if not self.pairs:
+            lo, hi = self.accuracy_range or (float("nan"), float("nan"))
+            return (f"at equal test accuracy from {lo:.3f} to {hi:.3f}, along BN's budgets "
+                    f"{_budgets(self.frontier_bn)} and {self.reference}'s {_budgets(self.frontier_ref)}")
+        bn = sorted({b for b, _ in self.pairs})
+        ref = sorted({r for _, r in self.pairs})
+        averaged = " (averaged over them)" if len(self.pairs) > 1 else ""
+        return f"BN at {_budgets(bn)} epochs, {self.reference} at {_budgets(ref)}{averaged}"
+
+
+def _budgets(budgets) -> str:
+    return ",".join(str(int(b)) for b in budgets) or "-"
 
 
 def guard(setting: str, bn: pd.Series, ref: pd.Series, *, num_classes: int, fit_threshold: float = 0.99,
@@ -327,7 +374,7 @@ def guard(setting: str, bn: pd.Series, ref: pd.Series, *, num_classes: int, fit_
     return Comparison(setting, str(ref.norm), int(bn.budget), int(ref.budget), float(bn.lr), float(ref.lr),
                       float(bn.train_acc), float(ref.train_acc), float(bn.test_acc), float(ref.test_acc),
                       bool(bn.train_acc >= fit_threshold), bool(ref.train_acc >= fit_threshold),
-                      not reasons, "; ".join(reasons), note)
+                      not reasons, "; ".join(reasons), note, pairs=((int(bn.budget), int(ref.budget)),))
 
 
 def side(norm: str, runs: list[ShadowRun]) -> pd.Series:
@@ -346,15 +393,89 @@ def _guard(setting: str, bn: pd.Series, ref: pd.Series, p: Protocol, num_classes
 
 
 def compare(sweep: Sweep, reference: str | None = None) -> list[Comparison]:
-    """The equal-epochs, matched-fit and matched-accuracy comparisons of BN with ``reference``."""
+    """BN against ``reference`` in every setting of ``SETTINGS`` (equal epochs; equal epochs, both
+    fit; matched fit; matched accuracy, interpolated), settings that select the same runs merged
+    into one comparison (:func:`merge_same_runs`)."""
     p = sweep.protocol
     reference = reference or p.reference
     sides = sweep.sides()
     bn, ref = sides[sides.norm == "batch"].set_index("budget"), sides[sides.norm == reference].set_index("budget")
     if bn.empty or ref.empty:
         raise ValueError(f"the sweep has no runs of 'batch' and {reference!r}; norms: {list(p.norms)}")
-    return [_guard("equal epochs", _side(bn, p.equal_epochs), _side(ref, p.equal_epochs), p, sweep.num_classes),
-            _matched_fit(bn, ref, p, sweep.num_classes), _matched_accuracy(bn, ref, p, sweep.num_classes)]
+    return merge_same_runs([
+        _guard("equal epochs", _side(bn, p.equal_epochs), _side(ref, p.equal_epochs), p, sweep.num_classes),
+        _equal_epochs_both_fit(bn, ref, p, sweep.num_classes), _matched_fit(bn, ref, p, sweep.num_classes),
+        _interpolated(bn, ref, p, sweep.num_classes)])
+
+
+def merge_same_runs(comparisons: list[Comparison]) -> list[Comparison]:
+    """One comparison per set of runs: comparisons that pair the same budgets of the same norms
+    become one, whose setting names all of them (``"equal epochs = equal epochs, both fit"``), so
+    no measure gets two rows (and two tests) for one comparison."""
+    merged: dict = {}
+    for c in comparisons:
+        key = (c.reference, c.pairs) if c.pairs else (c.reference, c.setting)
+        if key in merged:
+            first = merged[key]
+            notes = "; ".join(n for n in (first.note, c.note) if n)
+            merged[key] = dataclasses.replace(first, setting=first.setting + SAME_RUNS + c.setting, note=notes)
+        else:
+            merged[key] = c
+    return list(merged.values())
+
+
+def _usable(table: pd.DataFrame) -> pd.DataFrame:
+    """The budgets of one norm's sides at which it fits and trained."""
+    return table[table.fit & table.trained]
+
+
+def _mean_side(table: pd.DataFrame, budgets: list[int]) -> pd.Series:
+    """One side averaged over ``budgets`` (at the first of them, for the guard's messages)."""
+    means = table.loc[budgets, ["lr", "train_acc", "test_acc"]].mean()
+    return pd.Series({"norm": table.norm.iloc[0], "budget": int(budgets[0]), **means.to_dict()})
+
+
+def _equal_epochs_both_fit(bn, ref, p: Protocol, num_classes: int) -> Comparison:
+    setting = "equal epochs, both fit"
+    common = [b for b in p.budgets if b in _usable(bn).index and b in _usable(ref).index]
+    if not common:
+        c = _guard(setting, _side(bn, p.budgets[-1]), _side(ref, p.budgets[-1]), p, num_classes,
+                   "no budget of the ladder at which both sides fit; shown at the largest budget")
+        return dataclasses.replace(c, comparable=False, reason=c.reason or "no budget at which both sides fit")
+    c = _guard(setting, _mean_side(bn, common), _mean_side(ref, common), p, num_classes,
+               f"at {'each of the budgets ' if len(common) > 1 else ''}{_budgets(common)} epochs, "
+               "the per-seed differences averaged over them")
+    return dataclasses.replace(c, pairs=tuple((b, b) for b in common))
+
+
+def _interpolated(bn, ref, p: Protocol, num_classes: int) -> Comparison:
+    """BN minus the reference at equal test accuracy, along both norms' curves over their fitting
+    budgets (at least two each), across the accuracy range both reach; not comparable otherwise."""
+    usable = {"batch": _usable(bn), str(ref.norm.iloc[0]): _usable(ref)}
+    largest = _guard(INTERPOLATED, _side(bn, p.budgets[-1]), _side(ref, p.budgets[-1]), p, num_classes)
+    short = [f"{norm} fits at {len(t)} ({_budgets(t.index) if len(t) else 'none'})" for norm, t in usable.items()
+             if len(t) < 2]
+    frontiers = dict(pairs=(), frontier_bn=tuple(int(b) for b in usable["batch"].index),
+                     frontier_ref=tuple(int(b) for b in list(usable.values())[1].index))
+    if short:
+        return dataclasses.replace(largest, comparable=False, reason=(
+            "a frontier needs at least 2 fitting budgets per norm; of the ladder "
+            f"{_budgets(p.budgets)}, " + " and ".join(short)), note="no frontier to read", **frontiers)
+    (name_bn, t_bn), (name_ref, t_ref) = usable.items()
+    lo = max(t_bn.test_acc.min(), t_ref.test_acc.min())
+    hi = min(t_bn.test_acc.max(), t_ref.test_acc.max())
+    if lo > hi:
+        ranges = ", ".join(f"{n} {t.test_acc.min():.3f}-{t.test_acc.max():.3f}" for n, t in usable.items())
+        return dataclasses.replace(largest, comparable=False, reason=(
+            f"the test-accuracy ranges of the fitting budgets do not overlap ({ranges}); not extrapolated"),
+            note="no common accuracy to read", **frontiers)
+    c = _guard(INTERPOLATED, _mean_side(bn, list(t_bn.index)), _mean_side(ref, list(t_ref.index)), p, num_classes,
+               f"read at {FRONTIER_POINTS} test accuracies from {lo:.3f} to {hi:.3f}, along BN's budgets "
+               f"{_budgets(t_bn.index)} and {name_ref}'s {_budgets(t_ref.index)}")
+    middle = float((lo + hi) / 2)
+    return dataclasses.replace(c, pairs=(), frontier_bn=tuple(int(b) for b in t_bn.index),
+                               frontier_ref=tuple(int(b) for b in t_ref.index), accuracy_range=(float(lo), float(hi)),
+                               test_acc_bn=middle, test_acc_ref=middle)
 
 
 def _side(table: pd.DataFrame, budget: int) -> pd.Series:
@@ -378,21 +499,6 @@ def _matched_fit(bn, ref, p: Protocol, num_classes: int) -> Comparison:
             (bn if m == "bn" else ref).norm.iloc[0] for m in missing) + "; shown at the largest budget"
     pick = {name: (b if b is not None else p.budgets[-1]) for name, b in budgets.items()}
     return _guard("matched fit", _side(bn, pick["bn"]), _side(ref, pick["ref"]), p, num_classes, note)
-
-
-def _matched_accuracy(bn, ref, p: Protocol, num_classes: int) -> Comparison:
-    target = min(bn.test_acc.max(), ref.test_acc.max())
-    pick = {name: int((t.test_acc - target).abs().idxmin()) for name, t in (("bn", bn), ("ref", ref))}
-    weaker = "batch" if bn.test_acc.max() < ref.test_acc.max() else ref.norm.iloc[0]
-    stronger = ref.norm.iloc[0] if weaker == "batch" else "batch"
-    gap = bn.loc[pick["bn"], "test_acc"] - ref.loc[pick["ref"], "test_acc"]
-    note = (f"target = the highest test accuracy every norm reaches, {target:.3f}; the sides differ by "
-            f"{gap * 100:+.2f} points (BN minus {ref.norm.iloc[0]})")
-    best = {"batch": bn.test_acc.max(), ref.norm.iloc[0]: ref.test_acc.max()}
-    if best[weaker] < best[stronger]:
-        note += (f"; {weaker} never reaches {stronger}'s best ({best[weaker]:.3f} at most against "
-                 f"{best[stronger]:.3f}), so {stronger} is matched downwards")
-    return _guard("matched accuracy", _side(bn, pick["bn"]), _side(ref, pick["ref"]), p, num_classes, note)
 
 
 # --- measures: comparisons, curves and headline rows ----------------------------------------------
@@ -419,22 +525,67 @@ def curves(values: pd.DataFrame) -> pd.DataFrame:
 
 
 def difference(values: pd.DataFrame, comparison: Comparison) -> dict:
-    """BN minus reference of the measure, paired by seed, at the two budgets of ``comparison``:
-    ``{batch, ref, diff, lo, hi, n}``."""
-    a = values[(values.norm == "batch") & (values.budget == comparison.epochs_bn)].sort_values("seed")
-    b = values[(values.norm == comparison.reference) & (values.budget == comparison.epochs_ref)].sort_values("seed")
-    d = paired_difference(a.value.to_numpy(), b.value.to_numpy())
-    return {"batch": float(a.value.mean()), "ref": float(b.value.mean()), **d}
+    """BN minus reference of the measure, paired by seed: at the comparison's pairs of budgets
+    (averaged over them when there are several), or, for the interpolated comparison, along both
+    norms' curves at equal test accuracy (:func:`frontier_values`). ``{batch, ref, diff, lo, hi,
+    n, df}``: both sides' means, the mean difference and its 95% t-interval over ``n`` seeds with
+    ``df`` degrees of freedom."""
+    if comparison.pairs:
+        a = _seed_means(values, "batch", [b for b, _ in comparison.pairs])
+        b = _seed_means(values, comparison.reference, [r for _, r in comparison.pairs])
+    elif not comparison.accuracy_range:  # a frontier that could not be read: no values, no test
+        nan = float("nan")
+        return {"batch": nan, "ref": nan, "diff": nan, "lo": nan, "hi": nan, "n": 0, "df": 0}
+    else:
+        grid = np.linspace(*comparison.accuracy_range, FRONTIER_POINTS)
+        a = frontier_values(values, "batch", comparison.frontier_bn, grid).mean(axis=1)
+        b = frontier_values(values, comparison.reference, comparison.frontier_ref, grid).mean(axis=1)
+    d = paired_difference(a, b)
+    return {"batch": float(np.mean(a)), "ref": float(np.mean(b)), **d, "df": max(d["n"] - 1, 0)}
 
 
-def reading(comparison: Comparison, lo: float, hi: float, higher: str = "BN higher", lower: str = "BN lower",
-            resolution: str = "") -> str:
-    """The words for a comparison: "not comparable: ..." when the guard failed, else ``resolution``
-    when the measure cannot resolve it ("not resolvable ...", "not resolved ..."), else the
-    interval's."""
+def _seed_means(values: pd.DataFrame, norm: str, budgets: list[int]) -> np.ndarray:
+    """Per seed (in seed order), the measure of ``norm`` averaged over the pairs' ``budgets``."""
+    rows = [values[(values.norm == norm) & (values.budget == b)].sort_values("seed").value.to_numpy()
+            for b in budgets]
+    return np.mean(rows, axis=0)
+
+
+def frontier_values(values: pd.DataFrame, norm: str, budgets, grid) -> np.ndarray:
+    """``[seeds, len(grid)]``: each seed's measure of ``norm``, linearly interpolated along the
+    norm's curve (its ``budgets`` placed at their mean test accuracy over seeds) at the test
+    accuracies ``grid``. Points outside the curve's range are refused, never extrapolated."""
+    rows = values[(values.norm == norm) & values.budget.isin(list(budgets))]
+    accuracy = rows.groupby("budget").test_acc.mean()
+    grid = np.asarray(grid, dtype=float)
+    if grid.min() < accuracy.min() - 1e-12 or grid.max() > accuracy.max() + 1e-12:
+        raise ValueError(f"test accuracies {grid.min():.3f}-{grid.max():.3f} are outside {norm}'s curve "
+                         f"({accuracy.min():.3f}-{accuracy.max():.3f}); a frontier is never extrapolated")
+    order = accuracy.sort_values(kind="stable")
+    table = rows.pivot(index="seed", columns="budget", values="value")[order.index]
+    return np.stack([np.interp(grid, order.to_numpy(), seed_values) for seed_values in table.to_numpy()])
+
+
+def tests(d: dict, margin: float) -> dict:
+    """The two tests of a difference ``d`` (from :func:`difference`) at equivalence ``margin``:
+    ``{p, p_equivalence}``, the t-test of "no difference" and the TOST of "within ±margin", both
+    unadjusted (the verdict adjusts them across its rows with Holm's method)."""
+    se = standard_error(d["lo"], d["hi"], d["df"]) if d["df"] > 0 else float("nan")
+    return {"p": difference_p(d["diff"], se, d["df"]), "p_equivalence": equivalence_p(d["diff"], se, d["df"], margin)}
+
+
+def reading(comparison: Comparison, d: dict, margin: float, higher: str = "BN higher", lower: str = "BN lower",
+            resolution: str = "", scale: float = 1.0, unit: str = "") -> str:
+    """The words for one comparison of a measure in its chapter: "not comparable: ..." when the
+    guard failed, else ``resolution`` when the measure cannot resolve it ("not resolvable ...",
+    "not resolved ..."), else :func:`reading.decide` on the unadjusted tests at ``margin`` (the
+    verdict reads the same tests adjusted for all its rows)."""
     if not comparison.comparable:
         return not_comparable(comparison.reason)
-    return resolution or judge(lo, hi, higher, lower)
+    if resolution:
+        return resolution
+    t = tests(d, margin)
+    return decide(d["diff"], t["p"], t["p_equivalence"], margin, higher=higher, lower=lower, scale=scale, unit=unit)
 
 
 def fitting_pairings(sweep: Sweep, values: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
@@ -457,51 +608,61 @@ def fitting_pairings(sweep: Sweep, values: pd.DataFrame, reference: str | None =
 
 
 def robustness(pairings: pd.DataFrame) -> str:
-    """One line on whether the sign of BN − reference holds at every pair of fitting budgets."""
+    """One line on whether the sign of BN − reference holds at every pair of fitting budgets, with
+    the range of the differences (a sign that holds from +0.01 to +0.08 is not one effect)."""
     if pairings.empty:
         return "no pair of budgets at which both sides fit"
     counts = pairings.reading.value_counts()
     total = len(pairings)
+    sizes = f"differences {pairings['diff'].min():+.3g} to {pairings['diff'].max():+.3g}"
     if len(counts) == 1:
-        return f"{counts.index[0]} at all {total} pairs of budgets at which both sides fit"
-    parts = ", ".join(f"{counts[k]} {k}" for k in ("BN higher", "BN lower", "no clear difference", "no interval")
+        return f"{counts.index[0]} at all {total} pairs of budgets at which both sides fit ({sizes})"
+    parts = ", ".join(f"{counts[k]} {k}" for k in ("BN higher", "BN lower", "inconclusive", "no interval")
                       if counts.get(k, 0))
-    return f"depends on the budgets: {parts} of {total} pairs of budgets at which both sides fit"
+    return f"depends on the budgets: {parts} of {total} pairs of budgets at which both sides fit ({sizes})"
 
 
 def headline_rows(values: pd.DataFrame, comparisons: list[Comparison], measure: str, higher_means: str,
-                  robust: str = "", resolution=None) -> list[dict]:
+                  robust: str = "", resolution=None, *, margin: float) -> list[dict]:
     """One headline row per comparison of a measure (``headlines.headline_row`` with the
-    comparability fields and the ``robust`` line of :func:`robustness`), for the verdict.
-    ``resolution(comparison, difference) -> str`` says when the measure cannot resolve a
-    comparison (empty when it can)."""
+    comparability fields, the equivalence ``margin`` in the measure's units, both tests and the
+    ``robust`` line of :func:`robustness`), for the verdict. ``resolution(comparison, difference)
+    -> str`` says when the measure cannot resolve a comparison (empty when it can)."""
     from .headlines import headline_row
 
+    check_margin(f"margin of {measure!r}", margin)
     rows = []
     for c in comparisons:
         d = difference(values, c)
         rows.append(headline_row(measure, c.setting, d["batch"], d["ref"], d["diff"], d["lo"], d["hi"],
-                                 f"95% t-interval over {d['n']} seeds (paired by masks)", higher_means,
-                                 reference=c.reference, comparison=c, robustness=robust,
-                                 resolution=resolution(c, d) if resolution else ""))
+                                 interval_words(d), higher_means, reference=c.reference, comparison=c,
+                                 robustness=robust, resolution=resolution(c, d) if resolution else "",
+                                 margin=margin, df=d["df"]))
     return rows
 
 
-def comparison_table(values: pd.DataFrame, comparisons: list[Comparison], digits: int = 3,
+def interval_words(d: dict) -> str:
+    """What an interval of :func:`difference` is: method, replicates and degrees of freedom."""
+    return f"95% Student-t interval over {d['n']} seeds paired by masks ({d['df']} df)"
+
+
+def comparison_table(values: pd.DataFrame, comparisons: list[Comparison], *, margin: float, digits: int = 3,
                      scale: float = 1.0, resolution=None) -> pd.DataFrame:
-    """The comparisons of one measure as a table for a chapter: the two sides' budgets and state,
-    BN, reference, BN − reference with its interval, and the reading."""
+    """The comparisons of one measure as a table for a chapter: the runs each reads and their
+    state, BN, reference, BN − reference with its interval, and the reading at ``margin``
+    (unadjusted; the verdict adjusts across its rows)."""
     from .reading import fmt_interval
 
     rows = []
     for c in comparisons:
         d = difference(values, c)
-        rows.append({"setting": c.setting, "epochs (BN / ref)": f"{c.epochs_bn} / {c.epochs_ref}",
+        rows.append({"setting": c.setting, "runs": c.runs,
                      "test acc (BN / ref)": f"{c.test_acc_bn:.3f} / {c.test_acc_ref:.3f}",
                      "IN acc (BN / ref)": f"{c.train_acc_bn:.3f} / {c.train_acc_ref:.3f}",
                      "BN": f"{d['batch'] * scale:.{digits}f}", c.reference: f"{d['ref'] * scale:.{digits}f}",
                      "BN − ref [95% CI]": fmt_interval(d["diff"], d["lo"], d["hi"], digits=digits, scale=scale),
-                     "reading": reading(c, d["lo"], d["hi"], resolution=resolution(c, d) if resolution else "")})
+                     "reading": reading(c, d, margin, resolution=resolution(c, d) if resolution else "",
+                                        scale=scale)})
     return pd.DataFrame(rows).set_index("setting")
 
 

@@ -30,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import headlines
@@ -184,7 +183,8 @@ def load_setting(folder: Path) -> RecordedSetting:
                             "provenance.json, or `make record`) or delete the folder")
     try:
         provenance = json.loads((folder / "provenance.json").read_text())
-        rows = pd.DataFrame(json.loads((folder / "headlines.json").read_text()))
+        rows = [_with_resolution(row) for row in json.loads((folder / "headlines.json").read_text())]
+        rows = headlines.merge_same_runs(pd.DataFrame([headlines.upgraded(row) for row in rows]))
         curves = pd.read_csv(folder / "curves.csv")
     except (ValueError, pd.errors.ParserError) as error:
         raise RecordedError(f"recorded setting {folder}: a file is malformed ({error}); rerun its recording "
@@ -201,10 +201,7 @@ def load_setting(folder: Path) -> RecordedSetting:
         raise RecordedError(f"recorded setting {folder}: a compared row has no comparability fields")
     if not set(headlines.CURVE_COLUMNS) <= set(curves.columns):
         raise RecordedError(f"recorded setting {folder}: curves.csv lacks {sorted(set(headlines.CURVE_COLUMNS) - set(curves.columns))}")
-    rows["comparable"] = rows["comparable"].astype(bool)
-    rows["reason"] = rows["reason"].fillna("")
-    rows["resolution"] = _resolution(rows)
-    rows["reading"] = headlines.readings(rows)
+    rows = headlines.adjust(rows)
     return RecordedSetting(folder.name, folder, rows, curves, provenance)
 
 
@@ -214,12 +211,12 @@ UNCALIBRATED = ("not resolved: recorded with the uncalibrated online LiRA of bef
                 "references not trimmed; null AUC 0.41-0.43 at 8 models); not read until re-recorded")
 
 
-def _resolution(rows: pd.DataFrame) -> pd.Series:
-    """Each row's resolution: as recorded, or :data:`UNCALIBRATED` for chapter 04 rows recorded
-    before rows carried one."""
-    if "resolution" in rows:
-        return rows["resolution"].fillna("").astype(str)
-    return pd.Series(np.where(rows["chapter"] == "04_membership_inference", UNCALIBRATED, ""), index=rows.index)
+def _with_resolution(row: dict) -> dict:
+    """A recorded row with its resolution: as recorded, or :data:`UNCALIBRATED` for a chapter 04
+    row recorded before rows carried one."""
+    if isinstance(row, dict) and "resolution" not in row and row.get("chapter") == "04_membership_inference":
+        return {**row, "resolution": UNCALIBRATED}
+    return row
 
 
 def load_all(root: Path) -> list[RecordedSetting]:

@@ -15,6 +15,10 @@ from .sweep import Family, Measured, measure_family
 
 RATIOS = {"own ratio": "canary / typical own-gradient norm (a)",
           "loo ratio": "canary / typical leave-one-out influence (b)"}
+# Equivalence margins of the ratios (stated in chapter 3): the largest difference that counts as none.
+MARGINS = {"own ratio": (0.25, "a quarter of the ratio's unit: canaries standing out 25% of a typical gradient "
+                               "more or less"),
+           "loo ratio": (0.25, "the same scale as the own-gradient ratio")}
 
 
 def member_probes(run) -> pd.DataFrame:
@@ -44,24 +48,46 @@ def run_ratio(run, column: str) -> float:
     return float(ratios(member_probes(run))[column].mean())
 
 
-def compare_ratios(fam: Family) -> Measured:
-    """The canary/typical gradient ratios of every run under the protocol's comparisons."""
+# Fewer probes than this per run make the chapter's rows exploratory: not read as evidence.
+MIN_PROBE_MODELS, MIN_PROBE_POINTS = 4, 8
+
+
+def exploratory(p) -> str:
+    """Empty when a run's probes (``probe_models`` models x ``probe_points`` time points) are
+    enough to read the ratios as evidence, else the words that mark the rows exploratory."""
+    if p.probe_models >= MIN_PROBE_MODELS and p.probe_points >= MIN_PROBE_POINTS:
+        return ""
+    return (f"exploratory: gradient probes on {p.probe_models} model(s) x {p.probe_points} time points per run "
+            f"(fewer than {MIN_PROBE_MODELS} x {MIN_PROBE_POINTS}); not read as evidence")
+
+
+def compare_ratios(fam: Family, margins: dict[str, float]) -> Measured:
+    """The canary/typical gradient ratios of every run under the protocol's comparisons, read at
+    ``margins`` (``sweep.margins(MARGINS, ...)``); every row is :func:`exploratory` when the runs
+    carry too few probes."""
     measures = {c: (lambda run, c=c: run_ratio(run, c)) for c in RATIOS}
-    return measure_family(fam, measures, RATIOS, "BN makes canaries' gradients stand out more", setting_sentence,
-                          digits=2)
+    words = exploratory(fam.protocol)
+    rules = {c: (lambda comparison, d: words) for c in RATIOS}
+
+    def sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:
+        return setting_sentence(values, c, margins, words)
+
+    return measure_family(fam, measures, RATIOS, "BN makes canaries' gradients stand out more", sentence,
+                          digits=2, resolution=rules, margins=margins)
 
 
-def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:
+def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison, margins: dict[str, float],
+                     exploratory_words: str = "") -> str:
     """What one comparison says about both ratios, in words."""
     from ..reading import fmt_interval
 
     parts = []
     for column, name in (("own ratio", "own gradient (a)"), ("loo ratio", "leave-one-out influence (b)")):
         d = protocol.difference(values[column], c)
-        reading = protocol.reading(c, d["lo"], d["hi"], "larger with BN", "smaller with BN")
+        reading = protocol.reading(c, d, margins[column], "larger with BN", "smaller with BN", exploratory_words)
         parts.append(f"{name}: canary/typical ratio {d['batch']:.2f} with BN, {d['ref']:.2f} with {c.reference} "
                      f"(difference {fmt_interval(d['diff'], d['lo'], d['hi'], digits=2)}; {reading})")
-    return f"At {c.setting} (BN at {c.epochs_bn} epochs, {c.reference} at {c.epochs_ref}), " + "; ".join(parts) + "."
+    return f"At {c.setting} ({c.where()}), " + "; ".join(parts) + "."
 
 
 def setting_probes(fam: Family, c: protocol.Comparison) -> pd.DataFrame:

@@ -18,6 +18,10 @@ from .sweep import Family, Measured, measure_family
 SHOWN_ATTACKS = ("lira_online", "lira_offline", "lira_online_fixed", "rmia_online", "rmia", "loss", "correct")
 # The headline metrics of the chosen attack, each with its name in the headline rows.
 METRICS = {"auc": "AUC", "tpr@0.01": "TPR at 1% FPR", "tpr@0.001": "TPR at 0.1% FPR"}
+# Equivalence margins (stated in chapter 4): the largest BN − reference difference that counts as none.
+MARGINS = {"auc": (0.01, "an AUC difference of 0.01 is about the spread of the attack's own null at 16 models"),
+           "tpr@0.01": (0.005, "half a percentage point: half the 1% FPR the rate is read at"),
+           "tpr@0.001": (0.001, "one tenth of a percentage point: the 0.1% FPR itself")}
 FPRS = (0.001, 0.01)
 
 
@@ -76,10 +80,13 @@ def run_metrics(run, attack: str, targets: list[int]) -> dict:
 def null_spread(calibration: Calibration, c: protocol.Comparison, metric: str) -> float:
     """Two standard deviations of BN − reference of ``metric`` (mean over seeds, as the comparison)
     when neither side has any membership signal: from the headline attack's null at the
-    comparison's two budgets (spread over seeds and draws of each side)."""
+    comparison's budgets (spread over seeds and draws of each side; pooled over the budgets a
+    comparison averages or interpolates over)."""
     t = calibration.table[calibration.table.attack == calibration.attack]
-    bn = t[(t.norm == "batch") & (t.budget == c.epochs_bn)][metric]
-    ref = t[(t.norm == c.reference) & (t.budget == c.epochs_ref)][metric]
+    bn_budgets = [b for b, _ in c.pairs] or list(c.frontier_bn)
+    ref_budgets = [r for _, r in c.pairs] or list(c.frontier_ref)
+    bn = t[(t.norm == "batch") & t.budget.isin(bn_budgets)][metric]
+    ref = t[(t.norm == c.reference) & t.budget.isin(ref_budgets)][metric]
     seeds = max(t.seed.nunique(), 1)
     return float(2 * np.sqrt((bn.var(ddof=1) + ref.var(ddof=1)) / seeds))
 
@@ -103,10 +110,11 @@ def resolution_rule(calibration: Calibration, metric: str, nonmembers: int):
     return rule
 
 
-def compare_attacks(fam: Family, targets: list[int], calibration: Calibration) -> Measured:
+def compare_attacks(fam: Family, targets: list[int], calibration: Calibration, margins: dict[str, float]) -> Measured:
     """The headline attack's AUC and TPR at 1% and 0.1% FPR on every run, read through the
     protocol's comparisons; each run's value pools its targets, the interval is over seeds. A
-    comparison the instrument cannot resolve reads "not resolvable" or "not resolved"."""
+    comparison the instrument cannot resolve reads "not resolvable" or "not resolved"; the others
+    are read at ``margins`` (``sweep.margins(MARGINS, ...)``)."""
     attack = calibration.attack
     # Score each run once; the three metrics read the same scores (runs are keyed by their folder).
     metrics = {run.folder: run_metrics(run, attack, targets) for run in fam.sweep.runs.values()}
@@ -116,23 +124,25 @@ def compare_attacks(fam: Family, targets: list[int], calibration: Calibration) -
     rules = {m: resolution_rule(calibration, m, nonmembers) for m in METRICS}
 
     def sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:
-        return setting_sentence(values, c, names, rules)
+        return setting_sentence(values, c, names, rules, margins)
 
-    return measure_family(fam, measures, names, "BN models are more vulnerable", sentence, resolution=rules)
+    return measure_family(fam, measures, names, "BN models are more vulnerable", sentence, resolution=rules,
+                          margins=margins)
 
 
-def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison, names: dict, rules: dict) -> str:
+def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison, names: dict, rules: dict,
+                     margins: dict[str, float]) -> str:
     """What one comparison says about the headline attack's AUC and TPRs, in words."""
     parts = []
     for m, name in names.items():
         d = protocol.difference(values[m], c)
         units = metric_units(m)
-        reading = protocol.reading(c, d["lo"], d["hi"], "higher with BN", "lower with BN", rules[m](c, d))
+        reading = protocol.reading(c, d, margins[m], "higher with BN", "lower with BN", rules[m](c, d), **units)
         if reading.startswith("not resolvable"):
             parts.append(f"{name}: {reading}")
         else:
             parts.append(f"{name} {fmt_interval(d['diff'], d['lo'], d['hi'], **units)} ({reading})")
-    return (f"At {c.setting} (BN at {c.epochs_bn} epochs, {c.reference} at {c.epochs_ref}), BN minus "
+    return (f"At {c.setting} ({c.where()}), BN minus "
             f"{c.reference}: " + "; ".join(parts) + ".")
 
 

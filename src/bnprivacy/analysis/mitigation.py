@@ -37,7 +37,14 @@ ACCURACY_WORDS = ("accuracy gain", "accuracy loss")
 # Words for a headline row, BN − reference.
 HEADLINE_WORDS = {"auc": ("BN models are more vulnerable", "BN models are less vulnerable"),
                   "canary mem": ("BN memorizes canaries more", "BN memorizes canaries less")}
-HEADLINE_INTERVAL = "95% bootstrap interval (attack: target-sample pairs; memorization: models)"
+HEADLINE_INTERVAL = ("95% percentile bootstrap interval (attack: target-sample pairs; memorization: models), "
+                     "tested as normal (df = inf)")
+# Equivalence margins (the measure's units) with their reasons, stated in chapter 6: the largest
+# change that counts as no change.
+MARGINS = {"auc": (0.01, "an AUC change below 0.01 is within the spread of the attack's null at these pool sizes"),
+           "tpr": (0.005, "half a percentage point of TPR at 1% FPR, half the FPR itself"),
+           "canary_mem": (0.05, "one canary in twenty memorized more or less"),
+           "accuracy": (0.01, "one point of test accuracy")}
 
 
 def dp_label(epsilon: float) -> str:
@@ -403,8 +410,10 @@ class Effect:
         """What the interval of ``measure`` (auc, tpr, canary_mem, accuracy) says, or
         "not comparable: <reason>" when the sides did not train to a comparable state."""
         higher, lower = ACCURACY_WORDS if measure == "accuracy" else RISK_WORDS
-        _, lo, hi = getattr(self, measure)
-        return protocol.reading(self.comparison, lo, hi, higher, lower)
+        value, lo, hi = getattr(self, measure)
+        scale, unit = (100, " points") if measure == "accuracy" else (1.0, "")
+        return protocol.reading(self.comparison, {"diff": value, "lo": lo, "hi": hi, "df": math.inf},
+                                MARGINS[measure][0], higher, lower, scale=scale, unit=unit)
 
     def phrase(self, measure: str) -> str:
         """``"+0.123 [+0.080, +0.170] (less risk after the change)"``, accuracy in points; without
@@ -557,10 +566,12 @@ def _headline_row(setup: Setup, summary: Summary, change: Effect, column: str, r
     measure = f"{setup.plan.attack_name} AUC" if column == "auc" else "canary memorization"
     value, lo, hi = change.auc if column == "auc" else change.canary_mem
     higher, lower = HEADLINE_WORDS[column]
+    margin = MARGINS["auc" if column == "auc" else "canary_mem"][0]
     row = headline_row(measure, change.comparison.setting, summary.table.loc[change.before, column],
                        summary.table.loc[change.after, column], value, lo, hi, HEADLINE_INTERVAL, higher,
-                       reference=reference, comparison=change.comparison)
-    return row, protocol.reading(change.comparison, lo, hi, higher, lower)
+                       reference=reference, comparison=change.comparison, margin=margin, df=math.inf)
+    d = {"diff": value, "lo": lo, "hi": hi, "df": math.inf}
+    return row, protocol.reading(change.comparison, d, margin, higher, lower)
 
 
 # --- 7. empirical epsilon -------------------------------------------------------------------------

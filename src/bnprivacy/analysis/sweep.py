@@ -24,6 +24,10 @@ FAMILY_PARAMETERS = ("dataset", "arch", "width", "train_size", "norms", "canarie
                      "batch_size", "weight_decay", "augment", "probe_points", "probe_typical", "probe_models", "precision", "device")
 
 
+# Chapter 01's equivalence margin (test accuracy in percent): the largest difference that counts as none.
+ACCURACY_MARGINS = {"accuracy": (1.0, "one point of test accuracy, about the spread between seeds of one setting")}
+
+
 def as_list(name: str, value) -> list:
     """A chapter's list parameter; a scalar becomes a one-element list (``-p norms batch``)."""
     if isinstance(value, (list, tuple)):
@@ -61,7 +65,8 @@ class Family:
     seconds: float
 
     def comparison(self, setting: str) -> Comparison:
-        return next(c for c in self.comparisons if c.setting == setting)
+        """The comparison standing for ``setting`` (possibly merged with another that reads the same runs)."""
+        return next(c for c in self.comparisons if setting in c.settings)
 
     def run(self, norm: str, budget: int, seed: int):
         return self.sweep.run(norm, budget, seed)
@@ -180,20 +185,52 @@ class Measured:
     robust: dict[str, str]
 
 
+def sentences_markdown(measured: "Measured") -> str:
+    """One bullet per comparison: what it finds (a chapter glues this list)."""
+    return "\n".join(f"- {sentence}" for sentence in measured.sentences.values())
+
+
+def margins(defaults: dict[str, tuple[float, str]], given) -> dict[str, float]:
+    """A chapter's equivalence margins: ``defaults`` (``{measure key: (margin, reason)}``) with the
+    chapter's ``margins`` parameter (``{key: margin}``) overriding. Unknown keys and margins that
+    are not numbers > 0 are refused before any work starts."""
+    from ..stats import check_margin
+
+    if not isinstance(given, dict):
+        raise ValueError(f"margins={given!r} is not allowed; allowed values: a mapping of measure to margin, "
+                         f"e.g. '{{{next(iter(defaults))}: {next(iter(defaults.values()))[0]}}}'")
+    unknown = [k for k in given if k not in defaults]
+    if unknown:
+        raise ValueError(f"margins {unknown} are not measures of this chapter; allowed keys: {list(defaults)}")
+    chosen = {key: given.get(key, margin) for key, (margin, _) in defaults.items()}
+    for key, value in chosen.items():
+        check_margin(f"margins[{key!r}]", value)
+    return chosen
+
+
+def margins_markdown(defaults: dict[str, tuple[float, str]], chosen: dict[str, float], names: dict[str, str]) -> str:
+    """The chapter's margins with their reasons, one bullet each (for the chapter's prose)."""
+    return "\n".join(f"- {names.get(k, k)}: ±{chosen[k]:g} ("
+                      + (reason if chosen[k] == margin else "set by the reader with -p margins") + ")"
+                      for k, (margin, reason) in defaults.items())
+
+
 def measure_family(fam: Family, measures: dict, names: dict[str, str], higher_means: str, sentence,
-                   digits: int = 3, resolution: dict | None = None) -> Measured:
+                   digits: int = 3, resolution: dict | None = None, *, margins: dict[str, float]) -> Measured:
     """Compute each ``measures[key](run) -> float`` on every run and read it through the
-    protocol's comparisons; ``names[key]`` is the measure's name in the headline rows and
-    ``sentence(values, comparison)`` says what one comparison finds. ``resolution[key]``
-    (optional, ``protocol.headline_rows``) says when the measure cannot resolve a comparison."""
+    protocol's comparisons; ``names[key]`` is the measure's name in the headline rows,
+    ``margins[key]`` its equivalence margin (:func:`margins`), and ``sentence(values,
+    comparison)`` says what one comparison finds. ``resolution[key]`` (optional,
+    ``protocol.headline_rows``) says when the measure cannot resolve a comparison."""
     resolution = resolution or {}
     values = {key: protocol.measure_table(fam.sweep, fn) for key, fn in measures.items()}
     pairings = {key: protocol.fitting_pairings(fam.sweep, v, fam.protocol.reference) for key, v in values.items()}
     robust = {key: protocol.robustness(table) for key, table in pairings.items()}
     rows = [row for key in measures
             for row in protocol.headline_rows(values[key], fam.comparisons, names[key], higher_means, robust[key],
-                                              resolution.get(key))]
+                                              resolution.get(key), margin=margins[key])]
     return Measured(values, {k: protocol.curves(v) for k, v in values.items()},
-                    {k: protocol.comparison_table(v, fam.comparisons, digits=digits, resolution=resolution.get(k))
+                    {k: protocol.comparison_table(v, fam.comparisons, margin=margins[k], digits=digits,
+                                                  resolution=resolution.get(k))
                      for k, v in values.items()},
                     rows, {c.setting: sentence(values, c) for c in fam.comparisons}, pairings, robust)

@@ -519,6 +519,10 @@ def read_simulation(sim: pd.DataFrame) -> SimulationReading:
                              {norm: float(accuracy.loc[norm, "acc_after"]) for norm in ("batch", "none")})
 
 
+# Equivalence margin of the simulation's log2 steps: half a doubling (a factor of about 1.4 in steps).
+STEPS_MARGIN = 0.5
+
+
 def memorization_headlines(sim: pd.DataFrame) -> list[dict]:
     """Headline rows for the verdict chapter: log2 steps to fit the farthest outlier, BN against no BN,
     paired by seed, one per batch size."""
@@ -527,7 +531,7 @@ def memorization_headlines(sim: pd.DataFrame) -> list[dict]:
     # log2: the steps spread over orders of magnitude between seeds (the chapter's ratios are geometric).
     return [headlines.paired_headline(f"log2 SGD steps to fit an outlier {far:g} typical distances out (B = {b})",
                                       "simulation", np.log2(steps.loc[b, "batch"]), np.log2(steps.loc[b, "none"]),
-                                      "BN fits far outliers more slowly")
+                                      "BN fits far outliers more slowly", margin=STEPS_MARGIN)
             for b in sim["B"].unique()]
 
 
