@@ -8,6 +8,10 @@
   candidates and ``rank`` is the position of the canary's loss among them (1 = lowest loss). A
   canary the model has not learnt sits at a random rank (expected exposure about 1.44 bits); a
   memorized one has the lowest loss of all (exposure ``log2 |R|``).
+- **Epochs to memorize** a canary (:func:`epochs_to_memorize`): in each model that trained on it,
+  the first epoch from which the model predicts the canary's training label at every later epoch,
+  as a fraction of the run's budget. Memorization at the end of training saturates once every
+  norm fits its pool; how early in its schedule a model memorizes does not.
 """
 
 from __future__ import annotations
@@ -175,3 +179,80 @@ def run_exposure(run, resolution_bits: float | None = None) -> pd.DataFrame:
                      "exposure_out": float(bits[~inside].mean()),
                      "max_bits": math.log2(refs.shape[1] + 1)})
     return pd.DataFrame(rows)
+
+
+def epochs_to_memorize(canary_history: pd.DataFrame, masks: torch.Tensor, *, budget: int | None = None,
+                       kinds: list[str] | None = None) -> pd.DataFrame:
+    """Per canary and IN model: when the model memorized the canary for good, as a fraction of the budget.
+
+    ``canary_history`` is ``ShadowRun.canary_history``: one row per (``model``, ``epoch``,
+    ``sample``) with ``correct`` (the model predicts the canary's training label after that epoch,
+    epochs numbered 1..budget); ``masks [N models, P pool]`` says which models trained on which pool
+    sample. Only the models that trained on a canary (IN) count. ``budget`` defaults to the last
+    epoch of the history; every (IN model, canary) must have every epoch 1..budget. With ``kinds``
+    (the pool's sample kinds), samples of kind ``"typical"`` are left out.
+
+    For one model and canary, ``epoch`` is the first epoch e such that the model is correct after e
+    and after every later epoch (a canary that flips back is memorized only from its last flip);
+    ``fraction = epoch / budget``. A canary the model is wrong on after the last epoch was never
+    memorized: ``memorized`` is False and ``fraction`` is censored at 1, the value of a canary
+    memorized only in the last epoch (whether one epoch of being right would last is not observed
+    either). ``fraction`` lies in (0, 1]; lower = memorized earlier in the schedule.
+
+    Returns one row per (sample, IN model): ``sample``, ``model``, ``epoch`` (NaN when never),
+    ``fraction``, ``memorized``. Raises ``ValueError`` for an empty history, no canaries, no IN
+    model of any canary, or a history with missing or repeated epochs.
+    """
+    needed = {"model", "epoch", "sample", "correct"}
+    if canary_history is None or canary_history.empty:
+        raise ValueError("the canary history is empty: the run has no canaries (Config.canaries) "
+                         "or recorded no per-epoch predictions on them")
+    if not needed <= set(canary_history.columns):
+        raise ValueError(f"the canary history needs the columns {sorted(needed)}, "
+                         f"got {sorted(canary_history.columns)}")
+    masks = torch.as_tensor(masks)
+    if masks.dtype != torch.bool or masks.ndim != 2:
+        raise ValueError(f"masks must be [models, pool] of dtype bool, got {tuple(masks.shape)} {masks.dtype}")
+    frame = canary_history[list(needed)]
+    if kinds is not None:
+        frame = frame[[kinds[s] != "typical" for s in frame["sample"]]]
+        if frame.empty:
+            raise ValueError("the canary history holds no canaries (every sample in it is typical)")
+    last = int(frame["epoch"].max())
+    budget = last if budget is None else int(budget)
+    if budget < 1 or last > budget or int(frame["epoch"].min()) < 1:
+        raise ValueError(f"epochs must lie in 1..budget={budget}, got {int(frame['epoch'].min())}.."
+                         f"{last}")
+    model, sample = frame["model"].to_numpy(), frame["sample"].to_numpy()
+    if model.max() >= masks.shape[0] or sample.max() >= masks.shape[1]:
+        raise ValueError(f"the history names models or samples outside masks {tuple(masks.shape)}")
+    frame = frame[masks.numpy()[model, sample]]  # IN models only
+    if frame.empty:
+        raise ValueError("no canary of the history has a model that trained on it (IN)")
+    if frame.duplicated(["model", "sample", "epoch"]).any():
+        raise ValueError("the canary history repeats an epoch of some (model, canary)")
+    grid = frame.pivot(index=["sample", "model"], columns="epoch", values="correct")
+    grid = grid.reindex(columns=range(1, budget + 1))
+    if grid.isna().any().any():
+        missing = grid.columns[grid.isna().any()].tolist()
+        raise ValueError(f"the canary history lacks epochs {missing} for some (IN model, canary); "
+                         f"every epoch 1..{budget} is needed")
+    correct = grid.to_numpy(dtype=bool)                                  # [pairs, budget]
+    wrong = ~correct
+    # last epoch at which the model was wrong (0 if never): memorized for good from the next one
+    last_wrong = np.where(wrong.any(1), budget - np.argmax(wrong[:, ::-1], axis=1), 0)
+    memorized = correct[:, -1]
+    epoch = np.where(memorized, last_wrong + 1, np.nan)
+    out = grid.index.to_frame(index=False)
+    out["epoch"] = epoch
+    out["fraction"] = np.where(memorized, epoch / budget, 1.0)
+    out["memorized"] = memorized
+    return out
+
+
+def mean_epochs_to_memorize(canary_history: pd.DataFrame, masks: torch.Tensor, *, budget: int | None = None,
+                            kinds: list[str] | None = None) -> float:
+    """A run's epochs to memorize its canaries: the mean over canaries of the mean over each
+    canary's IN models of :func:`epochs_to_memorize`'s ``fraction`` of the budget (censored at 1)."""
+    per_pair = epochs_to_memorize(canary_history, masks, budget=budget, kinds=kinds)
+    return float(per_pair.groupby("sample")["fraction"].mean().mean())

@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 
 from .. import protocol
-from ..memorization import canary_curves, memorization_scores, run_exposure, run_memorization
+from ..memorization import (canary_curves, epochs_to_memorize, mean_epochs_to_memorize, memorization_scores,
+                            run_exposure, run_memorization)
 from ..reading import fmt_interval
 from .sweep import Family, Measured, measure_family
 
@@ -35,27 +36,114 @@ def kinds_present(fam: Family) -> list[str]:
     return [k for k in KIND_ORDER if k in present]
 
 
-MEASURES = {"canaries": "canary memorization", "typical": "typical-sample memorization"}
+def canary_epochs_to_memorize(run) -> float:
+    """Mean fraction of its budget a run's IN models take to memorize a canary for good
+    (:func:`bnprivacy.memorization.mean_epochs_to_memorize`; never memorized = 1). Lower = earlier."""
+    return mean_epochs_to_memorize(run.canary_history, run.masks, budget=run.spec.config.epochs, kinds=run.kinds)
 
 
-def compare_memorization(fam: Family) -> Measured:
+MEASURES = {"canaries": "canary memorization", "typical": "typical-sample memorization",
+            "epochs": "canary epochs to memorize (fraction of budget)"}
+# What a positive BN − reference difference means, per measure: epochs to memorize is lower when a
+# canary is memorized earlier, so BN above the reference there means BN memorizes later.
+HIGHER_MEANS = {"canaries": "BN memorizes more", "typical": "BN memorizes more", "epochs": "BN memorizes later"}
+# Equivalence margins (stated in chapter 2): the largest difference that counts as none.
+MARGINS = {"canaries": (0.05, "one canary in twenty memorized more or less"),
+           "typical": (0.01, "one point of accuracy: on typical samples the score is the train − test gap, "
+                             "read at chapter 1's one-point accuracy margin"),
+           "epochs": (0.05, "a twentieth of the budget: half an epoch of a 10-epoch schedule")}
+
+
+def compare_memorization(fam: Family, margins: dict[str, float]) -> Measured:
     """Mean memorization of the canaries (``values["canaries"]``) and of the typical samples
-    (``values["typical"]``) of every run, compared BN vs the reference under the protocol."""
-    measures = {"canaries": mean_memorization, "typical": lambda run: mean_memorization(run, ("typical",))}
-    return measure_family(fam, measures, MEASURES, "BN memorizes more", setting_sentence)
+    (``values["typical"]``), and the canaries' epochs to memorize (``values["epochs"]``) of every
+    run, compared BN vs the reference under the protocol and read at ``margins``
+    (``sweep.margins(MARGINS, ...)``)."""
+    measures = {"canaries": mean_memorization, "typical": lambda run: mean_memorization(run, ("typical",)),
+                "epochs": canary_epochs_to_memorize}
+
+    parts = []
+    for higher in dict.fromkeys(HIGHER_MEANS.values()):  # measure_family takes one meaning at a time
+        keys = [k for k in measures if HIGHER_MEANS[k] == higher]
+        parts.append(measure_family(fam, {k: measures[k] for k in keys}, MEASURES, higher, lambda values, c: "",
+                                    margins={k: margins[k] for k in keys}))
+    merged = merge_measured(parts)
+    merged.sentences = {c.setting: setting_sentence(merged.values, c, margins) for c in fam.comparisons}
+    return merged
 
 
-def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:
-    """What one comparison says about canary memorization, in words."""
+def merge_measured(parts: list[Measured]) -> Measured:
+    """One :class:`Measured` from several over the same family (disjoint measures); the sentences
+    are the first part's (the caller may say them anew from all the values)."""
+    merged = Measured({}, {}, {}, [], dict(parts[0].sentences), {}, {})
+    for part in parts:
+        for field in ("values", "curves", "tables", "pairings", "robust"):
+            getattr(merged, field).update(getattr(part, field))
+        merged.rows.extend(part.rows)
+    return merged
+
+
+def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison, margins: dict[str, float]) -> str:
+    """What one comparison says about canary memorization and epochs to memorize, in words."""
     d = protocol.difference(values["canaries"], c)
-    where = f"BN at {c.epochs_bn} epochs against {c.reference} at {c.epochs_ref}"
-    number = fmt_interval(d["diff"], d["lo"], d["hi"])
+    e = protocol.difference(values["epochs"], c)
+    mem = fmt_interval(d["diff"], d["lo"], d["hi"])
+    epochs = fmt_interval(e["diff"], e["lo"], e["hi"])
     if not c.comparable:
-        return (f"At {c.setting} ({where}), BN minus {c.reference} is {number}, but this comparison is "
-                f"**not comparable** ({c.reason}) and is not evidence either way.")
-    reading = protocol.reading(c, d["lo"], d["hi"], "BN memorizes more", "BN memorizes less")
-    return (f"At {c.setting} ({where}), BN minus {c.reference} in mean canary memorization is {number} "
-            f"(95% interval over {d['n']} seeds): **{reading}**.")
+        return (f"At {c.setting} ({c.where()}), BN minus {c.reference} is {mem} in canary memorization and "
+                f"{epochs} in epochs to memorize, but this comparison is **not comparable** ({c.reason}) and is "
+                "not evidence either way.")
+    reading = protocol.reading(c, d, margins["canaries"], "BN memorizes more", "BN memorizes less")
+    timing = protocol.reading(c, e, margins["epochs"], "BN memorizes later", "BN memorizes earlier")
+    return (f"At {c.setting} ({c.where()}), BN minus {c.reference} in mean canary memorization is {mem} "
+            f"(95% interval over {d['n']} seeds): **{reading}**; in epochs to memorize (fraction of the "
+            f"budget) it is {epochs}: **{timing}**.")
+
+
+def fair_sentences(result: Measured) -> str:
+    """The sentences of the fair comparisons (``protocol.FAIR_SETTINGS``), one after the other."""
+    return " ".join(s for setting, s in result.sentences.items()
+                    if any(part in protocol.FAIR_SETTINGS for part in setting.split(protocol.SAME_RUNS)))
+
+
+def memorization_timing(fam: Family, c: protocol.Comparison) -> pd.DataFrame:
+    """Per canary kind and norm, over the IN models of every seed of comparison ``c``'s two sides:
+    mean fraction of the budget to memorize (censored at 1), the share memorized by the end, and
+    the mean epoch of memorization among those memorized."""
+    frames = []
+    for norm, budget in (("batch", c.epochs_bn), (c.reference, c.epochs_ref)):
+        for seed in range(fam.protocol.seeds):
+            run = fam.run(norm, budget, seed)
+            pairs = epochs_to_memorize(run.canary_history, run.masks, budget=budget, kinds=run.kinds)
+            frames.append(pairs.assign(kind=[run.kinds[i] for i in pairs["sample"]], norm=norm, budget=budget))
+    pairs = pd.concat(frames, ignore_index=True)
+    table = pairs.groupby(["kind", "norm"], sort=False).agg(
+        budget=("budget", "first"), fraction=("fraction", "mean"), memorized=("memorized", "mean"),
+        epoch_if_memorized=("epoch", "mean"))
+    return table.reindex(pd.MultiIndex.from_product([[k for k in KIND_ORDER if k in set(pairs.kind)],
+                                                     ["batch", c.reference]], names=["kind", "norm"]))
+
+
+def typical_gap(fam: Family, c: protocol.Comparison) -> pd.DataFrame:
+    """Typical-sample memorization beside the generalization gap, per side of comparison ``c``
+    (mean over seeds): the typical samples' accuracy in their IN models (``in_acc``) and OUT models
+    (``out_acc``), their difference ``mem`` (the memorization score averaged over typical samples),
+    the test accuracy and the gap ``in_acc - test_acc``."""
+    rows = []
+    for norm, budget in (("batch", c.epochs_bn), (c.reference, c.epochs_ref)):
+        for seed in range(fam.protocol.seeds):
+            run = fam.run(norm, budget, seed)
+            typical = torch.from_numpy(np.asarray(run.kinds) == "typical") if run.kinds else \
+                torch.ones(run.masks.shape[1], dtype=torch.bool)
+            correct, masks = correct_on_pool(run)[:, typical], run.masks[:, typical]
+            test_acc = float((run.logits_test[:, 0].argmax(-1) == run.y_test).double().mean())
+            rows.append(dict(norm=norm, budget=budget, seed=seed, mem=mean_memorization(run, ("typical",)),
+                             in_acc=float(correct[masks].double().mean()),
+                             out_acc=float(correct[~masks].double().mean()), test_acc=test_acc))
+    table = pd.DataFrame(rows).groupby(["norm", "budget"], sort=False)[["mem", "in_acc", "out_acc", "test_acc"]].mean()
+    table["in - out"] = table["in_acc"] - table["out_acc"]
+    table["gap (in - test)"] = table["in_acc"] - table["test_acc"]
+    return table
 
 
 @dataclasses.dataclass
