@@ -13,6 +13,8 @@ from bnprivacy.analysis import membership as attack_steps
 from bnprivacy.analysis import sweep as family_steps
 from bnprivacy.analysis import verdict as verdict_steps
 
+MEMORIZATION_MARGINS = family_steps.margins(canary_steps.MARGINS, {})
+
 PARAMETERS = dict(dataset="digits", arch="cnn", width=8, train_size=240, norms=["batch", "group", "none"],
                   canaries="noise:3,mislabeled:3", canary_references=7, n_models=6, seeds=2, budgets=[1, 30],
                   equal_epochs=1, lr=0.1, lr_grid=[1.0], fit_threshold=0.9, batch_size=16, weight_decay=5e-4, augment="auto",
@@ -44,11 +46,16 @@ def test_the_family_validates_its_parameters_before_training(isolated_store):
 def test_the_tiny_family_is_comparable_against_group_norm_only_where_both_fit(fam):
     sides = fam.sweep.sides().set_index(["norm", "budget"])
     assert not sides.loc[("batch", 1), "fit"]
-    equal, fit, accuracy = fam.comparisons  # BN against GroupNorm, the first reference
+    # BN against GroupNorm, the first reference; both fit only at 30 epochs, so equal epochs where
+    # both fit and matched fit read the same runs and are one comparison
+    equal, fit, interpolated = fam.comparisons
     assert fam.protocol.reference == "group" and equal.reference == "group"
     assert not equal.comparable and "did not" in equal.reason
+    assert fit.setting == "equal epochs, both fit = matched fit" and fit.runs == "batch@30 vs group@30"
     assert fit.comparable == (fit.train_acc_bn >= 0.9 and fit.train_acc_ref >= 0.9 and fit.test_acc_ref >= 0.15)
     assert fit.comparable, f"the tiny family should fit at 30 epochs with BN and GroupNorm: {fam_sides(fam)}"
+    assert fam.comparison("matched fit") is fit and fam.comparison("equal epochs, both fit") is fit
+    assert not interpolated.comparable and "a frontier needs at least 2 fitting budgets" in interpolated.reason
 
 
 def fam_sides(fam):
@@ -56,8 +63,9 @@ def fam_sides(fam):
 
 
 def test_canary_rows_carry_comparability_and_read_not_comparable_where_a_side_did_not_fit(fam):
-    result = canary_steps.compare_memorization(fam)
-    assert len(result.rows) == 6 and {r["setting"] for r in result.rows} == set(protocol.SETTINGS)
+    result = canary_steps.compare_memorization(fam, MEMORIZATION_MARGINS)
+    assert len(result.rows) == len(fam.comparisons) * len(canary_steps.MEASURES)
+    assert {part for r in result.rows for part in r["setting"].split(" = ")} == set(protocol.SETTINGS)
     for row in result.rows:
         assert set(headlines.COMPARABILITY) <= set(row)
     equal = [r for r in result.rows if r["setting"] == "equal epochs"][0]
@@ -79,16 +87,17 @@ def test_against_a_reference_that_never_fits_every_fair_row_is_not_comparable(fa
     assert not fam.sweep.sides().query("norm == 'none'").fit.any()  # IN accuracy about 0.74 at 30 epochs
     assert not any(c.comparable for c in versus_none)
     values = protocol.measure_table(fam.sweep, canary_steps.mean_memorization)
-    rows = protocol.headline_rows(values, versus_none, "canary memorization", "BN memorizes more")
-    table = pd.DataFrame([dict(r, chapter="02_canaries", dataset="digits", arch="cnn", profile="t") for r in rows])
-    table["reading"] = headlines.readings(table)
-    assert all(r.startswith("not comparable:") and "none did not" in r for r in table.reading)
+    rows = protocol.headline_rows(values, versus_none, "canary memorization", "BN memorizes more", margin=0.05)
+    table = headlines.adjust(pd.DataFrame([dict(r, chapter="02_canaries", dataset="digits", arch="cnn", profile="t")
+                                           for r in rows]))
+    assert all(r.startswith("not comparable:") for r in table.reading)
+    assert all("none did not" in r or "none fits at 0" in r for r in table.reading)
     text = verdict_steps.conclusion(table)
     assert "No fair comparison is readable" in text and "BN memorizes more" not in text
 
 
 def test_gradient_ratios_come_from_the_probes_of_members(fam):
-    result = influence_steps.compare_ratios(fam)
+    result = influence_steps.compare_ratios(fam, {k: m for k, (m, _) in influence_steps.MARGINS.items()})
     assert {r["measure"] for r in result.rows} == set(influence_steps.RATIOS.values())
     run = fam.run("none", 30, 1)
     probes = influence_steps.member_probes(run)
@@ -103,7 +112,7 @@ def test_attack_rows_pool_the_targets_of_each_run_and_say_what_they_cannot_resol
     calibration = attack_steps.calibrate_family(fam, targets, draws=2)
     assert calibration.attack in attacks.HEADLINE_PREFERENCE
     assert set(calibration.table.attack) == set(attacks.HEADLINE_PREFERENCE) and calibration.table.draw.nunique() == 2
-    result = attack_steps.compare_attacks(fam, targets, calibration)
+    result = attack_steps.compare_attacks(fam, targets, calibration, family_steps.margins(attack_steps.MARGINS, {}))
     value = result.values["auc"].query("norm == 'group' and budget == 30 and seed == 0").value.item()
     metrics = attack_steps.run_metrics(fam.run("group", 30, 0), calibration.attack, targets)
     assert value == pytest.approx(metrics["auc"]) and 0 <= value <= 1
@@ -113,6 +122,8 @@ def test_attack_rows_pool_the_targets_of_each_run_and_say_what_they_cannot_resol
     assert tpr_rows and all(r["resolution"].startswith("not resolvable with") for r in tpr_rows)
     readings = headlines.readings(pd.DataFrame(result.rows))
     assert not any(r in ("BN higher", "BN lower") for r, row in zip(readings, result.rows) if row["resolution"])
+    assert all(r.startswith(("BN higher", "BN lower", "equivalent within", "inconclusive", "not "))
+               for r in readings)
     with pytest.raises(ValueError, match="n_targets=7"):
         attack_steps.check_targets(7, 6)
     with pytest.raises(ValueError, match="null_draws=1"):
@@ -127,13 +138,15 @@ def test_a_difference_within_the_null_spread_reads_not_resolved():
             for norm in ("batch", "none") for seed in (0, 1) for draw in (0, 1)]
     table = pd.DataFrame(rows)
     calibration = attack_steps.Calibration(table, attacks.null_summary(table), "lira_online")
-    c = protocol.Comparison("matched fit", "none", 10, 10, 0.1, 0.1, 1.0, 1.0, 0.9, 0.9, True, True, True, "")
+    c = protocol.Comparison("matched fit", "none", 10, 10, 0.1, 0.1, 1.0, 1.0, 0.9, 0.9, True, True, True, "",
+                            pairs=((10, 10),))
     spread = attack_steps.null_spread(calibration, c, "auc")
     assert spread == pytest.approx(2 * np.sqrt((table.auc[:4].var() + table.auc[4:].var()) / 2))
     rule = attack_steps.resolution_rule(calibration, "auc", nonmembers=20000)
     assert rule(c, {"diff": 0.5 * spread}).startswith("not resolved")
     assert rule(c, {"diff": 2 * spread}) == ""
-    assert protocol.reading(c, 0.01, 0.03, resolution=rule(c, {"diff": 0.5 * spread})).startswith("not resolved")
+    d = {"diff": 0.02, "lo": 0.01, "hi": 0.03, "df": 1}
+    assert protocol.reading(c, d, 0.01, resolution=rule(c, {"diff": 0.5 * spread})).startswith("not resolved")
     assert attack_steps.resolution_rule(calibration, "tpr@0.001", nonmembers=9999)(c, {"diff": 1.0}).startswith(
         "not resolvable with 9,999 non-members")
     # A TPR's words are in the percentage points its sentence prints, not in fractions.
@@ -142,20 +155,51 @@ def test_a_difference_within_the_null_spread_reads_not_resolved():
 
 
 def test_the_verdict_concludes_from_the_fair_rows_and_names_the_excluded_ones(fam):
-    rows = canary_steps.compare_memorization(fam).rows
-    table = pd.DataFrame([dict(r, chapter="02_canaries", dataset="digits", arch="cnn", profile="t") for r in rows])
-    table["reading"] = headlines.readings(table)
+    rows = canary_steps.compare_memorization(fam, MEMORIZATION_MARGINS).rows
+    table = headlines.adjust(pd.DataFrame([dict(r, chapter="02_canaries", dataset="digits", arch="cnn", profile="t")
+                                           for r in rows]))
     text = verdict_steps.conclusion(table)
-    assert "In the fair comparisons" in text
+    assert "fair comparisons that are evidence" in text
     assert "equal-epochs setting is **not comparable**" in text
     shown = verdict_steps.shown_table(table)
-    assert list(shown["epochs BN / ref"])[:3] == ["1 / 1", "30 / 30", f"{fam.comparisons[2].epochs_bn} / {fam.comparisons[2].epochs_ref}"]
+    assert list(shown["runs"])[:2] == ["batch@1 vs group@1", "batch@30 vs group@30"]
+    assert set(shown["reading"]) <= {"BN higher", "BN lower", "equivalent within ±margin", "inconclusive",
+                                     "not comparable"}
 
 
-def test_a_measure_is_robust_only_when_every_fair_reading_and_pairing_agrees():
-    def group(readings, robust):
-        return pd.DataFrame({"reading": readings, "robustness": [robust] * len(readings)})
+def test_a_measure_reads_robustly_only_when_its_fair_readings_agree():
+    def group(readings):
+        return pd.DataFrame({"reading": readings})
 
-    assert verdict_steps.robust_reading(group(["BN higher", "BN higher"], "BN higher at all 3 pairs")) == "BN higher"
-    assert verdict_steps.robust_reading(group(["BN lower", "BN lower"], "depends on the budgets: ...")) == "mixed"
-    assert verdict_steps.robust_reading(group(["BN lower", "no clear difference"], "BN lower at all 2 pairs")) == "mixed"
+    assert verdict_steps.robust_reading(group(["BN higher", "BN higher"])) == "BN higher"
+    assert verdict_steps.robust_reading(group(["equivalent within ±0.01", "equivalent within ±0.01"])) == \
+        "equivalent within ±margin"
+    assert verdict_steps.robust_reading(group(["BN lower", "inconclusive"])) == "mixed"
+
+
+def _rows(readings, *, chapter="04_membership_inference", setting="matched fit"):
+    return pd.DataFrame({"chapter": chapter, "measure": [f"m{i}" for i in range(len(readings))],
+                         "setting": setting, "reading": readings, "comparable": True, "resolution": "",
+                         "margin": 0.01})
+
+
+def test_the_overall_sentence_counts_every_settings_fair_evidence_and_names_where_the_claim_stands():
+    settings = {"quick": _rows(["BN higher", "BN higher", "inconclusive"]),
+                "cifar": _rows(["BN lower", "equivalent within ±0.01"]),
+                "old": _rows(["inconclusive"], setting="equal epochs")}
+    sentence = verdict_steps.overall_sentence(settings)
+    assert sentence == ("Across 3 settings, of the 5 fair comparisons of memorization and membership inference "
+                        "that are evidence, BN is higher in 2, lower in 1, equivalent to the reference within its "
+                        "margin in 1 and inconclusive in 1 (Holm-adjusted within each setting, 5% family-wise), so "
+                        "the claim that BN amplifies them is supported on quick; contradicted on cifar; not tested "
+                        "on old.")
+    assert verdict_steps.claim_status(_rows(["inconclusive", "equivalent within ±0.01"])) == "not resolved"
+    assert verdict_steps.claim_status(_rows(["BN higher", "BN lower"])) == "mixed"
+    assert verdict_steps.overall_sentence({}).startswith("No setting has recorded a headline")
+
+
+def test_a_count_names_comparisons_that_stand_for_two_settings():
+    table = pd.DataFrame({"setting": ["equal epochs = equal epochs, both fit", "matched fit"],
+                          "reading": ["BN higher", "not comparable: none did not fit"]})
+    assert verdict_steps.count_text(table) == ("2 comparisons (1 of them standing for two settings that read the "
+                                               "same runs): 1 BN higher, 1 not comparable")

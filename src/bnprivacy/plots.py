@@ -56,7 +56,7 @@ def protocol_curves(curve: pd.DataFrame, ylabel: str, comparisons=None, null: tu
             ax.errorbar(part[x], part["mean"], yerr=[part["mean"] - part["lo"], part["hi"] - part["mean"]],
                         color=NORM_PALETTE.get(norm), marker="o", capsize=3, label=norm)
     for c in comparisons or []:
-        if c.setting != "matched fit":
+        if "matched fit" not in c.settings:
             continue
         for norm, budget in (("batch", c.epochs_bn), (c.reference, c.epochs_ref)):
             point = curve[(curve.norm == norm) & (curve.budget == budget)]
@@ -126,8 +126,47 @@ def roc_panels(attacked, attacks, title: str = ""):
     return fig
 
 
-SETTING_COLORS = {"equal epochs": "#c0392b", "matched fit": "#2471a3", "matched accuracy": "#1abc9c",
+SETTING_COLORS = {"equal epochs": "#c0392b", "equal epochs, both fit": "#e67e22", "matched fit": "#2471a3",
+                  "matched accuracy, interpolated": "#1abc9c", "matched accuracy": "#1abc9c",
                   "mitigation": "#8e44ad", "simulation": "#7f8c8d"}
+
+
+def setting_color(setting: str) -> str:
+    """The forest plot's colour of a setting; a merged one ("a = b") takes its fairest part's."""
+    parts = setting.split(" = ")
+    return SETTING_COLORS.get(parts[-1], SETTING_COLORS.get(parts[0], "black"))
+
+
+def frontier(per_measure: dict[str, pd.DataFrame], title: str = ""):
+    """The utility frontier: each measure (one panel, its own scale) against test accuracy, one
+    line per norm through its budgets in order of accuracy, with the 95% interval over seeds as a
+    band (``protocol.curves`` tables, e.g. ``analysis.verdict.frontier_curves``)."""
+    measures = list(per_measure)
+    if not measures:  # e.g. a verdict over chapters 05-06 only: say so in the figure's place
+        fig, ax = plt.subplots(figsize=(6, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no chapter of 2-4 recorded curve values here", ha="center", va="center")
+        return fig
+    ncols = min(3, len(measures))
+    nrows = -(-len(measures) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, measure in zip(axes.flat, measures):
+        curve = per_measure[measure]
+        for norm in norm_order(curve["norm"].unique()):
+            part = curve[curve.norm == norm].sort_values("test_acc")
+            color = NORM_PALETTE.get(norm)
+            ax.plot(part["test_acc"], part["mean"], marker="o", color=color, label=norm, lw=1.3)
+            ax.fill_between(part["test_acc"], part["lo"], part["hi"], color=color, alpha=0.2, lw=0)
+        ax.set_title(measure, fontsize=9, loc="left")
+        ax.set_xlabel("test accuracy", fontsize=8)
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(measures):]:
+        ax.axis("off")
+    axes[0, 0].legend(title="norm", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def forest(rows: pd.DataFrame):
@@ -142,7 +181,7 @@ def forest(rows: pd.DataFrame):
     for ax, panel in zip(axes[:, 0], panels):
         part = rows[rows.panel == panel].reset_index(drop=True)
         for y, row in part.iterrows():
-            color = SETTING_COLORS.get(row.setting, "black") if row.comparable else "#bbbbbb"
+            color = setting_color(row.setting) if row.comparable else "#bbbbbb"
             if np.isfinite(row.lo) and np.isfinite(row.hi):
                 ax.plot([row.lo, row.hi], [y, y], color=color, lw=2)
             ax.plot(row["diff"], y, "o", color=color, mfc=color if row.comparable else "white")

@@ -1,5 +1,7 @@
-"""Chapter 07's steps: gather every chapter's headline rows, read them under the protocol's guard,
-and draw the conclusion from the fair comparisons (matched fit and matched accuracy) only."""
+"""Chapter 07's steps: gather every chapter's headline rows, test them together (Holm across the
+rows that are evidence, TOST within each measure's margin), read them under the protocol's guard,
+and draw the conclusion from the fair comparisons only (equal epochs where both fit, matched fit,
+matched accuracy interpolated along the utility frontier)."""
 
 from __future__ import annotations
 
@@ -9,22 +11,43 @@ import math
 import pandas as pd
 
 from .. import headlines
-from ..protocol import FAIR_SETTINGS
-from ..reading import NO_CLEAR, NO_INTERVAL, NOT_RESOLVABLE, NOT_RESOLVED, fmt_interval
+from ..protocol import FAIR_SETTINGS, SAME_RUNS
+from ..reading import EQUIVALENT, INCONCLUSIVE, NOT_RESOLVABLE, NOT_RESOLVED, fmt_interval
 
 PRIVACY_CHAPTERS = ("02_canaries", "03_gradient_influence", "04_membership_inference")
-READING_ORDER = ("BN higher", "BN lower", NO_CLEAR, NO_INTERVAL, NOT_RESOLVED, NOT_RESOLVABLE, "not comparable")
+EQUIVALENT_KIND = "equivalent within ±margin"
+FOUR_READINGS = ("BN higher", "BN lower", EQUIVALENT_KIND, INCONCLUSIVE)
+EXPLORATORY = "exploratory"  # chapter 3's rows from too few gradient probes (analysis.influence.exploratory)
+READING_ORDER = (*FOUR_READINGS, NOT_RESOLVED, NOT_RESOLVABLE, EXPLORATORY, "not comparable")
+# Before the utility frontier, "matched accuracy" (whole budgets) was the second fair setting.
+PREVIOUS_FAIR = ("matched fit", "matched accuracy")
+PREVIOUS_PROTOCOL = "recorded under the previous protocol"
 
 
 def gather(profile: str, chapters: list[str]) -> pd.DataFrame:
-    """Every listed chapter's headline rows under ``profile`` with their ``reading`` (a row whose
-    sides did not train to a comparable state reads "not comparable: <reason>")."""
-    table = headlines.load(profile, chapters)
-    table["comparable"] = table["comparable"].fillna(True).astype(bool)
-    table["reason"] = table["reason"].fillna("")
-    table["resolution"] = table["resolution"].fillna("").astype(str)
-    table["reading"] = headlines.readings(table)
-    return table
+    """Every listed chapter's headline rows under ``profile``, tested together
+    (``headlines.adjust``: Holm-adjusted p-values and exactly one reading per row)."""
+    return headlines.adjust(headlines.load(profile, chapters))
+
+
+def is_fair(setting: str, previous: bool = False) -> bool:
+    """Whether a row's setting (possibly several joined by " = ") is a fair comparison; rows
+    recorded under the previous protocol are read by that protocol's fair settings."""
+    fair = PREVIOUS_FAIR if previous else FAIR_SETTINGS
+    return any(part in fair for part in str(setting).split(SAME_RUNS))
+
+
+def fair_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The privacy chapters' rows of fair settings (all of them, comparable or not)."""
+    previous = headlines.from_previous_protocol(table)
+    privacy = table[table.chapter.isin(PRIVACY_CHAPTERS)]
+    return privacy[[is_fair(s, previous) for s in privacy.setting]]
+
+
+def readable_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The fair privacy rows that are evidence: comparable and resolvable by their measure."""
+    fair = fair_rows(table)
+    return fair[fair.comparable & (fair["resolution"].fillna("") == "")]
 
 
 def _number(value) -> str:
@@ -38,14 +61,17 @@ def _pair(a, b, digits=3) -> str:
 
 
 def shown_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The verdict's main table: values, difference with interval, both sides' budgets and IN
-    accuracy, and the reading."""
+    """The verdict's main table: values, difference with interval, the runs compared and their IN
+    accuracy, the margin, the Holm-adjusted p-values and the reading."""
     return pd.DataFrame({
         "ch.": table["chapter"].str[:2], "measure": table["measure"], "setting": table["setting"],
         "BN": table["batch"].map(_number), "vs": table["reference"], "its value": table["ref"].map(_number),
-        "BN − it [95% interval]": [fmt_interval(d, lo, hi, digits=3) for d, lo, hi in zip(table["diff"], table["lo"], table["hi"])],
-        "epochs BN / ref": [_pair(a, b) for a, b in zip(table["epochs_bn"], table["epochs_ref"])],
+        "BN − it [95% interval]": [fmt_interval(d, lo, hi, digits=3)
+                                   for d, lo, hi in zip(table["diff"], table["lo"], table["hi"])],
+        "runs": table["runs"].fillna(""),
         "IN acc BN / ref": [_pair(a, b) for a, b in zip(table["train_acc_bn"], table["train_acc_ref"])],
+        "margin": table["margin"].map(_number), "p (Holm)": table["p_holm"].map(_number),
+        "p equiv. (Holm)": table["p_equivalence_holm"].map(_number),
         "reading": table["reading"].map(_kind)})
 
 
@@ -57,123 +83,163 @@ def excluded_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def legend_table(table: pd.DataFrame) -> pd.DataFrame:
-    """What a positive difference means, what the interval is over, and the data and model."""
+    """What a positive difference means, what the interval is, and the data and model."""
     return pd.DataFrame({
         "ch.": table["chapter"].str[:2], "measure": table["measure"],
-        "a positive difference means": table["higher_means"], "interval over": table["interval"],
+        "a positive difference means": table["higher_means"], "interval": table["interval"],
         "data / model": table["dataset"] + " / " + table["arch"]}).drop_duplicates(subset=["ch.", "measure"])
 
 
 def _kind(reading: str) -> str:
-    for kind in ("not comparable", NOT_RESOLVABLE, NOT_RESOLVED):
+    for kind in ("not comparable", NOT_RESOLVABLE, NOT_RESOLVED, EXPLORATORY):
         if reading.startswith(kind):
             return kind
-    return reading
+    return EQUIVALENT_KIND if reading.startswith(EQUIVALENT) else reading
 
 
-def count_text(table: pd.DataFrame, setting: str) -> str:
-    """"at <setting>, n comparison(s): a BN higher, b not comparable, ..."."""
-    rows = table[table.setting == setting]
-    if rows.empty:
-        return f"at {setting}, no comparison was recorded"
-    counts = rows["reading"].map(_kind).value_counts()
+def count_text(table: pd.DataFrame) -> str:
+    """"n comparisons (k of them standing for two settings): a BN higher, b not comparable, ..."."""
+    if table.empty:
+        return "no comparison was recorded"
+    counts = table["reading"].map(_kind).value_counts()
     parts = [f"{counts[k]} {k}" for k in READING_ORDER if counts.get(k, 0)]
-    return f"at {setting}, {len(rows)} comparison(s): " + ", ".join(parts)
+    merged = int(table.setting.str.contains(SAME_RUNS, regex=False).sum())
+    also = f" ({merged} of them standing for two settings that read the same runs)" if merged else ""
+    return f"{len(table)} comparisons{also}: " + ", ".join(parts)
 
 
 def _meaning(row) -> str:
-    """A row's reading in words: what a positive difference means, when the interval shows one."""
+    """A row's reading in words: what a positive difference means, when the test shows one."""
     if row.reading == "BN higher":
         return f"BN higher: {row.higher_means}"
     return row.reading
 
 
+def _p(value) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f", p(Holm) = {value:.2g}"
+
+
 def _measure_lines(rows: pd.DataFrame) -> list[str]:
-    """One Markdown bullet per measure: each setting's difference, interval and meaning."""
+    """One Markdown bullet per measure: each comparison's runs, difference, interval, adjusted p
+    and reading, and the range over every pair of fitting budgets."""
     lines = []
     for (chapter, measure), group in rows.groupby(["chapter", "measure"], sort=False):
-        cells = [f"{r.setting} {fmt_interval(r.diff, r.lo, r.hi)} ({_meaning(r)})" for r in group.itertuples()]
-        robust = group["robustness"].iloc[0] if "robustness" in group and isinstance(group["robustness"].iloc[0], str) else ""
+        cells = [f"{r.setting} ({r.runs}) {fmt_interval(r.diff, r.lo, r.hi)}{_p(r.p_holm)}: {_meaning(r)}"
+                 for r in group.itertuples()]
+        robust = group["robustness"].iloc[0] if isinstance(group["robustness"].iloc[0], str) else ""
         lines.append(f"- **{measure}** (ch. {chapter[:2]}): " + "; ".join(cells)
-                     + (f"; across budgets: {robust}" if robust else ""))
+                     + (f"; at every pair of fitting budgets: {robust}" if robust else ""))
     return lines
 
 
-ROBUST_GROUPS = (("BN higher", "**BN higher, robustly**"), ("BN lower", "**BN lower, robustly**"),
-                 (NO_CLEAR, "**no clear difference, robustly**"), ("mixed", "**depends on the budgets compared**"))
+ROBUST_GROUPS = (("BN higher", "**BN higher in every fair comparison**"),
+                 ("BN lower", "**BN lower in every fair comparison**"),
+                 (EQUIVALENT_KIND, "**equivalent within the margin in every fair comparison**"),
+                 (INCONCLUSIVE, "**inconclusive in every fair comparison**"),
+                 ("mixed", "**the fair comparisons read differently**"))
 
 
 def robust_reading(group: pd.DataFrame) -> str:
-    """One measure's fair rows in one word: their common reading when matched fit, matched
-    accuracy and every pair of fitting budgets agree, else "mixed"."""
-    readings = set(group["reading"])
-    robust = group["robustness"].iloc[0] if "robustness" in group else ""
-    if len(readings) == 1:
-        (reading,) = readings
-        if isinstance(robust, str) and robust.startswith(f"{reading} at all"):
-            return reading
-    return "mixed"
+    """One measure's fair, readable rows in one word: their common reading, else "mixed"."""
+    kinds = set(group["reading"].map(_kind))
+    return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 def _robust_summary(readable: pd.DataFrame) -> str:
-    """The fair verdict per measure, grouped by its robust reading."""
+    """The fair verdict per measure, grouped by its common reading."""
     kinds = {}
     for (chapter, measure), group in readable.groupby(["chapter", "measure"], sort=False):
         kinds.setdefault(robust_reading(group), []).append(f"{measure} (ch. {chapter[:2]})")
     parts = [f"{label}: {', '.join(kinds[key])}" for key, label in ROBUST_GROUPS if key in kinds]
-    return ("On this setting, reading matched fit, matched accuracy and every pair of budgets at which "
-            "both sides fit together: " + "; ".join(parts) + ".")
+    return "Per measure, its fair comparisons read together: " + "; ".join(parts) + "."
+
+
+def tally(readable: pd.DataFrame) -> dict[str, int]:
+    """How many rows read each of the four readings."""
+    kinds = readable["reading"].map(_kind)
+    return {k: int((kinds == k).sum()) for k in FOUR_READINGS}
+
+
+def _tally_words(counts: dict[str, int]) -> str:
+    return (f"BN is higher in {counts['BN higher']}, lower in {counts['BN lower']}, equivalent to the "
+            f"reference within its margin in {counts[EQUIVALENT_KIND]} and inconclusive in {counts[INCONCLUSIVE]}")
+
+
+def claim_status(table: pd.DataFrame) -> str:
+    """What one setting's fair, readable privacy rows say of the claim: "supported" (some BN
+    higher, none lower), "contradicted" (some lower, none higher), "mixed" (both), "not
+    resolved" (neither) or "not tested" (no readable fair row)."""
+    readable = readable_rows(table)
+    if readable.empty:
+        return "not tested"
+    counts = tally(readable)
+    higher, lower = counts["BN higher"] > 0, counts["BN lower"] > 0
+    return {(True, False): "supported", (False, True): "contradicted", (True, True): "mixed"}.get(
+        (higher, lower), "not resolved")
+
+
+def overall_sentence(settings: dict[str, pd.DataFrame]) -> str:
+    """The verdict's one sentence across every setting (``{name: its adjusted rows}``): how the
+    fair privacy comparisons that are evidence read, summed over settings, and where the claim is
+    supported, contradicted, mixed, not resolved or not tested."""
+    if not settings:
+        return "No setting has recorded a headline, so the book has no verdict yet."
+    readable = [readable_rows(t) for t in settings.values()]
+    counts = {k: sum(tally(r)[k] for r in readable) for k in FOUR_READINGS}
+    total = sum(len(r) for r in readable)
+    by_status: dict[str, list[str]] = {}
+    for name, table in settings.items():
+        by_status.setdefault(claim_status(table), []).append(name)
+    places = "; ".join(f"{status} on {', '.join(names)}" for status, names in by_status.items())
+    plural = "s" if len(settings) != 1 else ""
+    return (f"Across {len(settings)} setting{plural}, of the {total} fair comparisons of memorization and "
+            f"membership inference that are evidence, {_tally_words(counts)} (Holm-adjusted within each "
+            f"setting, 5% family-wise), so the claim that BN amplifies them is {places}.")
 
 
 def conclusion(table: pd.DataFrame) -> str:
-    """The verdict in Markdown. Fair comparisons (matched fit, matched accuracy) decide; the paper's
-    equal-epochs setting is reported beside them; not-comparable rows are named, never read."""
-    privacy = table[table.chapter.isin(PRIVACY_CHAPTERS)]
-    fair = privacy[privacy.setting.isin(FAIR_SETTINGS)]
-    resolved = fair["resolution"].fillna("") == "" if "resolution" in fair else True
-    readable = fair[fair.comparable & resolved]
-    unresolved = fair[fair.comparable & ~resolved] if "resolution" in fair else fair.iloc[:0]
+    """The verdict of one setting in Markdown. The fair comparisons decide (tested together,
+    Holm-adjusted); the paper's equal-epochs setting is reported beside them; rows that are not
+    comparable or not resolvable are named, never read."""
+    fair = fair_rows(table)
+    readable = readable_rows(table)
+    unresolved = fair[fair.comparable & (fair["resolution"].fillna("") != "")]
     blocks = []
     if readable.empty:
-        blocks.append("**No fair comparison is readable on this setting**: in every matched-fit and "
-                      "matched-accuracy row a side did not fit or did not train, or the measure cannot "
-                      "resolve the difference, so this profile gives no evidence either way.")
+        blocks.append("**No fair comparison is readable on this setting**: in every fair row a side did not "
+                      "fit or did not train, or the measure cannot resolve the difference, so this setting "
+                      "gives no evidence either way.")
     else:
-        higher = readable[readable.reading == "BN higher"]
-        lower = readable[readable.reading == "BN lower"]
-        head = (f"**In the fair comparisons, BN is clearly higher in {len(higher)} and clearly lower in "
-                f"{len(lower)} of {len(readable)} comparable rows**" if len(higher) else
-                f"**In the fair comparisons ({len(readable)} comparable rows), BN does not clearly amplify "
-                f"memorization or membership inference** (clearly lower in {len(lower)})")
-        blocks.append(_robust_summary(readable))
-        blocks.append(head + ". BN minus the reference, per measure:\n\n" + "\n".join(_measure_lines(readable)))
+        blocks.append(f"**Of the {len(readable)} fair comparisons that are evidence, {_tally_words(tally(readable))}** "
+                      "(each test Holm-adjusted across this setting's rows). " + _robust_summary(readable))
+        blocks.append("BN minus the reference, per measure:\n\n" + "\n".join(_measure_lines(readable)))
     excluded = fair[~fair.comparable]
     if not excluded.empty:
         blocks.append("Not read as evidence (a side did not train to a comparable state): "
                       + "; ".join(f"{r.measure}, {r.setting} ({r.reason})" for r in excluded.itertuples()) + ".")
     if not unresolved.empty:
-        blocks.append("Not read as evidence (the measure cannot resolve the difference): "
+        blocks.append("Not read as evidence (the measure cannot resolve the difference, or its rows are "
+                      "exploratory): "
                       + "; ".join(f"{r.measure}, {r.setting} ({r.resolution})" for r in unresolved.itertuples()) + ".")
+    privacy = table[table.chapter.isin(PRIVACY_CHAPTERS)]
     equal = privacy[privacy.setting == "equal epochs"]
     if not equal.empty:
         if equal.comparable.all():
             blocks.append("At equal epochs (the paper's setting, both sides fit):\n\n" + "\n".join(_measure_lines(equal)))
         else:
             reason = equal[~equal.comparable].reason.iloc[0]
-            blocks.append(f"The paper's equal-epochs setting is **not comparable** here ({reason}): its "
+            blocks.append(f"The paper's plain equal-epochs setting is **not comparable** here ({reason}): its "
                           "differences measure under-training, not BN.")
-    others = []
     for setting, label in (("mitigation", "Against chapter 6's mitigations"),
                            ("simulation", "In the theory chapter's simulation")):
         rows = table[table.setting == setting]
         if not rows.empty:
-            others.append(f"{label}: " + "; ".join(f"{r.measure}, BN vs {r.reference}: {_meaning(r)}"
-                                                    for r in rows.itertuples()) + ".")
+            blocks.append(f"{label}: " + "; ".join(f"{r.measure}, BN vs {r.reference}: {_meaning(r)}"
+                                                   for r in rows.itertuples()) + ".")
     group = table[(table.chapter == "06_dp_mitigation") & (table.setting != "mitigation")]
     if not group.empty:
-        others.append("BN against GroupNorm at equal epochs (chapter 6): " + "; ".join(
+        blocks.append("BN against GroupNorm at equal epochs (chapter 6): " + "; ".join(
             f"{r.measure}: {_meaning(r)}" for r in group.itertuples()) + ".")
-    blocks.extend(others)
     return "\n\n".join(blocks)
 
 
@@ -187,30 +253,44 @@ def forest_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 def readable_fraction(table: pd.DataFrame) -> float:
     """Fraction of the fair privacy rows that are comparable (evidence at all)."""
-    fair = table[table.chapter.isin(PRIVACY_CHAPTERS) & table.setting.isin(FAIR_SETTINGS)]
+    fair = fair_rows(table)
     return float(fair.comparable.mean()) if len(fair) else float("nan")
+
+
+def frontier_curves(curve_values: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per measure of the privacy chapters, each norm's curve against test accuracy
+    (``protocol.curves``: mean over seeds with its t-interval at every budget), for the frontier
+    figure."""
+    from ..protocol import curves
+
+    privacy = curve_values[curve_values.chapter.isin(PRIVACY_CHAPTERS)]
+    return {measure: curves(group) for measure, group in privacy.groupby("measure", sort=False)}
 
 
 @dataclasses.dataclass
 class RecordedSection:
-    """What the verdict shows of one recorded setting: a heading with its provenance, the
-    conclusion, the table of its rows, and its curve values per measure."""
+    """What the verdict shows of one recorded setting: a heading with its provenance (and
+    "recorded under the previous protocol" for rows without margins), the conclusion, the table of
+    its rows, its curve values per measure, and its adjusted rows (for the overall sentence)."""
 
+    name: str
     heading: str
     conclusion: str
     table: pd.DataFrame
     curves: dict[str, pd.DataFrame]
+    rows: pd.DataFrame
 
 
 def recorded_sections(settings) -> list[RecordedSection]:
     """One :class:`RecordedSection` per ``record.RecordedSetting``, read by the same rules as the
-    live rows (the guard, the fair comparisons, robustness)."""
-    from ..protocol import curves
-
+    live rows (the guard, the fair comparisons, Holm within the setting)."""
     sections = []
     for s in settings:
-        data = s.headlines[["dataset", "arch"]].drop_duplicates().astype(str).agg(" / ".join, axis=1)
-        heading = f"**{s.name}** ({', '.join(data)}): {s.label()}"
-        per_measure = {measure: curves(group) for measure, group in s.curves.groupby("measure", sort=False)}
-        sections.append(RecordedSection(heading, conclusion(s.headlines), shown_table(s.headlines), per_measure))
+        rows = headlines.adjust(s.headlines)
+        data = rows[["dataset", "arch"]].drop_duplicates().astype(str).agg(" / ".join, axis=1)
+        previous = (f" **{PREVIOUS_PROTOCOL}** (no equivalence margins, no interpolated or both-fit rows; "
+                    "re-record it to read it by the current rules).") if headlines.from_previous_protocol(rows) else ""
+        heading = f"**{s.name}** ({', '.join(data)}): {s.label()}.{previous}"
+        sections.append(RecordedSection(s.name, heading, conclusion(rows), shown_table(rows),
+                                        frontier_curves(s.curves), rows))
     return sections
