@@ -177,24 +177,27 @@ def test_a_measure_reads_robustly_only_when_its_fair_readings_agree():
     assert verdict_steps.robust_reading(group(["BN lower", "inconclusive"])) == "mixed"
 
 
-def _rows(readings, *, chapter="04_membership_inference", setting="matched fit"):
+def _rows(readings, *, chapter="04_membership_inference", setting="matched fit", signs=None):
     return pd.DataFrame({"chapter": chapter, "measure": [f"m{i}" for i in range(len(readings))],
                          "setting": setting, "reading": readings, "comparable": True, "resolution": "",
-                         "margin": 0.01})
+                         "margin": 0.01, "claim_sign": signs or [1] * len(readings)})
 
 
 def test_the_overall_sentence_counts_every_settings_fair_evidence_and_names_where_the_claim_stands():
-    settings = {"quick": _rows(["BN higher", "BN higher", "inconclusive"]),
+    settings = {"quick": _rows(["BN higher", "BN lower", "inconclusive", "BN lower"], signs=[1, -1, 1, 0]),
                 "cifar": _rows(["BN lower", "equivalent within ±0.01"]),
                 "old": _rows(["inconclusive"], setting="equal epochs")}
     sentence = verdict_steps.overall_sentence(settings)
+    # quick: BN higher where the claim says higher and lower where it says lower (epochs to memorize)
+    # both go the claim's way; the sign-0 row (typical-sample memorization) is not a test of it
     assert sentence == ("Across 3 settings, of the 5 fair comparisons of memorization and membership inference "
-                        "that are evidence, BN is higher in 2, lower in 1, equivalent to the reference within its "
-                        "margin in 1 and inconclusive in 1 (Holm-adjusted within each setting, 5% family-wise), so "
-                        "the claim that BN amplifies them is supported on quick; contradicted on cifar; not tested "
-                        "on old.")
+                        "that are evidence, 2 go the way the claim predicts (BN memorizes or leaks more), 1 the "
+                        "other way, 1 are equivalent within their margin and 1 are inconclusive (Holm-adjusted "
+                        "within each setting, 5% family-wise), so the claim that BN amplifies them is supported on "
+                        "quick; contradicted on cifar; not tested on old.")
     assert verdict_steps.claim_status(_rows(["inconclusive", "equivalent within ±0.01"])) == "not resolved"
     assert verdict_steps.claim_status(_rows(["BN higher", "BN lower"])) == "mixed"
+    assert verdict_steps.claim_status(_rows(["BN lower"], signs=[0])) == "not tested"
     assert verdict_steps.overall_sentence({}).startswith("No setting has recorded a headline")
 
 
@@ -203,3 +206,17 @@ def test_a_count_names_comparisons_that_stand_for_two_settings():
                           "reading": ["BN higher", "not comparable: none did not fit"]})
     assert verdict_steps.count_text(table) == ("2 comparisons (1 of them standing for two settings that read the "
                                                "same runs): 1 BN higher, 1 not comparable")
+
+
+@pytest.mark.parametrize("given, message", [({"auc": 0}, "margins\\['auc'\\]=0 is not allowed"),
+                                            ({"auc": -0.01}, "a finite number > 0"),
+                                            ({"auc": "wide"}, "a finite number > 0"),
+                                            ({"accuracy": 1.0}, "not measures of this chapter"),
+                                            ([0.01], "a mapping of measure to margin")])
+def test_a_chapters_margins_are_checked_before_anything_runs(given, message):
+    with pytest.raises(ValueError, match=message):
+        family_steps.margins(attack_steps.MARGINS, given)
+    assert family_steps.margins(attack_steps.MARGINS, {"auc": 0.02})["auc"] == 0.02
+    words = family_steps.margins_markdown(attack_steps.MARGINS, {"auc": 0.02, "tpr@0.01": 0.005, "tpr@0.001": 0.001},
+                                          attack_steps.METRICS)
+    assert "- AUC: ±0.02 (set by the reader with -p margins)" in words

@@ -16,9 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _rows():
-    c = Comparison("matched fit", "none", 10, 40, 0.05, 0.0125, 0.991, 0.996, 0.977, 0.968, True, True, True, "")
+    c = Comparison("matched fit", "none", 10, 40, 0.05, 0.0125, 0.991, 0.996, 0.977, 0.968, True, True, True, "",
+                   pairs=((10, 40),))
     rows = [headlines.headline_row("canary memorization", "matched fit", 0.67, 0.81, -0.14, -0.23, -0.05, "t",
-                                   "BN memorizes more", comparison=c, robustness="BN lower at all 1 pairs")]
+                                   "BN memorizes more", comparison=c, robustness="BN lower at all 1 pairs",
+                                   margin=0.05, df=4)]
     return pd.DataFrame([dict(r, chapter="02_canaries", dataset="cifar10", arch="cnn", profile="x") for r in rows])
 
 
@@ -41,7 +43,8 @@ def test_a_written_setting_reads_back_with_readings_and_its_provenance_label(tmp
     assert setting.headlines.reading.tolist() == ["BN lower"]
     assert setting.label() == ("recorded on 2026-11-29, CPU x86_64, commit 0123456789; rerun with `make record`")
     (section,) = verdict_steps.recorded_sections([setting])
-    assert "cifar10 / cnn" in section.heading and "BN lower, robustly" in section.conclusion
+    assert "cifar10 / cnn" in section.heading and "BN lower in every fair comparison" in section.conclusion
+    assert verdict_steps.PREVIOUS_PROTOCOL not in section.heading
     curve = section.curves["canary memorization"]
     assert curve.set_index(["norm", "budget"]).loc[("batch", 10), "mean"] == pytest.approx(0.65)
 
@@ -113,3 +116,15 @@ def test_make_record_writes_a_folder_from_executed_chapters(tmp_path, isolated_s
     record.record(root, "smoke", "tiny", {"seeds": 2, "n_models": 16}, chapters=("01_training",))
     reloaded_cost = record.load_all(root)[0].provenance["training_seconds"]
     assert reloaded_cost == stored_cost
+
+
+def test_settings_recorded_before_margins_still_load_and_say_so():
+    sections = verdict_steps.recorded_sections(record.load_all(REPO))
+    for section in sections:
+        if headlines.from_previous_protocol(section.rows):
+            assert verdict_steps.PREVIOUS_PROTOCOL in section.heading
+            # one row per comparison: matched fit and matched accuracy on the same runs are merged
+            keys = section.rows[["chapter", "measure", "reference", "runs"]].astype(str).agg("|".join, axis=1)
+            assert not keys[section.rows.runs.astype(bool)].duplicated().any()
+            assert set(section.rows.reading.map(verdict_steps._kind)) <= {
+                *verdict_steps.READING_ORDER} - {verdict_steps.EQUIVALENT_KIND}

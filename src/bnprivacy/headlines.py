@@ -28,14 +28,19 @@ SETTINGS = (*PROTOCOL_SETTINGS, "mitigation", "simulation")
 # Settings of rows recorded before the utility frontier (read, never written any more).
 PREVIOUS_SETTINGS = ("matched accuracy",)
 TESTS = ("margin", "df", "p", "p_equivalence", "p_holm", "p_equivalence_holm", "reading")
+# Which sign of BN − reference the claim under test predicts for a measure: +1 (BN higher, e.g.
+# more memorization, a stronger attack), -1 (BN lower, e.g. fewer epochs to memorize), 0 (a row
+# shown beside the claim but not a test of it, e.g. typical-sample memorization).
+CLAIM_SIGNS = (1, -1, 0)
 COLUMNS = ["chapter", "measure", "setting", "reference", "runs", "batch", "ref", "diff", "lo", "hi", "interval",
-           "higher_means", *COMPARABILITY, "resolution", "robustness", *TESTS, "dataset", "arch", "profile"]
+           "higher_means", "claim_sign", *COMPARABILITY, "resolution", "robustness", *TESTS, "dataset", "arch",
+           "profile"]
 
 
 def headline_row(measure: str, setting: str, batch: float, ref: float, diff: float, lo: float,
                  hi: float, interval: str, higher_means: str, reference: str = "none", *,
                  comparison=None, robustness: str = "", resolution: str = "", margin: float,
-                 df: float) -> dict:
+                 df: float, claim_sign: int = 1) -> dict:
     """One comparison of BN with a reference (no normalisation unless ``reference`` names another,
     e.g. "group"): values with BN (``batch``) and with the reference (``ref``), ``diff`` =
     BN − reference with its 95% interval.
@@ -52,8 +57,11 @@ def headline_row(measure: str, setting: str, batch: float, ref: float, diff: flo
     whose sides did not train. ``robustness`` says whether the sign holds at every pair of budgets
     at which both sides fit (``protocol.robustness``). ``resolution`` is empty, or says why the
     measure cannot resolve the comparison ("not resolvable with n non-members", "not resolved:
-    within the null spread"); such a row is read as that, never as evidence.
+    within the null spread"); such a row is read as that, never as evidence. ``claim_sign`` is
+    the sign of the difference the claim under test predicts (:data:`CLAIM_SIGNS`).
     """
+    if claim_sign not in CLAIM_SIGNS or isinstance(claim_sign, bool):
+        raise ValueError(f"claim_sign={claim_sign!r} is not allowed; allowed values: {CLAIM_SIGNS}")
     if any(part not in SETTINGS for part in setting.split(SAME_RUNS)):
         raise ValueError(f"setting {setting!r} is not one of {SETTINGS} (or several joined by {SAME_RUNS!r})")
     if comparison is None and setting != "simulation":
@@ -62,7 +70,7 @@ def headline_row(measure: str, setting: str, batch: float, ref: float, diff: flo
     check_margin(f"margin of {measure!r}", margin)
     values = {"batch": batch, "ref": ref, "diff": diff, "lo": lo, "hi": hi}
     row = {"measure": measure, "setting": setting, "interval": interval, "higher_means": higher_means,
-           "reference": reference, "robustness": robustness, "resolution": resolution}
+           "reference": reference, "robustness": robustness, "resolution": resolution, "claim_sign": claim_sign}
     row.update({key: float(value) for key, value in values.items()})
     if comparison is not None:
         fields = comparison.fields()
@@ -85,9 +93,9 @@ def row_tests(diff: float, lo: float, hi: float, df: float, margin: float) -> di
 
 
 def paired_headline(measure: str, setting: str, batch_values, ref_values, higher_means: str, *,
-                    comparison=None, margin: float) -> dict:
+                    comparison=None, margin: float, claim_sign: int = 1) -> dict:
     """A headline row from per-seed values paired by seed (Student-t interval of the mean difference);
-    ``comparison`` and ``margin`` as in :func:`headline_row`."""
+    ``comparison``, ``margin`` and ``claim_sign`` as in :func:`headline_row`."""
     import numpy as np
 
     from .stats import paired_difference
@@ -100,7 +108,7 @@ def paired_headline(measure: str, setting: str, batch_values, ref_values, higher
     df = max(d["n"] - 1, 0)
     return headline_row(measure, setting, batch_values.mean(), ref_values.mean(), d["diff"], d["lo"],
                         d["hi"], f"95% Student-t interval over {d['n']} seeds ({df} df)", higher_means,
-                        comparison=comparison, margin=margin, df=df)
+                        comparison=comparison, margin=margin, df=df, claim_sign=claim_sign)
 
 
 def adjust(table: pd.DataFrame) -> pd.DataFrame:
@@ -253,7 +261,7 @@ def upgraded(row: dict) -> dict:
     (margin and p-values): its tests are derived from its interval, its ``df`` from the number of
     seeds its interval names (else read as normal), with no margin, so it can never read
     "equivalent"."""
-    row = {"reference": "none", "resolution": "", **row}
+    row = {"reference": "none", "resolution": "", "claim_sign": 1, **row}
     if "ref" not in row and "none" in row:
         row["ref"] = row.pop("none")
     if "p" not in row:

@@ -442,9 +442,7 @@ def _equal_epochs_both_fit(bn, ref, p: Protocol, num_classes: int) -> Comparison
         c = _guard(setting, _side(bn, p.budgets[-1]), _side(ref, p.budgets[-1]), p, num_classes,
                    "no budget of the ladder at which both sides fit; shown at the largest budget")
         return dataclasses.replace(c, comparable=False, reason=c.reason or "no budget at which both sides fit")
-    c = _guard(setting, _mean_side(bn, common), _mean_side(ref, common), p, num_classes,
-               f"at {'each of the budgets ' if len(common) > 1 else ''}{_budgets(common)} epochs, "
-               "the per-seed differences averaged over them")
+    c = _guard(setting, _mean_side(bn, common), _mean_side(ref, common), p, num_classes)
     return dataclasses.replace(c, pairs=tuple((b, b) for b in common))
 
 
@@ -623,11 +621,12 @@ def robustness(pairings: pd.DataFrame) -> str:
 
 
 def headline_rows(values: pd.DataFrame, comparisons: list[Comparison], measure: str, higher_means: str,
-                  robust: str = "", resolution=None, *, margin: float) -> list[dict]:
+                  robust: str = "", resolution=None, *, margin: float, claim_sign: int = 1) -> list[dict]:
     """One headline row per comparison of a measure (``headlines.headline_row`` with the
     comparability fields, the equivalence ``margin`` in the measure's units, both tests and the
     ``robust`` line of :func:`robustness`), for the verdict. ``resolution(comparison, difference)
-    -> str`` says when the measure cannot resolve a comparison (empty when it can)."""
+    -> str`` says when the measure cannot resolve a comparison (empty when it can); ``claim_sign``
+    which sign of the difference the claim under test predicts (``headlines.CLAIM_SIGNS``)."""
     from .headlines import headline_row
 
     check_margin(f"margin of {measure!r}", margin)
@@ -637,7 +636,7 @@ def headline_rows(values: pd.DataFrame, comparisons: list[Comparison], measure: 
         rows.append(headline_row(measure, c.setting, d["batch"], d["ref"], d["diff"], d["lo"], d["hi"],
                                  interval_words(d), higher_means, reference=c.reference, comparison=c,
                                  robustness=robust, resolution=resolution(c, d) if resolution else "",
-                                 margin=margin, df=d["df"]))
+                                 margin=margin, df=d["df"], claim_sign=claim_sign))
     return rows
 
 

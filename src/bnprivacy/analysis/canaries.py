@@ -47,6 +47,9 @@ MEASURES = {"canaries": "canary memorization", "typical": "typical-sample memori
 # What a positive BN − reference difference means, per measure: epochs to memorize is lower when a
 # canary is memorized earlier, so BN above the reference there means BN memorizes later.
 HIGHER_MEANS = {"canaries": "BN memorizes more", "typical": "BN memorizes more", "epochs": "BN memorizes later"}
+# The sign of BN − reference the claim predicts: more canary memorization, fewer epochs to memorize;
+# typical-sample memorization is the generalization gap, shown beside the claim but not a test of it.
+CLAIM_SIGNS = {"canaries": 1, "typical": 0, "epochs": -1}
 # Equivalence margins (stated in chapter 2): the largest difference that counts as none.
 MARGINS = {"canaries": (0.05, "one canary in twenty memorized more or less"),
            "typical": (0.01, "one point of accuracy: on typical samples the score is the train − test gap, "
@@ -66,7 +69,7 @@ def compare_memorization(fam: Family, margins: dict[str, float]) -> Measured:
     for higher in dict.fromkeys(HIGHER_MEANS.values()):  # measure_family takes one meaning at a time
         keys = [k for k in measures if HIGHER_MEANS[k] == higher]
         parts.append(measure_family(fam, {k: measures[k] for k in keys}, MEASURES, higher, lambda values, c: "",
-                                    margins={k: margins[k] for k in keys}))
+                                    margins={k: margins[k] for k in keys}, claim_signs=CLAIM_SIGNS))
     merged = merge_measured(parts)
     merged.sentences = {c.setting: setting_sentence(merged.values, c, margins) for c in fam.comparisons}
     return merged

@@ -74,7 +74,7 @@ class Family:
 
 def train_family(p: Protocol, *, progress: bool = True) -> Family:
     """Load the data, choose each norm's learning rate, train (or load) every run of the family,
-    and make the three comparisons."""
+    and make the comparisons (``protocol.compare``)."""
     from ..data import load_dataset
     from ..training import resolve_device
 
@@ -103,16 +103,16 @@ def sides_table(fam: Family) -> pd.DataFrame:
 
 
 def comparison_sentence(c: Comparison) -> str:
-    """One sentence per comparison: the two sides and whether it is evidence."""
-    head = (f"**{c.setting}**: BN at {c.epochs_bn} epochs (lr {c.lr_bn:g}, IN accuracy {c.train_acc_bn:.3f}, "
-            f"test {c.test_acc_bn:.3f}) against {c.reference} at {c.epochs_ref} epochs (lr {c.lr_ref:g}, "
-            f"IN {c.train_acc_ref:.3f}, test {c.test_acc_ref:.3f})")
+    """One sentence per comparison: the runs it reads, both sides' state, and whether it is evidence."""
+    head = (f"**{c.setting}**: {c.where()}; BN at lr {c.lr_bn:g} (IN accuracy {c.train_acc_bn:.3f}, test "
+            f"{c.test_acc_bn:.3f}) against {c.reference} at lr {c.lr_ref:g} (IN {c.train_acc_ref:.3f}, test "
+            f"{c.test_acc_ref:.3f})")
     verdict = "comparable" if c.comparable else f"**not comparable**: {c.reason}"
     return f"{head}; {verdict}." + (f" {c.note[0].upper()}{c.note[1:]}." if c.note else "")
 
 
 def comparisons_markdown(fam: Family) -> str:
-    """The three comparisons as a Markdown list (glued into each chapter)."""
+    """The comparisons as a Markdown list (glued into each chapter)."""
     return "\n".join(f"- {comparison_sentence(c)}" for c in fam.comparisons)
 
 
@@ -216,19 +216,23 @@ def margins_markdown(defaults: dict[str, tuple[float, str]], chosen: dict[str, f
 
 
 def measure_family(fam: Family, measures: dict, names: dict[str, str], higher_means: str, sentence,
-                   digits: int = 3, resolution: dict | None = None, *, margins: dict[str, float]) -> Measured:
+                   digits: int = 3, resolution: dict | None = None, *, margins: dict[str, float],
+                   claim_signs: dict[str, int] | None = None) -> Measured:
     """Compute each ``measures[key](run) -> float`` on every run and read it through the
     protocol's comparisons; ``names[key]`` is the measure's name in the headline rows,
     ``margins[key]`` its equivalence margin (:func:`margins`), and ``sentence(values,
     comparison)`` says what one comparison finds. ``resolution[key]`` (optional,
-    ``protocol.headline_rows``) says when the measure cannot resolve a comparison."""
+    ``protocol.headline_rows``) says when the measure cannot resolve a comparison, and
+    ``claim_signs[key]`` (default +1) which sign of BN − reference the claim predicts."""
     resolution = resolution or {}
+    claim_signs = claim_signs or {}
     values = {key: protocol.measure_table(fam.sweep, fn) for key, fn in measures.items()}
     pairings = {key: protocol.fitting_pairings(fam.sweep, v, fam.protocol.reference) for key, v in values.items()}
     robust = {key: protocol.robustness(table) for key, table in pairings.items()}
     rows = [row for key in measures
             for row in protocol.headline_rows(values[key], fam.comparisons, names[key], higher_means, robust[key],
-                                              resolution.get(key), margin=margins[key])]
+                                              resolution.get(key), margin=margins[key],
+                                              claim_sign=claim_signs.get(key, 1))]
     return Measured(values, {k: protocol.curves(v) for k, v in values.items()},
                     {k: protocol.comparison_table(v, fam.comparisons, margin=margins[k], digits=digits,
                                                   resolution=resolution.get(k))

@@ -109,9 +109,11 @@ def count_text(table: pd.DataFrame) -> str:
 
 
 def _meaning(row) -> str:
-    """A row's reading in words: what a positive difference means, when the test shows one."""
+    """A row's reading in words: what the difference means, when the test shows one."""
     if row.reading == "BN higher":
         return f"BN higher: {row.higher_means}"
+    if row.reading == "BN lower":
+        return f"BN lower: the opposite of \"{row.higher_means}\""
     return row.reading
 
 
@@ -165,36 +167,56 @@ def _tally_words(counts: dict[str, int]) -> str:
             f"reference within its margin in {counts[EQUIVALENT_KIND]} and inconclusive in {counts[INCONCLUSIVE]}")
 
 
+CLAIM_KINDS = ("as the claim predicts", "against the claim", EQUIVALENT_KIND, INCONCLUSIVE)
+
+
+def claim_tally(readable: pd.DataFrame) -> dict[str, int]:
+    """The rows that test the claim (``claim_sign`` ±1), by what they say of it: a difference in the
+    direction the claim predicts (BN higher where the claim says higher, lower where it says
+    lower), against it, equivalent within the margin, or inconclusive."""
+    signs = readable["claim_sign"].fillna(1).astype(int) if "claim_sign" in readable else pd.Series(1, readable.index)
+    kinds = readable["reading"].map(_kind)
+    direction = kinds.map({"BN higher": 1, "BN lower": -1}).fillna(0) * signs
+    tested = signs != 0
+    return {"as the claim predicts": int((tested & (direction > 0)).sum()),
+            "against the claim": int((tested & (direction < 0)).sum()),
+            EQUIVALENT_KIND: int((tested & (kinds == EQUIVALENT_KIND)).sum()),
+            INCONCLUSIVE: int((tested & (kinds == INCONCLUSIVE)).sum())}
+
+
 def claim_status(table: pd.DataFrame) -> str:
-    """What one setting's fair, readable privacy rows say of the claim: "supported" (some BN
-    higher, none lower), "contradicted" (some lower, none higher), "mixed" (both), "not
-    resolved" (neither) or "not tested" (no readable fair row)."""
-    readable = readable_rows(table)
-    if readable.empty:
+    """What one setting's fair, readable privacy rows say of the claim: "supported" (some rows as
+    the claim predicts, none against), "contradicted" (some against, none as predicted), "mixed"
+    (both), "not resolved" (neither) or "not tested" (no readable fair row that tests it)."""
+    counts = claim_tally(readable_rows(table))
+    if not sum(counts.values()):
         return "not tested"
-    counts = tally(readable)
-    higher, lower = counts["BN higher"] > 0, counts["BN lower"] > 0
+    with_claim, against = counts["as the claim predicts"] > 0, counts["against the claim"] > 0
     return {(True, False): "supported", (False, True): "contradicted", (True, True): "mixed"}.get(
-        (higher, lower), "not resolved")
+        (with_claim, against), "not resolved")
 
 
 def overall_sentence(settings: dict[str, pd.DataFrame]) -> str:
     """The verdict's one sentence across every setting (``{name: its adjusted rows}``): how the
-    fair privacy comparisons that are evidence read, summed over settings, and where the claim is
-    supported, contradicted, mixed, not resolved or not tested."""
+    fair privacy comparisons that are evidence and test the claim read, summed over settings, and
+    where the claim is supported, contradicted, mixed, not resolved or not tested."""
     if not settings:
         return "No setting has recorded a headline, so the book has no verdict yet."
-    readable = [readable_rows(t) for t in settings.values()]
-    counts = {k: sum(tally(r)[k] for r in readable) for k in FOUR_READINGS}
-    total = sum(len(r) for r in readable)
+    counts = {k: 0 for k in CLAIM_KINDS}
+    for table in settings.values():
+        for kind, n in claim_tally(readable_rows(table)).items():
+            counts[kind] += n
     by_status: dict[str, list[str]] = {}
     for name, table in settings.items():
         by_status.setdefault(claim_status(table), []).append(name)
     places = "; ".join(f"{status} on {', '.join(names)}" for status, names in by_status.items())
     plural = "s" if len(settings) != 1 else ""
-    return (f"Across {len(settings)} setting{plural}, of the {total} fair comparisons of memorization and "
-            f"membership inference that are evidence, {_tally_words(counts)} (Holm-adjusted within each "
-            f"setting, 5% family-wise), so the claim that BN amplifies them is {places}.")
+    return (f"Across {len(settings)} setting{plural}, of the {sum(counts.values())} fair comparisons of memorization "
+            f"and membership inference that are evidence, {counts['as the claim predicts']} go the way the claim "
+            f"predicts (BN memorizes or leaks more), {counts['against the claim']} the other way, "
+            f"{counts[EQUIVALENT_KIND]} are equivalent within their margin and {counts[INCONCLUSIVE]} are "
+            f"inconclusive (Holm-adjusted within each setting, 5% family-wise), so the claim that BN amplifies "
+            f"them is {places}.")
 
 
 def conclusion(table: pd.DataFrame) -> str:
