@@ -219,6 +219,15 @@ def overall_sentence(settings: dict[str, pd.DataFrame]) -> str:
             f"them is {places}.")
 
 
+def _grouped(rows: pd.DataFrame, why: str) -> str:
+    """Rows that are not evidence, one clause per (setting, reason) naming its measures, so eight
+    measures refused for one reason read as one clause, not eight."""
+    clauses = []
+    for (setting, reason), group in rows.groupby(["setting", why], sort=False):
+        clauses.append(f"{setting} for {', '.join(group['measure'])} ({reason})")
+    return "; ".join(clauses)
+
+
 def conclusion(table: pd.DataFrame) -> str:
     """The verdict of one setting in Markdown. The fair comparisons decide (tested together,
     Holm-adjusted); the paper's equal-epochs setting is reported beside them; rows that are not
@@ -237,12 +246,10 @@ def conclusion(table: pd.DataFrame) -> str:
         blocks.append("BN minus the reference, per measure:\n\n" + "\n".join(_measure_lines(readable)))
     excluded = fair[~fair.comparable]
     if not excluded.empty:
-        blocks.append("Not read as evidence (a side did not train to a comparable state): "
-                      + "; ".join(f"{r.measure}, {r.setting} ({r.reason})" for r in excluded.itertuples()) + ".")
+        blocks.append("Not read as evidence (not comparable): " + _grouped(excluded, "reason") + ".")
     if not unresolved.empty:
         blocks.append("Not read as evidence (the measure cannot resolve the difference, or its rows are "
-                      "exploratory): "
-                      + "; ".join(f"{r.measure}, {r.setting} ({r.resolution})" for r in unresolved.itertuples()) + ".")
+                      "exploratory): " + _grouped(unresolved, "resolution") + ".")
     privacy = table[table.chapter.isin(PRIVACY_CHAPTERS)]
     equal = privacy[privacy.setting == "equal epochs"]
     if not equal.empty:
