@@ -72,6 +72,8 @@ def test_canary_rows_carry_comparability_and_read_not_comparable_where_a_side_di
     assert equal["comparable"] is False
     assert result.tables["canaries"].loc["equal epochs", "reading"].startswith("not comparable")
     assert "not comparable" in result.sentences["equal epochs"]
+    frontier = result.sentences["matched accuracy, interpolated"]  # one fitting budget per norm: no frontier
+    assert "there is nothing to measure" in frontier and "nan" not in frontier
     # the measure is the mean memorization of the canaries, recomputed here from one run
     run = fam.run("batch", 30, 0)
     correct = (run.logits_pool[:, 0].argmax(-1) == run.y_pool).numpy()

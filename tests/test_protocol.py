@@ -260,3 +260,14 @@ def test_fitting_pairings_show_when_the_answer_depends_on_the_budgets():
                                                    "(differences +0.1 to +0.12)")
     never = _sweep({k: ((0.9, 0.9) if k[0] == "none" else v) for k, v in DIGITS.items()})
     assert protocol.robustness(protocol.fitting_pairings(never, values)) == "no pair of budgets at which both sides fit"
+
+
+def test_a_frontier_with_nothing_to_read_says_so_instead_of_printing_nan():
+    sweep = _sweep(DIGITS)
+    comparisons = compare(sweep)
+    interpolated = comparisons[-1]
+    assert not interpolated.measurable and interpolated.where().endswith("no common test accuracy to read")
+    table = protocol.comparison_table(sweep.table.assign(value=1.0), comparisons, margin=0.05)
+    row = table.loc["matched accuracy, interpolated"]
+    assert row["BN"] == "n/a" and row["BN − ref [95% CI]"] == "n/a" and row["reading"].startswith("not comparable")
+    assert "nan" not in " ".join(table.astype(str).to_numpy().ravel())

@@ -319,6 +319,12 @@ class Comparison:
     frontier_ref: tuple = ()
     accuracy_range: tuple = ()
 
+    @property
+    def measurable(self) -> bool:
+        """Whether it reads any runs: false for a frontier refused before reading (too few fitting
+        budgets, no common test accuracy), whose values are NaN."""
+        return bool(self.pairs or self.accuracy_range)
+
     def fields(self) -> dict:
         """The comparability fields a headline row carries."""
         return {name: getattr(self, name) for name in FIELDS}
@@ -342,9 +348,11 @@ class Comparison:
     def where(self) -> str:
         """Where the comparison reads the two norms, for a sentence: "BN at 10 epochs, none at 40"."""
         if not self.pairs:
-            lo, hi = self.accuracy_range or (float("nan"), float("nan"))
-            return (f"at equal test accuracy from {lo:.3f} to {hi:.3f}, along BN's budgets "
-                    f"{_budgets(self.frontier_bn)} and {self.reference}'s {_budgets(self.frontier_ref)}")
+            along = f"along BN's budgets {_budgets(self.frontier_bn)} and {self.reference}'s {_budgets(self.frontier_ref)}"
+            if not self.accuracy_range:
+                return f"{along}, no common test accuracy to read"
+            lo, hi = self.accuracy_range
+            return f"at equal test accuracy from {lo:.3f} to {hi:.3f}, {along}"
         bn = sorted({b for b, _ in self.pairs})
         ref = sorted({r for _, r in self.pairs})
         averaged = " (averaged over them)" if len(self.pairs) > 1 else ""
@@ -652,13 +660,15 @@ def comparison_table(values: pd.DataFrame, comparisons: list[Comparison], *, mar
     (unadjusted; the verdict adjusts across its rows)."""
     from .reading import fmt_interval
 
+    nan = float("nan")
     rows = []
     for c in comparisons:
         d = difference(values, c)
         rows.append({"setting": c.setting, "runs": c.runs,
                      "test acc (BN / ref)": f"{c.test_acc_bn:.3f} / {c.test_acc_ref:.3f}",
                      "IN acc (BN / ref)": f"{c.train_acc_bn:.3f} / {c.train_acc_ref:.3f}",
-                     "BN": f"{d['batch'] * scale:.{digits}f}", c.reference: f"{d['ref'] * scale:.{digits}f}",
+                     "BN": fmt_interval(d["batch"], nan, nan, digits=digits, scale=scale, signed=False),
+                     c.reference: fmt_interval(d["ref"], nan, nan, digits=digits, scale=scale, signed=False),
                      "BN − ref [95% CI]": fmt_interval(d["diff"], d["lo"], d["hi"], digits=digits, scale=scale),
                      "reading": reading(c, d, margin, resolution=resolution(c, d) if resolution else "",
                                         scale=scale)})

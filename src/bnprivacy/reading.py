@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 NO_INTERVAL = "no interval"
+NOT_AVAILABLE = "n/a"
 INCONCLUSIVE = "inconclusive"
 NO_CLEAR = INCONCLUSIVE  # an interval that holds zero is absence of evidence, never "no difference"
 EQUIVALENT = "equivalent within"
@@ -90,8 +91,11 @@ def fmt_bounds(lo: float, hi: float, *, digits: int = 3, scale: float = 1.0, sig
 
 def fmt_interval(value: float, lo: float, hi: float, *, digits: int = 3, scale: float = 1.0,
                  signed: bool = True, unit: str = "") -> str:
-    """``"+0.446 [+0.274, +0.618]"``; without bounds just the value. ``scale`` multiplies all three
-    (e.g. 100 for percentage points); ``unit`` follows the value."""
+    """``"+0.446 [+0.274, +0.618]"``; without bounds just the value; "n/a" without a value (a
+    comparison with nothing to measure, e.g. a frontier without a common accuracy). ``scale``
+    multiplies all three (e.g. 100 for percentage points); ``unit`` follows the value."""
+    if value is None or math.isnan(value):
+        return NOT_AVAILABLE
     spec = f"{'+' if signed else ''}.{digits}f"
     text = f"{value * scale:{spec}}{unit}"
     if _missing(lo, hi):

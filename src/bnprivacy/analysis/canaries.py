@@ -13,7 +13,7 @@ from .. import protocol
 from ..memorization import (canary_curves, epochs_to_memorize, mean_epochs_to_memorize, memorization_scores,
                             run_exposure, run_memorization)
 from ..reading import fmt_interval
-from .sweep import Family, Measured, measure_family
+from .sweep import Family, Measured, measure_family, sentence_for
 
 KIND_ORDER = ["typical", "noise", "mislabeled", "ood", "atypical"]
 
@@ -71,7 +71,8 @@ def compare_memorization(fam: Family, margins: dict[str, float]) -> Measured:
         parts.append(measure_family(fam, {k: measures[k] for k in keys}, MEASURES, higher, lambda values, c: "",
                                     margins={k: margins[k] for k in keys}, claim_signs=CLAIM_SIGNS))
     merged = merge_measured(parts)
-    merged.sentences = {c.setting: setting_sentence(merged.values, c, margins) for c in fam.comparisons}
+    merged.sentences = {c.setting: sentence_for(lambda values, c: setting_sentence(values, c, margins),
+                                                merged.values, c) for c in fam.comparisons}
     return merged
 
 

@@ -237,4 +237,12 @@ def measure_family(fam: Family, measures: dict, names: dict[str, str], higher_me
                     {k: protocol.comparison_table(v, fam.comparisons, margin=margins[k], digits=digits,
                                                   resolution=resolution.get(k))
                      for k, v in values.items()},
-                    rows, {c.setting: sentence(values, c) for c in fam.comparisons}, pairings, robust)
+                    rows, {c.setting: sentence_for(sentence, values, c) for c in fam.comparisons}, pairings, robust)
+
+
+def sentence_for(sentence, values: dict[str, pd.DataFrame], c: Comparison) -> str:
+    """``sentence(values, c)``, or for a comparison with nothing to measure (a frontier refused
+    before reading any run) the sentence that says why, instead of numbers that are all NaN."""
+    if c.measurable:
+        return sentence(values, c)
+    return f"At {c.setting} ({c.where()}): **not comparable** ({c.reason}); there is nothing to measure."
