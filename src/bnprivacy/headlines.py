@@ -25,8 +25,6 @@ from .store import results_dir, save_json
 # The protocol's comparisons (``protocol.py``), DP-SGD against its non-private twin, and the theory
 # chapter's linear-model simulation.
 SETTINGS = (*PROTOCOL_SETTINGS, "mitigation", "simulation")
-# Settings of rows recorded before the utility frontier (read, never written any more).
-PREVIOUS_SETTINGS = ("matched accuracy",)
 TESTS = ("margin", "df", "p", "p_equivalence", "p_holm", "p_equivalence_holm", "reading")
 # Which sign of BN − reference the claim under test predicts for a measure: +1 (BN higher, e.g.
 # more memorization, a stronger attack), -1 (BN lower, e.g. fewer epochs to memorize), 0 (a row
