@@ -56,7 +56,7 @@ def test_overrides_are_typed_like_yaml():
 def test_numbers_that_yaml_reads_as_text_are_numbers_and_unreadable_values_are_explained():
     assert book.parse_overrides([("lr", "1e-3"), ("delta", "-2E-5"), ("name", "e5"), ("width", "8")]) == \
         {"lr": 0.001, "delta": -2e-5, "name": "e5", "width": 8}
-    with pytest.raises(ValueError, match="not a value YAML can read.*quote lists"):
+    with pytest.raises(ValueError, match="not a value YAML can read.*write lists like"):
         book.parse_overrides([("norms", "[batch, none")])
 
 

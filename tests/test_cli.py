@@ -28,7 +28,7 @@ def test_a_malformed_profiles_file_is_explained(tmp_path, monkeypatch, capsys):
     (root / "book" / "profiles.yml").write_text("quick: {device: [cpu\n")
     monkeypatch.chdir(root)
     assert main(["chapter", "07_verdict", "--profile", "quick"]) == 1
-    assert "book/profiles.yml or _toc.yml is malformed" in capsys.readouterr().err
+    assert "book/profiles.yml: not a value YAML can read" in capsys.readouterr().err
 
 
 def test_outside_the_repository_the_command_says_where_to_run_it(tmp_path, monkeypatch, capsys):

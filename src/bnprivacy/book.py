@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from .values import as_plain, check_literal, parse_value, read_yaml
+
 BUILD = Path("_build")
 STAGE = BUILD / "stage"
 PROFILES_FILE = Path("book") / "profiles.yml"
@@ -81,7 +83,68 @@ def chapter_names(root: Path) -> list[str]:
 
 
 def load_profiles(root: Path) -> dict:
-    return yaml.safe_load((root / PROFILES_FILE).read_text()) or {}
+    """``book/profiles.yml``, read as data (:func:`values.read_yaml`) and checked against the
+    chapters: a map of profile names to maps of chapter names (or ``_all``) to maps of declared
+    parameter names to values. Anything else raises ValueError naming the profile and the key."""
+    path = root / PROFILES_FILE
+    text = path.read_text()
+    key = (str(path), text, tuple(_chapter_stamp(root)))
+    if key not in _PROFILES:
+        _PROFILES.clear()
+        _PROFILES[key] = check_profiles(root, read_yaml(text, str(PROFILES_FILE)))
+    return _PROFILES[key]
+
+
+# Checked profiles by the text of profiles.yml and the chapters' files: checking reads every
+# chapter's parameters cell, which takes a second, and the parameter tables ask for every profile.
+_PROFILES: dict = {}
+
+
+def _chapter_stamp(root: Path):
+    for page in toc_files(root):
+        source = root / f"{page}.md"
+        if source.is_file():
+            stat = source.stat()
+            yield page, stat.st_size, stat.st_mtime_ns
+
+
+def check_profiles(root: Path, profiles) -> dict:
+    """``profiles`` (as read from ``book/profiles.yml``) if every profile is a map of chapters (or
+    ``_all``) to maps of parameters each chapter declares; else ValueError naming what is wrong."""
+    where = str(PROFILES_FILE)
+    if profiles is None:
+        return {}
+    if not isinstance(profiles, dict):
+        raise ValueError(f"{where} holds a {_kind(profiles)}; expected a map of profile names to their chapters, "
+                         "e.g. 'quick: {01_training: {epochs: 5}}'")
+    chapters = chapter_names(root)
+    declared = {chapter: set(chapter_parameters(root, chapter)) - {"profile"} for chapter in chapters}
+    for profile, entries in profiles.items():
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            raise ValueError(f"{where}: profile {profile!r} holds a {_kind(entries)}; expected a map of chapter "
+                             f"names (or _all) to their parameters; chapters: {', '.join(chapters)}")
+        for chapter, params in entries.items():
+            if chapter != "_all" and chapter not in declared:
+                raise ValueError(f"{where}: profile {profile!r} has the key {chapter!r}, which is not a chapter; "
+                                 f"allowed keys: _all, {', '.join(chapters)}")
+            if params is None:
+                continue
+            if not isinstance(params, dict):
+                raise ValueError(f"{where}: profile {profile!r}, {chapter}: holds a {_kind(params)}; expected a map "
+                                 "of parameter names to values, e.g. '{epochs: 5}'")
+            allowed = set().union(*declared.values()) if chapter == "_all" else declared[chapter]
+            unknown = sorted(set(params) - allowed)
+            if unknown:
+                owner = "any chapter" if chapter == "_all" else chapter
+                raise ValueError(f"{where}: profile {profile!r}, {chapter}: {', '.join(map(str, unknown))} is not a "
+                                 f"parameter of {owner}; allowed names: {', '.join(sorted(allowed))}")
+    return profiles
+
+
+def _kind(value) -> str:
+    return {list: "list", str: "text", int: "number", float: "number", bool: "boolean"}.get(type(value), type(value).__name__)
 
 
 def profile_parameters(root: Path, profile: str, chapter: str) -> dict:
@@ -100,24 +163,11 @@ def profile_parameters(root: Path, profile: str, chapter: str) -> dict:
     return params
 
 
-# YAML 1.1 reads "1e-3" (no dot) as a string; a reader means the number.
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def parse_overrides(pairs: list[tuple[str, str]] | None) -> dict:
-    """``[("epochs", "5"), ("dataset", "cifar10")]`` -> typed values (YAML rules: 5 is an int;
-    a number YAML reads as text, like ``1e-3``, is read as a float)."""
-    values = {}
-    for key, text in pairs or []:
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ValueError(f"-p {key} {text!r} is not a value YAML can read ({getattr(error, 'problem', None) or error}); quote lists like "
-                             "'[batch, none]'") from None
-        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-            value = float(value)
-        values[key] = value
-    return values
+def parse_overrides(pairs: list[tuple[str, str]] | None, flag: str = "-p") -> dict:
+    """``[("epochs", "5"), ("dataset", "cifar10")]`` -> typed values, read as data by
+    :func:`values.parse_value` (5 is an int, ``1e-3`` a float also inside a list, a ``#`` is never
+    a silent comment, and no YAML type but text, numbers, booleans, null, lists and maps)."""
+    return {key: parse_value(text, f"{flag} {key}") for key, text in pairs or []}
 
 
 def check_overrides(root: Path, chapters: list[str], overrides: dict) -> None:
@@ -203,6 +253,9 @@ def execute_chapter(root: Path, chapter: str, profile: str = "quick",
     output = stage / f"{page}.ipynb"
     params = profile_parameters(root, profile, chapter)
     params.update(overrides or {})
+    params = as_plain(params)
+    check_literal(params)  # the injected cell assigns these values and runs nothing else
+    check_results_writable()
     started = time.perf_counter()
     try:
         papermill.execute_notebook(
@@ -214,6 +267,23 @@ def execute_chapter(root: Path, chapter: str, profile: str = "quick",
     _collapse_injected_parameters(output)
     print(f"executed {chapter} ({profile}) in {time.perf_counter() - started:.0f} s -> {output}")
     return output
+
+
+def check_results_writable(folder: Path | None = None) -> None:
+    """Raise ValueError in one line when ``folder`` (the results folder by default) cannot be
+    created or written, before a chapter runs: otherwise it fails in a later cell, after minutes."""
+    import tempfile
+
+    from .store import RESULTS_DIR_ENV, results_dir
+
+    folder = Path(folder or results_dir())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check"):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot write into {folder} ({error.strerror or error}); make it writable, or point "
+                         f"{RESULTS_DIR_ENV} at a folder you can write (results are stored there)") from None
 
 
 def _collapse_injected_parameters(path: Path) -> None:
