@@ -2,7 +2,10 @@
 
 import os
 import pickle
+import re
 import struct
+import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -122,7 +125,7 @@ def test_train_size_subsamples_and_rejects_too_large():
         load_dataset(Config(train_size=5000))
 
 
-def write_imagefolder(root, classes=("cat", "dog"), per_class=3, size=(10, 10), mode="RGB"):
+def write_imagefolder(root, classes=("cat", "dog"), per_class=3, size=(10, 10), mode="RGB", suffix=".png"):
     rng = np.random.default_rng(0)
     for split in ("train", "test"):
         for name in classes:
@@ -130,7 +133,7 @@ def write_imagefolder(root, classes=("cat", "dog"), per_class=3, size=(10, 10), 
             folder.mkdir(parents=True)
             for i in range(per_class):
                 shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
-                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(folder / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(folder / f"{i}{suffix}")
     return root
 
 
@@ -238,3 +241,184 @@ def test_flip_crop_draws_differ_across_images():
     out = flip_crop(x, torch.Generator().manual_seed(1))
     assert not torch.equal(out, x)
     assert sum(torch.equal(out[i], x[i]) for i in range(64)) < 16
+
+
+# --- integrity: decode cache checksum, content fingerprint, 16-bit images, names, CIFAR labels ------
+
+def only_cache_file(store):
+    (cache,) = (store / "data" / "cache").glob("imagefolder-*.pt")
+    return cache
+
+
+def flip_a_bit_of_the_first_tensor(path):
+    """torch.save writes an uncompressed zip and torch.load checks no CRC: flip one bit in the
+    middle of the first tensor storage's bytes (the ``data/0`` entry)."""
+    with zipfile.ZipFile(path) as archive:
+        entry = next(info for info in archive.infolist() if info.filename.endswith("/data/0"))
+    blob = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", blob[entry.header_offset + 26:entry.header_offset + 30])
+    blob[entry.header_offset + 30 + name_len + extra_len + entry.file_size // 2] ^= 0x04
+    path.write_bytes(bytes(blob))
+
+
+def load_without_warnings(cfg):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return load_dataset(cfg)
+
+
+def test_a_flipped_bit_in_the_decode_cache_fails_its_checksum_and_is_rebuilt(isolated_store):
+    root = write_imagefolder(isolated_store / "images")
+    cfg = Config(dataset=f"imagefolder:{root}")
+    data = load_dataset(cfg)
+    cache = only_cache_file(isolated_store)
+    flip_a_bit_of_the_first_tensor(cache)
+    with pytest.warns(UserWarning, match=f"cache {re.escape(str(cache))} is damaged .*checksum"):
+        again = load_dataset(cfg)
+    assert torch.equal(again.x_train, data.x_train) and torch.equal(again.x_test, data.x_test)
+    assert torch.equal(load_without_warnings(cfg).x_train, data.x_train)  # the rebuilt cache passes
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_an_unreadable_decode_cache_is_rebuilt_with_a_warning_naming_it(isolated_store, damage):
+    root = write_imagefolder(isolated_store / "images")
+    cfg = Config(dataset=f"imagefolder:{root}")
+    data = load_dataset(cfg)
+    cache = only_cache_file(isolated_store)
+    cache.write_bytes(b"not a cache" if damage == "garbage" else cache.read_bytes()[:300])
+    with pytest.warns(UserWarning, match=f"cache {re.escape(str(cache))} is damaged"):
+        assert torch.equal(load_dataset(cfg).x_train, data.x_train)
+    assert torch.equal(load_without_warnings(cfg).x_train, data.x_train)
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_failed_cache_save_leaves_no_temp_file(isolated_store, monkeypatch, failure):
+    from bnprivacy import data as data_module
+
+    def half_a_save(obj, path):
+        open(path, "wb").write(b"half a file")
+        raise failure
+
+    monkeypatch.setattr(torch, "save", half_a_save)
+    target = isolated_store / "data" / "cache" / "x.pt"
+    with pytest.raises(type(failure)):
+        data_module._save_atomic({"x": torch.zeros(3)}, target)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_an_image_edited_in_place_with_size_and_times_restored_changes_cache_and_key(isolated_store):
+    from bnprivacy import data as data_module
+
+    root = write_imagefolder(isolated_store / "images", suffix=".bmp")  # uncompressed: same size
+    cfg = Config(dataset=f"imagefolder:{root}", width=4)
+    before_key = cfg.key()
+    before = load_dataset(cfg).x_train.clone()
+    image = root / "train" / "cat" / "0.bmp"
+    old = image.stat()
+    Image.fromarray(np.full((10, 10, 3), 7, dtype=np.uint8), "RGB").save(image)
+    os.utime(image, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert image.stat().st_size == old.st_size and image.stat().st_mtime_ns == old.st_mtime_ns
+    after = load_dataset(cfg)
+    assert not torch.equal(before, after.x_train)
+    assert torch.allclose(after.denormalise(after.x_train[:1]) * 255, torch.full((1, 3, 10, 10), 7.0), atol=1e-3)
+    assert cfg.key() != before_key
+    data_module._FINGERPRINTS.clear()  # a new process hashes the folder itself and agrees
+    assert cfg.key() == Config(dataset=f"imagefolder:{root}", width=4).key() != before_key
+
+
+RAMP_16 = np.linspace(0, 65535, 256).round().reshape(16, 16)
+
+
+def write_16_bit_imagefolder(root, suffix, dtype):
+    """Two classes of 16-bit greyscale images, each a ramp over the whole 0..65535 range."""
+    for split in ("train", "test"):
+        for name in ("dark", "light"):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(RAMP_16.astype(dtype)).save(folder / f"{i}{suffix}")
+    return root
+
+
+@pytest.mark.parametrize("suffix, dtype, modes", [(".png", np.uint16, ("I;16", "I")), (".tif", np.int32, ("I",))])
+def test_16_bit_greyscale_is_scaled_to_8_bits_not_clipped(isolated_store, suffix, dtype, modes):
+    from bnprivacy.data import load_imagefolder
+
+    root = write_16_bit_imagefolder(isolated_store / "deep", suffix, dtype)
+    with Image.open(root / "train" / "dark" / f"0{suffix}") as image:
+        assert image.mode in modes
+    x_train, _, x_test, _, _ = load_imagefolder(root)
+    assert x_train.shape == (4, 1, 16, 16) and x_test.shape == (4, 1, 16, 16)
+    assert x_train.min() == 0 and x_train.max() == 1 and len(x_train.unique()) > 200
+    expected = torch.from_numpy(np.rint(RAMP_16 * 255 / 65535)).float()
+    assert torch.equal((x_train[0, 0] * 255).round(), expected)
+
+
+@pytest.mark.parametrize("values, what", [(np.full((10, 10), 0.5, np.float32), "floating-point pixels"),
+                                          (np.full((10, 10), 70_000, np.int32), "values 70000..70000, outside")])
+def test_float_and_32_bit_images_are_refused_with_what_to_do(isolated_store, values, what):
+    root = write_imagefolder(isolated_store / "grey", mode="L")
+    bad = root / "train" / "cat" / "deep.tif"
+    Image.fromarray(values).save(bad)
+    with pytest.raises(ValueError, match=f"image '{re.escape(str(bad))}' has {what}.*convert it to 8 or 16 bits"):
+        load_dataset(Config(dataset=f"imagefolder:{root}"))
+
+
+@pytest.mark.parametrize("where", ["image", "class folder"])
+def test_a_name_that_is_not_utf8_is_named_with_what_to_do(isolated_store, where):
+    root = write_imagefolder(isolated_store / "names")
+    png = (root / "train" / "cat" / "0.png").read_bytes()
+    if where == "image":
+        bad = os.fsencode(root / "train" / "dog") + b"/img\xff.png"
+    else:
+        bad = os.fsencode(root / "test") + b"/caf\xe9"
+        os.mkdir(bad)
+        bad_image = bad + b"/0.png"
+    target = bad if where == "image" else bad_image
+    handle = os.open(target, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(handle, png)
+    os.close(handle)
+    message = f"{where} {re.escape(repr(bad))} has a name that is not valid UTF-8; rename it to a UTF-8 name"
+    cfg = Config(dataset=f"imagefolder:{root}")
+    with pytest.raises(ValueError, match=message):
+        load_dataset(cfg)
+    with pytest.raises(ValueError, match=message):
+        cfg.key()
+
+
+def test_an_imagefolder_under_a_folder_whose_name_is_not_utf8_loads(isolated_store):
+    from bnprivacy.data import load_imagefolder
+
+    parent = os.fsencode(isolated_store) + b"/d\xe9j\xe0"
+    os.mkdir(parent)
+    root = write_imagefolder(isolated_store / os.fsdecode(parent) / "images")
+    x_train, y_train, *_ = load_imagefolder(root)
+    assert x_train.shape == (6, 3, 10, 10) and y_train.tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(load_imagefolder(root)[0], x_train)  # from the cache
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([0, 99, 1, 2], r"holds label 99 \(1 of 4 labels out of range\) but labels must be in 0\.\.9, the dataset's 10 classes"),
+    ([-1, 0, 1, -1], r"holds label -1 \(2 of 4 labels out of range\) but labels must be in 0\.\.9"),
+    ([0, 1, 2], r"holds 4 images but 3 labels"),
+    ([0, 1, 2, 3, 4], r"holds 4 images but 5 labels"),
+    ([0.5, 1.0, 2.0, 3.0], r"holds labels of type float64, not integers 0\.\.9"),
+])
+def test_cifar_labels_out_of_range_or_miscounted_are_refused_naming_the_batch(isolated_store, labels, message):
+    folder = write_cifar10(isolated_store / "data")
+    batch = pickle.loads((folder / "data_batch_2").read_bytes())
+    batch["labels"] = labels
+    (folder / "data_batch_2").write_bytes(pickle.dumps(batch))
+    with pytest.raises(ValueError, match=f"{re.escape(str(folder / 'data_batch_2'))} {message}.*download"):
+        load_dataset(Config(dataset="cifar10"), download=False)
+
+
+def test_cifar100_label_range_comes_from_the_meta_file(isolated_store):
+    folder = isolated_store / "data" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name, labels in (("train", [0, 99, 5]), ("test", [100, 0, 1])):
+        entry = {"data": np.zeros((3, 3072), dtype=np.uint8), "fine_labels": labels, "coarse_labels": [0] * 3}
+        (folder / name).write_bytes(pickle.dumps(entry))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"f{i}" for i in range(100)]}))
+    with pytest.raises(ValueError, match=r"test holds label 100 .*must be in 0\.\.99, the dataset's 100 classes"):
+        load_dataset(Config(dataset="cifar100"), download=False)

@@ -236,10 +236,10 @@ def _load_cifar(name: str, root: Path, *, download: bool):
         if not download:
             raise DatasetUnavailable(_cifar_help(name, root))
         _download_cifar(name, root)
-    x_train, y_train = _read_cifar_batches(folder, spec["train"], spec["label_key"])
-    x_test, y_test = _read_cifar_batches(folder, spec["test"], spec["label_key"])
     meta_file, meta_key = spec["meta"]
     classes = list(_unpickle(folder / meta_file)[meta_key])
+    x_train, y_train = _read_cifar_batches(folder, spec["train"], spec["label_key"], len(classes))
+    x_test, y_test = _read_cifar_batches(folder, spec["test"], spec["label_key"], len(classes))
     return x_train, y_train, x_test, y_test, classes
 
 
@@ -251,14 +251,36 @@ def _download_cifar(name: str, root: Path) -> None:
                          _cifar_help(name, root))
 
 
-def _read_cifar_batches(folder: Path, files: list[str], label_key: str):
+def _read_cifar_batches(folder: Path, files: list[str], label_key: str, num_classes: int):
     images, labels = [], []
     for file in files:
         entry = _unpickle(folder / file)
-        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(entry[label_key])
+        batch = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels.append(_checked_cifar_labels(folder / file, entry[label_key], len(batch), num_classes))
+        images.append(batch)
     x = torch.from_numpy(np.concatenate(images)).float().div(255.0)
-    return x.contiguous(), torch.tensor(labels, dtype=torch.int64)
+    return x.contiguous(), torch.from_numpy(np.concatenate(labels))
+
+
+def _checked_cifar_labels(path: Path, labels, count: int, num_classes: int) -> np.ndarray:
+    """A batch's labels as int64, checked here: one integer per image, each in ``0..num_classes-1``.
+    A damaged batch would otherwise load and fail much later, inside training, without naming itself."""
+    labels = np.asarray(labels)
+    redo = ("the file is damaged; delete it and let torchvision download the dataset again, or extract "
+            "the official archive there")
+    if labels.ndim != 1 or len(labels) != count:
+        raise ValueError(f"{path} holds {count} images but {labels.size} labels, one per image expected; "
+                         f"{redo}")
+    if count and labels.dtype.kind not in "iu":
+        raise ValueError(f"{path} holds labels of type {labels.dtype}, not integers 0..{num_classes - 1}; "
+                         f"{redo}")
+    outside = (labels < 0) | (labels >= num_classes)
+    if outside.any():
+        raise ValueError(
+            f"{path} holds label {labels[outside][0]} ({outside.sum()} of {count} labels out of range) but "
+            f"labels must be in 0..{num_classes - 1}, the dataset's {num_classes} classes; {redo}"
+        )
+    return labels.astype(np.int64)
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -313,8 +335,10 @@ def load_imagefolder(root: Path, *, image_size: int = 0):
 
     Images are converted to the colour mode most of them have (greyscale or RGB), with a warning
     when they are mixed. ``image_size > 0`` resizes every
-    image to a square of that side; otherwise all images must share one size. The decoded tensors
-    are cached in ``data/cache/`` keyed by the files' names, sizes and modification times.
+    image to a square of that side; otherwise all images must share one size. 16-bit greyscale
+    images are scaled to 8 bits. The decoded tensors are cached in ``data/cache/`` keyed by the
+    files' names, classes and content (:func:`imagefolder_fingerprint`), with a checksum: a cache
+    that fails it is rebuilt, with a warning.
     """
     root = Path(root)
     train_dir, test_dir = root / "train", root / "test"
@@ -334,22 +358,21 @@ def load_imagefolder(root: Path, *, image_size: int = 0):
     train_files = _image_files(train_dir, classes)
     test_files = _image_files(test_dir, classes)
     cache = _imagefolder_cache_path(root, _remember_fingerprint(root, train_files + test_files), image_size)
-    if cache.is_file():
-        try:
-            blob = torch.load(cache, weights_only=True)
-            return blob["x_train"], blob["y_train"], blob["x_test"], blob["y_test"], classes
-        except Exception:  # a cache torn by a kill is rebuilt, never trusted
-            cache.unlink(missing_ok=True)
-    # Both splits in one pass: one colour mode and one size for all of them.
-    x, y = _decode_images(train_files + test_files, image_size)
-    n = len(train_files)
-    x_train, y_train, x_test, y_test = x[:n], y[:n], x[n:], y[n:]
-    _save_atomic({"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}, cache)
-    return x_train, y_train, x_test, y_test, classes
+    tensors = _load_cache(cache)
+    if tensors is None:
+        # Both splits in one pass: one colour mode and one size for all of them.
+        x, y = _decode_images(train_files + test_files, image_size)
+        n = len(train_files)
+        tensors = {"x_train": x[:n], "y_train": y[:n], "x_test": x[n:], "y_test": y[n:]}
+        _save_atomic({**tensors, "sha256": _tensors_digest(tensors)}, cache)
+    return tensors["x_train"], tensors["y_train"], tensors["x_test"], tensors["y_test"], classes
 
 
 def _class_folders(split_dir: Path) -> list[str]:
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = [p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    for folder in folders:
+        _require_utf8_name(folder, "class folder")
+    classes = sorted(folder.name for folder in folders)
     if len(classes) < 2:
         raise ValueError(
             f"imagefolder split {str(split_dir)!r} has {len(classes)} class folder(s) "
@@ -368,11 +391,23 @@ def _image_files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
                 f"class folder {str(split_dir / name)!r} holds no images "
                 f"(looked for {', '.join(IMAGE_SUFFIXES)})"
             )
+        for path in found:
+            _require_utf8_name(path, "image")
         files.extend((path, label) for path in found)
     return files
 
 
-GREYSCALE_MODES = ("L", "1", "I;16", "I", "F")
+def _require_utf8_name(path: Path, what: str) -> None:
+    """Refuse, naming it, a file whose name is not UTF-8 (bytes in another system's encoding):
+    names go into the fingerprint, result keys and reports as UTF-8 text."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {os.fsencode(path)!r} has a name that is not valid UTF-8; "
+                         "rename it to a UTF-8 name") from None
+
+
+GREYSCALE_MODES = ("L", "1")  # 16-bit greyscale is "L" by then (_to_8_bits)
 
 
 def _decode_images(files: list[tuple[Path, int]], image_size: int):
@@ -380,8 +415,8 @@ def _decode_images(files: list[tuple[Path, int]], image_size: int):
     (greyscale stays one channel); raises ValueError naming any file that does not decode."""
     from tqdm.auto import tqdm
 
-    opened = [_open_image(path) for path, _ in tqdm(files, desc="reading images", leave=False,
-                                                    disable=len(files) < 5000)]
+    opened = [_to_8_bits(_open_image(path), path)
+              for path, _ in tqdm(files, desc="reading images", leave=False, disable=len(files) < 5000)]
     mode = _majority_mode([image.mode for image in opened])
     arrays, shape = [], None
     for (path, _), image in zip(files, opened):
@@ -420,6 +455,24 @@ def _open_image(path: Path):
         raise ValueError(f"image {str(path)!r} cannot be decoded ({error}); repair or delete it") from None
 
 
+def _to_8_bits(image, path: Path):
+    """16-bit greyscale (Pillow modes "I;16*" and "I") scaled to 8-bit "L", ``value * 255 / 65535``
+    rounded: ``convert("L")`` would clip it to 0 and 255. Other images are returned as they are;
+    32-bit values and floating-point images have no agreed range and are refused, named."""
+    from PIL import Image
+
+    if image.mode == "F":
+        raise ValueError(f"image {str(path)!r} has floating-point pixels (Pillow mode F); "
+                         "convert it to 8 or 16 bits")
+    if not (image.mode == "I" or image.mode.startswith("I;16")):
+        return image
+    values = np.asarray(image)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"image {str(path)!r} has values {values.min()}..{values.max()}, outside the "
+                         "16-bit range 0..65535; convert it to 8 or 16 bits")
+    return Image.fromarray(np.rint(values.astype(np.float64) * (255 / 65535)).astype(np.uint8), "L")
+
+
 def _majority_mode(modes: list[str]) -> str:
     """"L" when most images are greyscale, else "RGB"; a mix is converted, with a warning."""
     grey = sum(mode in GREYSCALE_MODES for mode in modes)
@@ -431,15 +484,16 @@ def _majority_mode(modes: list[str]) -> str:
     return chosen
 
 
-# Fingerprints by resolved root, for this process: listing 60,000 files takes seconds, and a
+# Fingerprints by resolved root, for this process: hashing 60,000 files takes seconds, and a
 # process works on the images it loaded. load_imagefolder refreshes the entry on every load.
 _FINGERPRINTS: dict[str, str] = {}
 
 
 def imagefolder_fingerprint(root: Path | str) -> str:
-    """A 16-hex-digit digest of an image folder's content as the file system reports it: every
-    image's path under ``root``, class, size and modification time. ``Config.key()`` includes it,
-    so changing, adding or removing an image gives new results instead of stale ones."""
+    """A 16-hex-digit digest of an image folder's content: every image's path under ``root``, class
+    and the SHA-256 of its bytes. ``Config.key()`` includes it, so changing (even with its size and
+    modification time restored), adding or removing an image gives new results instead of stale
+    ones. Hashing reads every image; the result is remembered for this process."""
     root = Path(root).expanduser()
     known = _FINGERPRINTS.get(str(root.resolve()))
     if known:
@@ -453,25 +507,65 @@ def imagefolder_fingerprint(root: Path | str) -> str:
 
 
 def _remember_fingerprint(root: Path, files: list[tuple[Path, int]]) -> str:
-    digest = hashlib.sha256(b"imagefolder v2\n")  # v2: majority colour mode
+    # v3: the files' bytes, since size and modification time can be restored after an edit in place
+    digest = hashlib.sha256(b"imagefolder v3\n")
     for path, label in files:
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path.relative_to(root)}|{label}|{_file_sha256(path)}\n".encode())
     _FINGERPRINTS[str(root.resolve())] = fingerprint = digest.hexdigest()[:16]
     return fingerprint
 
 
+def _file_sha256(path: Path) -> str:
+    # One unbuffered read of the whole file: images are small and decoding holds them whole anyway,
+    # and over 60,000 small files this is faster than hashlib.file_digest's 256 KiB chunks.
+    with open(path, "rb", buffering=0) as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
 def _imagefolder_cache_path(root: Path, fingerprint: str, image_size: int) -> Path:
     """The decode cache of one folder's content (its fingerprint) at one image size."""
-    key = f"v2 {root.resolve()} {fingerprint} size={image_size}"  # v2: majority colour mode
-    return data_dir() / "cache" / f"imagefolder-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    # v3: checksummed, 16-bit images scaled. fsencode: the root's name need not be UTF-8.
+    key = b"v3 %s %s size=%d" % (os.fsencode(root.resolve()), fingerprint.encode(), image_size)
+    return data_dir() / "cache" / f"imagefolder-{hashlib.sha256(key).hexdigest()[:16]}.pt"
+
+
+def _load_cache(cache: Path) -> dict[str, torch.Tensor] | None:
+    """The decoded tensors in ``cache``; None when there is none, or when it is unreadable or fails
+    its checksum (torn by a kill, a flipped bit): then it is deleted, with a warning, to be rebuilt."""
+    if not cache.is_file():
+        return None
+    try:
+        blob = torch.load(cache, weights_only=True)
+        tensors = {key: blob[key] for key in ("x_train", "y_train", "x_test", "y_test")}
+        if blob.get("sha256") != _tensors_digest(tensors):
+            raise ValueError("its SHA-256 checksum does not match its content")
+        return tensors
+    except Exception as error:  # never trusted: any damage means decoding the images again
+        warnings.warn(f"image decode cache {cache} is damaged ({error}); deleting it and decoding the "
+                      "images again", stacklevel=3)
+        cache.unlink(missing_ok=True)
+        return None
+
+
+def _tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256(b"decode cache v3\n")
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}\n".encode())
+        digest.update(tensor.numpy())
+    return digest.hexdigest()
 
 
 def _save_atomic(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a kill midway must not leave a half-written file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # --- augmentation ---------------------------------------------------------------------------------
