@@ -178,3 +178,64 @@ def test_malformed_metadata_is_refused_naming_the_file(tmp_path, content, messag
     (root / "bnprivacy.json").write_text(content)
     with pytest.raises(ValueError, match=message):
         import_lira(root)
+
+
+def test_the_last_logits_file_is_chosen_by_epoch_number_not_by_name(tmp_path):
+    root = reference_folder(tmp_path, seeds=[0, 1])  # logits/0000000100.npy holds the seed
+    np.save(root / "experiment-0" / "logits" / "99.npy", np.full((20, 1, 2, 3), -1, np.float32))
+    np.save(root / "experiment-1" / "logits" / "0000000099.npy", np.full((20, 1, 2, 3), -1, np.float32))
+    assert import_lira(root).logits[:, 0, 0, 0].tolist() == [0, 1]  # epoch 100 in both, though "99" > "0..."
+
+
+def test_two_logits_files_of_one_epoch_are_refused_naming_both(tmp_path):
+    root = reference_folder(tmp_path, seeds=[0, 1])
+    np.save(root / "experiment-1" / "logits" / "100.npy", np.full((20, 1, 2, 3), -1, np.float32))
+    with pytest.raises(ValueError, match=r"several logits files for the same epoch: "
+                                         r"experiment-1/logits/0000000100.npy and experiment-1/logits/100.npy"):
+        import_lira(root)
+
+
+def test_folders_whose_numbers_differ_only_in_padding_are_refused_naming_both(tmp_path):
+    root = reference_folder(tmp_path, seeds=[1, 2])
+    shutil.copytree(root / "experiment-1", root / "experiment-01")
+    with pytest.raises(ValueError, match=r"same model: experiment-01 and experiment-1"):
+        import_lira(root)
+
+
+def test_logits_files_not_named_by_an_epoch_are_skipped_with_a_warning(tmp_path):
+    root = reference_folder(tmp_path, seeds=[0, 1])
+    np.save(root / "experiment-1" / "logits" / "final.npy", np.full((20, 1, 2, 3), -1, np.float32))
+    with pytest.warns(UserWarning, match=r"skipped 1 logits file\(s\) .* experiment-1/logits/final.npy"):
+        assert import_lira(root).logits[:, 0, 0, 0].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("value, dtype, shown", [
+    (np.nan, np.float32, "nan"), (np.inf, np.float32, "inf"), (-np.inf, np.float16, "-inf"),
+    (1e300, np.float64, "1e[+]300"),  # finite in float64, inf in the float32 the attacks use
+])
+def test_non_finite_logits_are_refused_naming_the_file_and_the_first_bad_position(tmp_path, value, dtype, shown):
+    root = exported(tmp_path)
+    file = root / "experiment-2_4" / "logits" / "0000000007.npy"
+    logits = np.load(file).astype(dtype)
+    logits[5, 0, 1, 2] = logits[9, 0, 0, 0] = value
+    np.save(file, logits)
+    with pytest.raises(ValueError, match=rf"experiment-2_4/logits/0000000007.npy holds {shown} at "
+                                         r"\[sample, 0, query, class\] = \[5, 0, 1, 2\], not a finite float32 "
+                                         r"\(2 such value\(s\) in all\)"):
+        import_lira(root)
+
+
+def test_complex_logits_are_refused_naming_the_file_and_the_first_complex_value(tmp_path):
+    root = exported(tmp_path)
+    file = root / "experiment-1_4" / "logits" / "0000000007.npy"
+    logits = np.load(file).astype(np.complex64)
+    logits[3, 0, 0, 1] += 2j
+    np.save(file, logits)
+    with pytest.raises(ValueError, match=r"experiment-1_4/logits/0000000007.npy holds complex numbers \(complex64, "
+                                         r"first .*2j\) at \[sample, 0, query, class\] = \[3, 0, 0, 1\]\)"):
+        import_lira(root)
+
+
+def exported(tmp_path):
+    """An export of a stub run (epoch 7) into ``tmp_path / "exp"``."""
+    return export_lira(stub_run(), tmp_path / "exp")

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -153,29 +154,82 @@ def test_ctrl_c_cancels_the_outstanding_tasks_and_keeps_the_sealed_chunks(cluste
     assert submitted == [[2, 3]]
 
 
+# Seconds a stand-in task waits for the Ctrl-C that cancels it before failing on its own: a bound,
+# so that a Ctrl-C that never arrives fails the test in minutes with a clear error, never a hang.
+CTRL_C_BOUND_SECONDS = 120
+
+
 def test_a_sigint_while_chunks_train_cancels_their_tasks_and_frees_their_locks(cluster, data, monkeypatch,
-                                                                               submitted):
-    def never_finishes(spec, data, masks, models, **options):  # runs on a Ray worker
+                                                                               submitted, tmp_path):
+    started = tmp_path / "started"
+    started.mkdir()
+
+    def waits_for_ctrl_c(spec, data, masks, models, **options):  # runs on a Ray worker
         import time
-        time.sleep(600)
+        (started / f"{models[0]}").touch()
+        deadline = time.monotonic() + CTRL_C_BOUND_SECONDS
+        while time.monotonic() < deadline:  # short steps: a cancelled task is killed between them
+            time.sleep(0.1)
+        raise TimeoutError(f"no Ctrl-C cancelled this task within {CTRL_C_BOUND_SECONDS} s")
 
-    real_submit = executors.submit_chunk
+    interrupted = threading.Event()  # set once the driver reacts to the Ctrl-C (or the run ended)
+    real_abandon = executors._abandon
 
-    def submit_then_press_ctrl_c(*args):
-        ref = real_submit(*args)
-        if len(submitted) == 2:  # both chunks submitted: Ctrl-C a second later
-            threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
-        return ref
+    def abandon(*args):
+        interrupted.set()
+        return real_abandon(*args)
 
-    monkeypatch.setattr(executors, "train_chunk_files", never_finishes)
-    monkeypatch.setattr(executors, "submit_chunk", submit_then_press_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray", cpus_per_task=1)
+    def press_ctrl_c_once_both_tasks_run():
+        deadline = time.monotonic() + CTRL_C_BOUND_SECONDS
+        while len(list(started.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(3):  # a signal that lands inside one of Ray's own calls can be lost: press again
+            if interrupted.is_set():
+                return
+            os.kill(os.getpid(), signal.SIGINT)
+            interrupted.wait(10)
+
+    monkeypatch.setattr(executors, "train_chunk_files", waits_for_ctrl_c)
+    monkeypatch.setattr(executors, "_abandon", abandon)
+    presser = threading.Thread(target=press_ctrl_c_once_both_tasks_run, daemon=True)
+    presser.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray", cpus_per_task=1, max_retries=0)
+    finally:
+        interrupted.set()  # never a Ctrl-C after the run is over
+    presser.join(timeout=60)
+    assert sorted(p.name for p in started.iterdir()) == ["0", "2"], "the Ctrl-C came while both tasks ran"
     for models in ([0, 1], [2, 3]):
         with pytest.raises(ray.exceptions.TaskCancelledError):
-            ray.get(submitted.refs[tuple(models)], timeout=120)  # a guard: a task left running sleeps 600 s
+            ray.get(submitted.refs[tuple(models)], timeout=120)  # a guard: a task left running fails in 120 s
     folder = store.run_folder(SPEC)
     assert leftover_locks(folder) == [] and not list(folder.glob("models-*"))
+
+
+def test_a_task_that_returns_no_files_fails_naming_its_chunk_and_the_others_stay(cluster, data, monkeypatch):
+    real = executors.train_chunk_files
+
+    def returns_nothing_for_models_2_and_3(spec, data, masks, models, **options):  # runs on a Ray worker
+        return None if list(models) == [2, 3] else real(spec, data, masks, models, **options)
+
+    monkeypatch.setattr(executors, "train_chunk_files", returns_nothing_for_models_2_and_3)
+    with pytest.raises(executors.ChunksFailed, match=r"models 2-3 of .*: RuntimeError: the Ray task of "
+                                                     r"models-00002-00003 returned None instead of the chunk's files"
+                       ) as failed:  # a None is a task that succeeded, for Ray: never retried
+        shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray")
+    assert str(failed.value).startswith("1 chunk(s) failed"), str(failed.value)
+    folder = store.run_folder(SPEC)
+    assert store.is_complete(folder / "models-00000-00001", required=store.CHUNK_FILES)
+    assert not (folder / "models-00002-00003").exists() and leftover_locks(folder) == []
+
+
+@pytest.mark.parametrize("files, shown", [(None, "None"), ([b"x"], "a list"), ({"states.pt": "text"}, "a dict that")])
+def test_a_task_result_that_is_not_chunk_files_is_a_clear_error_naming_the_chunk(tmp_path, files, shown):
+    chunk = tmp_path / "run" / "models-00002-00003"
+    with pytest.raises(RuntimeError, match=f"the Ray task of models-00002-00003 returned {shown}"):
+        executors.write_chunk_files(chunk, files)
+    assert not chunk.exists()
 
 
 def test_a_cuda_run_on_a_cluster_without_gpus_is_refused_before_any_chunk_is_claimed(cluster, data):

@@ -1,3 +1,8 @@
+import errno
+import os
+import types
+
+import pandas as pd
 import pytest
 import torch
 
@@ -52,3 +57,37 @@ def test_bad_config_fails_before_touching_results(isolated_store):
         store.train_cached(Config.from_dict({**CFG.to_dict(), "arch": "nope"}))
     assert (results / "history.csv").read_text() == "epoch\n1\n"
     assert sorted(p.name for p in (isolated_store / "results" / "train").iterdir()) == ["keep"]
+
+
+@pytest.mark.parametrize("failing, error", [("fsync", OSError(errno.ENOSPC, "No space left on device")),
+                                            ("replace", OSError(errno.ENOSPC, "No space left on device")),
+                                            ("replace", KeyboardInterrupt())])
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, monkeypatch, failing, error):
+    path = tmp_path / "signals-eval-q2.pt"
+    path.write_bytes(b"old")
+
+    def fails(*args):
+        raise error
+
+    monkeypatch.setattr(os, failing, fails)
+    with pytest.raises(type(error)):
+        store.write_atomic(path, b"new")
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_manifest_that_omits_a_training_file_is_not_trusted(monkeypatch):
+    folder = store.training_folder(CFG)
+    folder.mkdir(parents=True)
+    store.save_json(folder / "config.json", CFG.to_dict())
+    store.seal(folder, ["config.json"])  # checksums right, but history.csv and model.pt never written
+    trained = []
+
+    def train_model(cfg, data, progress=False):  # a stand-in: the test is about what is trusted
+        trained.append(cfg)
+        return types.SimpleNamespace(history=pd.DataFrame({"epoch": [1]}), model=torch.nn.Linear(2, 1))
+
+    monkeypatch.setattr("bnprivacy.ensemble.train_model", train_model)
+    record = store.train_cached(CFG, data="not loaded")
+    assert trained == [CFG] and store.is_complete(folder, required=store.TRAINING_FILES)
+    assert sorted(record["state_dict"]) == ["bias", "weight"]

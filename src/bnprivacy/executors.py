@@ -196,9 +196,11 @@ def train_chunk_files(spec, data, masks, models: list[int], *, strategy: str, qu
 
 def write_chunk_files(chunk: Path, files: dict[str, bytes]) -> None:
     """Write a chunk that a task returned: every file atomically, the manifests last, then check
-    that the chunk is complete (the checksums cover the transfer)."""
+    that the chunk is complete (the checksums cover the transfer). A result that is not a dict of
+    file names to bytes is refused with a ``RuntimeError`` naming the chunk."""
     from . import store
 
+    _check_returned_files(chunk, files)
     for name in files:
         if Path(name).name != name or name.startswith(".") or not name:
             raise RuntimeError(f"a Ray task returned a file named {name!r} for {chunk.name}; refused "
@@ -211,6 +213,20 @@ def write_chunk_files(chunk: Path, files: dict[str, bytes]) -> None:
         store.reset(chunk)
         raise RuntimeError(f"the files of {chunk.name} arrived incomplete or corrupt; run the same command "
                            "again to retrain that chunk")
+
+
+def _check_returned_files(chunk: Path, files) -> None:
+    """Refuse a task result that is not what :func:`train_chunk_files` returns (a dict of file names
+    to bytes), e.g. None from a task that was replaced or cut short, with the chunk's name."""
+    if isinstance(files, dict) and all(isinstance(n, str) and isinstance(b, bytes) for n, b in files.items()):
+        return
+    if isinstance(files, dict):
+        shown = "a dict that does not map file names to bytes"
+    else:
+        shown = "None" if files is None else f"a {type(files).__name__}"
+    raise RuntimeError(f"the Ray task of {chunk.name} returned {shown} instead of the chunk's files (a dict of "
+                       "file names to bytes); check that every Ray worker runs this commit of bnprivacy, then run "
+                       "the same command again to retrain that chunk")
 
 
 @dataclasses.dataclass
@@ -269,14 +285,16 @@ def train_on_ray(runs: list[RunChunks], data, *, strategy: str, queries: int, qu
         return ray.put(run.masks.cpu()), tasks[key]
 
     prepared = {id(run): prepare(run) for run in runs}  # a bad request fails here, before any lock is taken
+    reported: set = set()
     while True:
         missing = [(run, models) for run in runs for models in run.missing()]
         if not missing:
             return
         mine = [(run, models) for run, models in missing
                 if store.claim_chunk(run.folder / store.chunk_name(models))]
-        if not mine:
-            time.sleep(store.CHUNK_POLL_SECONDS)  # every missing chunk is held by another process
+        if not mine:  # every missing chunk is held by another process
+            store.say_who_holds([run.folder / store.chunk_name(models) for run, models in missing], reported)
+            time.sleep(store.CHUNK_POLL_SECONDS)
             continue
         pending = {}
         try:

@@ -35,6 +35,7 @@ from .attacks import AttackInput
 
 EXPERIMENT = re.compile(r"experiment-(\d+)_(\d+)$")  # train.py --expid k --num_experiments N
 SEEDED = re.compile(r"experiment-(\d+)$")  # train.py without --expid: the training seed
+EPOCH_FILE = re.compile(r"(\d+)\.npy")  # logits/{epoch}.npy, zero-padded or not
 METADATA = "bnprivacy.json"
 FORMAT = 1
 QUERY_MODES = ("eval", "train")
@@ -234,9 +235,9 @@ def _refuse_clashes(root: Path, numbered: list[tuple[int, Path]], sizes: dict[in
 
 
 def _refuse_incomplete(root: Path, folders: list[Path]) -> None:
-    """Name every experiment folder that lacks keep.npy or a logits file."""
+    """Name every experiment folder that lacks keep.npy or a logits file named by its epoch."""
     incomplete = [folder.name for folder in folders
-                  if not (folder / "keep.npy").is_file() or not any((folder / "logits").glob("*.npy"))]
+                  if not (folder / "keep.npy").is_file() or not _logits_by_epoch(folder)]
     if incomplete:
         raise ValueError(f"{len(incomplete)} experiment folder(s) in {root} lack keep.npy or logits/*.npy: "
                          f"{', '.join(incomplete)}; finish them (the reference inference.py writes the logits) "
@@ -253,15 +254,73 @@ def _check_against_metadata(root: Path, meta: LiraMetadata, folders: list[Path],
         raise ValueError(f"{path} records {meta.n_models} models but {root} holds {len(folders)} experiment "
                          "folders; re-export the run with replace=True")
     name = f"{meta.epoch:010d}.npy"
-    stale = [folder.name for folder in folders if _last_logits(folder).name != name]
+    stale = [folder.name for folder in folders if max(_logits_by_epoch(folder)) != meta.epoch]
     if stale:
         raise ValueError(f"{path} records epoch {meta.epoch} but the last logits file of {', '.join(stale)} is "
                          f"not logits/{name}; re-export the run with replace=True")
 
 
-def _last_logits(folder: Path) -> Path:
-    """The logits file of the latest epoch (the names are zero-padded epochs)."""
-    return sorted((folder / "logits").glob("*.npy"))[-1]
+def _logits_by_epoch(folder: Path) -> dict[int, list[Path]]:
+    """The logits files of ``folder`` by the epoch their name gives (``0000000010.npy`` and
+    ``10.npy`` both give 10); files not named by an epoch are left out."""
+    epochs: dict[int, list[Path]] = {}
+    for path in sorted((folder / "logits").glob("*.npy")):
+        match = EPOCH_FILE.fullmatch(path.name)
+        if match:
+            epochs.setdefault(int(match.group(1)), []).append(path)
+    return epochs
+
+
+def _last_logits(root: Path, folders: list[Path]) -> list[Path]:
+    """The logits file of the latest epoch of every folder, by the epoch's number, not by string
+    order (``10.npy`` comes after ``0000000009.npy``). Two files of one epoch in a folder are
+    refused, all named; ``.npy`` files not named by an epoch are skipped with a warning naming each."""
+    last, clashes, odd = [], [], []
+    for folder in folders:
+        epochs = _logits_by_epoch(folder)
+        clashes += [" and ".join(f"{folder.name}/logits/{p.name}" for p in paths)
+                    for paths in epochs.values() if len(paths) > 1]
+        odd += [f"{folder.name}/logits/{p.name}" for p in sorted((folder / "logits").glob("*.npy"))
+                if not EPOCH_FILE.fullmatch(p.name)]
+        last.append(epochs[max(epochs)][0])
+    if clashes:
+        raise ValueError(f"{root} has several logits files for the same epoch: {'; '.join(clashes)}; they "
+                         "come from different scorings, keep one of each")
+    if odd:
+        warnings.warn(f"skipped {len(odd)} logits file(s) in {root} not named by an epoch (EPOCH.npy): "
+                      f"{', '.join(odd)}; rename or move them to import them", stacklevel=3)
+    return last
+
+
+def _checked_logits(file: Path, pool: int) -> np.ndarray:
+    """A logits file's array ``[P, 1, Q, K]`` of finite real numbers."""
+    array = _load_array(file)
+    if array.ndim != 4 or array.shape[0] != pool or array.shape[1] != 1:
+        raise ValueError(f"{file} has shape {array.shape}; expected [P={pool}, 1, Q, K]")
+    if array.dtype.kind == "c":
+        nonreal = np.argwhere(array.imag != 0)
+        example = f", first {array[_at(nonreal)]} at {_position(nonreal)}" if len(nonreal) else ""
+        raise ValueError(f"{file} holds complex numbers ({array.dtype}{example}); logits are real numbers "
+                         "(float32 as the reference inference.py writes them): re-score that model")
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"{file} holds {array.dtype} values; logits are real numbers (float32 as the "
+                         "reference inference.py writes them): re-score that model")
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range reads as inf, and is refused
+        bad = np.argwhere(~np.isfinite(array.astype(np.float32)))
+    if len(bad):
+        raise ValueError(f"{file} holds {array[_at(bad)]} at {_position(bad)}, not a finite float32 ({len(bad)} "
+                         "such value(s) in all); the model diverged or the file is damaged: retrain or re-score "
+                         "that model, or move its experiment folder out")
+    return array
+
+
+def _at(positions: np.ndarray) -> tuple[int, ...]:
+    """The first of ``np.argwhere``'s positions, as an index."""
+    return tuple(int(i) for i in positions[0])
+
+
+def _position(positions: np.ndarray) -> str:
+    return f"[sample, 0, query, class] = {list(_at(positions))}"
 
 
 def _labels(root: Path) -> torch.Tensor:
@@ -283,8 +342,11 @@ def import_lira(root: Path, query_mode: str | None = None) -> AttackInput:
     With ``query_mode`` ("eval" or "train"), a folder whose ``bnprivacy.json`` records the other
     BN query mode is refused. A folder without ``bnprivacy.json`` (as the reference code writes
     it) is accepted with any ``query_mode``: its mode is unknown, and ``lira_metadata(root)``
-    returns None. Folders named ``experiment*`` in neither style are skipped with a warning.
-    Raises ``ValueError`` naming what is missing or inconsistent.
+    returns None. Folders named ``experiment*`` in neither style are skipped with a warning. The
+    last logits file is the one of the highest epoch number (``10.npy`` is after ``0000000009.npy``).
+    Raises ``ValueError`` naming what is missing or inconsistent: among it two folders or two logits
+    files of one number (``experiment-1`` and ``experiment-01``), and logits that are not finite
+    real numbers (the file and the first bad position).
     """
     root = Path(root)
     if query_mode is not None and query_mode not in QUERY_MODES:
@@ -292,15 +354,13 @@ def import_lira(root: Path, query_mode: str | None = None) -> AttackInput:
     labels = _labels(root)
     meta = lira_metadata(root)
     folders = _experiments(root)
+    files = _last_logits(root, folders)
     if meta is not None:
         _check_against_metadata(root, meta, folders, query_mode)
     masks, logits = [], []
-    for folder in folders:
+    for folder, file in zip(folders, files):
         masks.append(torch.from_numpy(_keep(folder / "keep.npy", len(labels))))
-        file = _last_logits(folder)
-        array = _load_array(file)
-        if array.ndim != 4 or array.shape[0] != len(labels) or array.shape[1] != 1:
-            raise ValueError(f"{file} has shape {array.shape}; expected [P={len(labels)}, 1, Q, K]")
+        array = _checked_logits(file, len(labels))
         if logits and array.shape[2:] != tuple(logits[0].shape[::2]):
             raise ValueError(f"{file} has {array.shape[2]} queries and {array.shape[3]} classes but "
                              f"{folders[0]} has {logits[0].shape[0]} and {logits[0].shape[2]}; every "

@@ -8,12 +8,16 @@ detected as unfinished and redone, never silently used.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import shutil
 import socket
+import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -31,14 +35,19 @@ def results_dir() -> Path:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: all or nothing."""
+    """Write ``data`` to ``path`` through a temporary file and a rename: all or nothing. A failed
+    write (a full disk, an interruption) leaves ``path`` as it was and no temporary file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_json(path: Path, obj) -> None:
@@ -98,6 +107,9 @@ def training_folder(cfg: Config) -> Path:
     return results_dir() / "train" / cfg.key()
 
 
+TRAINING_FILES = ("config.json", "history.csv", "model.pt")
+
+
 def train_cached(cfg: Config, data=None, *, progress: bool = False, retrain: bool = False) -> dict:
     """Train one model of ``cfg`` unless a finished result is stored; return its record.
 
@@ -111,7 +123,7 @@ def train_cached(cfg: Config, data=None, *, progress: bool = False, retrain: boo
     folder = training_folder(cfg)
     if retrain:
         reset(folder)
-    if is_complete(folder):
+    if is_complete(folder, required=TRAINING_FILES):  # a manifest that omits a file proves nothing of it
         return _load_training(folder)
     reset(folder)
     if data is None:
@@ -121,7 +133,7 @@ def train_cached(cfg: Config, data=None, *, progress: bool = False, retrain: boo
     save_json(folder / "config.json", cfg.to_dict())
     write_atomic(folder / "history.csv", result.history.to_csv(index=False).encode())
     save_torch(folder / "model.pt", {k: v.detach().cpu() for k, v in result.model.state_dict().items()})
-    seal(folder, ["config.json", "history.csv", "model.pt"])
+    seal(folder, list(TRAINING_FILES))
     return _load_training(folder)
 
 
@@ -351,10 +363,11 @@ def _train_my_chunks(spec: RunSpec, data, masks, folder: Path, chunk_size: int, 
                      shard_count: int, strategy: str, progress: bool) -> None:
     """Train this shard's missing chunks. A chunk that another process holds (its lock) is left to
     it: this process trains the others, then waits until that chunk is sealed, or takes it over
-    when the holder died."""
+    when the holder died; while it waits it says once who holds the chunk (:func:`say_who_holds`)."""
     from tqdm.auto import tqdm
 
     first_pass = True
+    reported: set = set()
     while True:
         todo = [models for models in missing_chunks(folder, spec.n_models, chunk_size)
                 if (models[0] // chunk_size) % shard_count == shard_index]
@@ -366,7 +379,39 @@ def _train_my_chunks(spec: RunSpec, data, masks, folder: Path, chunk_size: int, 
             held_elsewhere += not _train_chunk(spec, data, masks, models, folder, strategy, progress)
         first_pass = False
         if held_elsewhere:
+            say_who_holds([folder / chunk_name(part) for models in todo for part in _chunk_parts(models)],
+                          reported)
             time.sleep(CHUNK_POLL_SECONDS)
+
+
+def say_who_holds(chunks: list[Path], reported: set) -> None:
+    """Print, once per chunk and holder (``reported`` remembers them), which process holds the lock
+    of each of ``chunks`` and which file to delete if that process is gone: a hung process, or one
+    on another machine (whose liveness cannot be checked from here), would otherwise keep this run
+    waiting without a word."""
+    for chunk in chunks:
+        lock = chunk_lock(chunk)
+        try:
+            holder = _read_lock(lock)
+        except FileNotFoundError:
+            continue  # freed meanwhile
+        if holder is None or (lock, holder["pid"], holder["host"]) in reported:
+            continue  # a malformed lock is taken over when old enough, with a warning of its own
+        reported.add((lock, holder["pid"], holder["host"]))
+        print(f"waiting for {chunk.name} of {chunk.parent}: process {holder['pid']} on {holder['host']} "
+              f"holds its lock{_since(holder)}. If that process is gone, delete {lock} and this run trains "
+              "the chunk (a lock from another machine is never taken over automatically)",
+              file=sys.stderr, flush=True)
+
+
+def _since(holder: dict) -> str:
+    created = holder.get("created")
+    if isinstance(created, bool) or not isinstance(created, (int, float)):
+        return ""  # written before locks recorded their time
+    try:
+        return time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(created))
+    except (OverflowError, OSError, ValueError):
+        return ""  # not a time this machine can show
 
 
 def _check_chunk_size(folder: Path, chunk_size: int) -> None:
@@ -431,9 +476,9 @@ def _train_chunk(spec: RunSpec, data, masks, models: list[int], folder: Path, st
                  progress: bool) -> bool:
     """Train and seal one chunk; False when another live process holds it."""
     chunk = folder / chunk_name(models)
-    if models != list(range(models[0], models[-1] + 1)):
-        # A chunk folder always holds a contiguous range of models.
-        return all([_train_chunk(spec, data, masks, [model], folder, strategy, progress) for model in models])
+    parts = _chunk_parts(models)
+    if len(parts) > 1:
+        return all([_train_chunk(spec, data, masks, part, folder, strategy, progress) for part in parts])
     if not claim_chunk(chunk):
         return False
     try:
@@ -442,6 +487,14 @@ def _train_chunk(spec: RunSpec, data, masks, models: list[int], folder: Path, st
     finally:
         chunk_lock(chunk).unlink(missing_ok=True)
     return True
+
+
+def _chunk_parts(models: list[int]) -> list[list[int]]:
+    """The chunk folders that ``models`` go into: one for a contiguous range, else one per model
+    (a chunk folder always holds a contiguous range of models)."""
+    if models == list(range(models[0], models[-1] + 1)):
+        return [models]
+    return [[model] for model in models]
 
 
 def chunk_name(models: list[int]) -> str:
@@ -454,41 +507,133 @@ def chunk_lock(chunk: Path) -> Path:
     return chunk.with_name(chunk.name + ".lock")
 
 
+# An empty or malformed lock file older than this is taken over, with a warning. This code writes
+# a lock whole or not at all (:func:`_create_lock`), so it never leaves one: only a crash of an
+# earlier version while it wrote its lock (a full disk), an interrupted write on a file system
+# without hard links (where the lock is written in place), or a foreign write does. A minute is far
+# longer than writing a few bytes takes, so a lock still being written is never taken from its writer.
+LOCK_TAKEOVER_SECONDS = 60.0
+
+# os.link's errors on file systems without hard links (FAT, some network and FUSE file systems).
+NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+
+
 def claim_chunk(chunk: Path) -> bool:
-    """Take ``chunk``'s lock file (created exclusively); a lock whose process has died on this
-    machine is taken over. False when a live process holds it."""
+    """Take ``chunk``'s lock file, written whole or not at all. A lock whose process has died on
+    this machine is taken over, and so is an empty or malformed one older than
+    ``LOCK_TAKEOVER_SECONDS`` (with a warning naming it). False when a live process holds the lock,
+    or a malformed one is younger than that."""
     lock = chunk_lock(chunk)
     lock.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
+    while not _create_lock(lock):
         if not _stale(lock):
             return False
         lock.unlink(missing_ok=True)
-        return claim_chunk(chunk)
-    with os.fdopen(handle, "w") as out:
-        out.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     return True
 
 
-def _stale(lock: Path) -> bool:
-    """Whether the process that wrote ``lock`` is gone (only knowable on the same machine; a lock
-    from another machine is left to that machine, or to a person who deletes it)."""
+def _create_lock(lock: Path) -> bool:
+    """Create ``lock`` holding this process's ``{pid, host, created}``; False when it exists. The
+    record is written into a temporary file of the same folder, then hard-linked to the lock's name
+    (which fails when that name exists): exclusive and atomic, so no process ever reads a lock half
+    written, even when the disk fills up midway."""
+    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "created": time.time()}).encode()
+    handle, tmp = tempfile.mkstemp(dir=lock.parent, prefix=f".{lock.name}.", suffix=".tmp")
     try:
-        holder = json.loads(lock.read_text())
+        with os.fdopen(handle, "wb") as out:
+            out.write(record)
+            out.flush()
+            os.fsync(out.fileno())  # the lock's name never points at bytes still only in memory
+        return _link_lock(Path(tmp), lock, record)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _link_lock(tmp: Path, lock: Path, record: bytes) -> bool:
+    """Give the written ``tmp`` the lock's name; False when the lock exists."""
+    try:
+        os.link(tmp, lock)
+    except FileExistsError:
+        return False
+    except OSError as error:
+        if error.errno not in NO_HARD_LINKS:
+            raise
+        return _create_lock_in_place(lock, record)
+    return True
+
+
+def _create_lock_in_place(lock: Path, record: bytes) -> bool:
+    """:func:`_create_lock` where hard links are not supported: created exclusively, then written;
+    a failed write removes it (only a crash midway leaves a malformed lock, taken over after
+    ``LOCK_TAKEOVER_SECONDS``)."""
+    try:
+        handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(record)
+    except BaseException:
+        lock.unlink(missing_ok=True)  # ours: created exclusively just now
+        raise
+    return True
+
+
+def _read_lock(lock: Path) -> dict | None:
+    """The ``{pid, host}`` (and ``created``) that ``lock`` records, or None when it is empty,
+    unreadable, or not a JSON object with an integer pid and a host name. Raises
+    ``FileNotFoundError`` when there is no lock."""
+    try:
+        holder = json.loads(lock.read_bytes())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError):  # unreadable, empty, not JSON, not UTF-8
+        return None
+    pid = holder.get("pid") if isinstance(holder, dict) else None
+    # pid 0 and negative pids name process groups for os.kill, which would always look alive.
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2**31:
+        return None
+    return holder if isinstance(holder.get("host"), str) else None
+
+
+def _stale(lock: Path) -> bool:
+    """Whether ``lock`` may be taken over: it is gone, its process died on this machine, or it is
+    malformed and old (:func:`_abandoned`). Whether a process on another machine lives is not
+    knowable here: its lock is left to that machine, or to a person who deletes it."""
+    try:
+        holder = _read_lock(lock)
     except FileNotFoundError:
         return True
-    except ValueError:
-        return False  # being written right now
-    if holder.get("host") != socket.gethostname():
+    if holder is None:
+        return _abandoned(lock)
+    if holder["host"] != socket.gethostname():
         return False
+    return not _alive(holder["pid"])
+
+
+def _alive(pid: int) -> bool:
     try:
-        os.kill(int(holder["pid"]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except (PermissionError, KeyError, ValueError, TypeError):
         return False
-    return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _abandoned(lock: Path) -> bool:
+    """Whether the malformed ``lock`` is older than ``LOCK_TAKEOVER_SECONDS``, then said in a
+    warning; a younger one may still be being written."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return True
+    if age < LOCK_TAKEOVER_SECONDS:
+        return False
+    warnings.warn(f"taking over the lock {lock}: it is {age:.0f} s old and empty or not the {{pid, host}} record "
+                  "a run writes (left by a crash while it was written, or written by something else)",
+                  stacklevel=4)
+    return True
 
 
 def train_and_seal(spec: RunSpec, data, masks, models: list[int], chunk: Path, strategy: str,
