@@ -41,7 +41,7 @@ def test_a_written_setting_reads_back_with_readings_and_its_provenance_label(tmp
     assert sorted(p.name for p in folder.iterdir()) == sorted(record.FILES)
     (setting,) = record.load_all(tmp_path)
     assert setting.headlines.reading.tolist() == ["BN lower"]
-    assert setting.label() == ("recorded on 2026-11-29, CPU x86_64, commit 0123456789; rerun with `make record`")
+    assert setting.label() == ("recorded on 2026-11-29, CPU x86\\_64, commit 0123456789; rerun with ` make record `")
     (section,) = verdict_steps.recorded_sections([setting])
     assert "cifar10 / cnn" in section.heading and "BN lower in every fair comparison" in section.conclusion
     assert verdict_steps.PREVIOUS_PROTOCOL not in section.heading
@@ -54,13 +54,76 @@ def test_a_written_setting_reads_back_with_readings_and_its_provenance_label(tmp
     (lambda f: (f / "headlines.json").write_text("{not json"), "malformed"),
     (lambda f: (f / "provenance.json").write_text(json.dumps({"name": "x"})), "provenance.json lacks"),
     (lambda f: (f / "headlines.json").write_text(_rows().drop(columns=["comparable"]).to_json(orient="records")),
-     r"lacks the columns \['comparable'\]"),
+     r"row 0 field 'comparable' is missing"),
+    # A forged or damaged row is never read as evidence (issue 23): each stops the verdict, named.
+    (lambda f: _edit_row(f, comparable="false"), r"row 0 field 'comparable' is str 'false'; expected true or false"),
+    (lambda f: _edit_row(f, lo=0.5, hi=-0.5), r"the interval \[lo, hi\] = \[0.5, -0.5\] does not hold"),
+    (lambda f: _edit_row(f, hi=float("inf")), r"row 0 field 'hi' is inf, not a finite number"),
+    (lambda f: _edit_row(f, lo="-0.2"), r"row 0 field 'lo' is str '-0.2', not a number"),
+    (lambda f: _edit_row(f, diff=None, lo=None, hi=None), r"read as evidence .* but diff, lo or hi is missing"),
+    (lambda f: _edit_row(f, setting="<b>matched</b>"), r"row 0 field 'setting' is str"),
+    (lambda f: _edit_row(f, measure="x" * 3000), r"row 0 field 'measure' is not one line"),
+    (lambda f: (f / "provenance.json").write_text(json.dumps([1, 2])), r"provenance.json holds list"),
+    (lambda f: _edit_provenance(f, date=20261129), r"provenance.json field 'date' is int 20261129; expected str"),
+    (lambda f: _edit_provenance(f, parameters="x"), r"provenance.json field 'parameters' is str"),
+    (lambda f: (f / "headlines.json").write_text("[" * 100_000 + "]" * 100_000), r"nested too deeply"),
+    (lambda f: (f / "curves.csv").write_text("chapter,measure,norm,budget,seed,value,test_acc,train_acc\n"
+                                             "02_canaries,m,batch,10,0,high,0.9,0.9\n"), r"column 'value' holds"),
 ])
 def test_a_broken_folder_is_an_error_that_names_it(tmp_path, damage, message):
     folder = record.write_setting(tmp_path / "recorded" / "broken", _rows(), _curves(), _provenance("broken"))
     damage(folder)
     with pytest.raises(record.RecordedError, match=f"recorded setting {folder}: .*{message}"):
         record.load_all(tmp_path)
+
+
+def _edit_row(folder, **fields):
+    rows = json.loads((folder / "headlines.json").read_text())
+    rows[0].update(fields)
+    (folder / "headlines.json").write_text(json.dumps(rows))
+
+
+def _edit_provenance(folder, **fields):
+    provenance = json.loads((folder / "provenance.json").read_text())
+    provenance.update(fields)
+    (folder / "provenance.json").write_text(json.dumps(provenance))
+
+
+def test_recorded_text_reaches_the_page_as_text_never_as_markup(tmp_path):
+    script = "<img src=x onerror=alert(1)>"
+    provenance = dict(_provenance(), command=f"make record ` {script} `", hardware=script)
+    rows = _rows().assign(reason=script, measure=f"m {script} [a](javascript:alert(1))", runs=script)
+    record.write_setting(tmp_path / "recorded" / "forged", rows, _curves().assign(measure=rows.measure[0]), provenance)
+    (section,) = verdict_steps.recorded_sections(record.load_all(tmp_path))
+    from markdown_it import MarkdownIt
+
+    page = MarkdownIt("commonmark").render(section.heading + "\n\n" + section.conclusion)
+    assert "<img" not in page and "href" not in page  # no element, no link: the text as written
+    assert "&lt;img src=x onerror=alert" in page  # shown as written
+    table = verdict_steps.styled(section.table).to_html()
+    assert "<img" not in table and "&lt;img src=x onerror=alert(1)&gt;" in table
+    sentence = verdict_steps.overall_sentence({script: section.rows})
+    assert "<img" not in MarkdownIt("commonmark").render(sentence)
+
+
+def test_a_failed_rerecording_keeps_the_old_recording(tmp_path, monkeypatch):
+    folder = record.write_setting(tmp_path / "recorded" / "kept", _rows(), _curves(), _provenance("kept"))
+    before = (folder / "headlines.json").read_text()
+    real_rename = Path.rename
+
+    def failing_rename(self, target):
+        if self.name == ".kept.tmp":
+            raise OSError(28, "No space left on device")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError):
+        record.write_setting(folder, _rows().assign(batch=0.5), _curves(), _provenance("kept"))
+    assert (folder / "headlines.json").read_text() == before
+    monkeypatch.setattr(Path, "rename", real_rename)
+    record.write_setting(folder, _rows().assign(measure="new"), _curves(), _provenance("kept"))
+    assert record.load_all(tmp_path)[0].headlines.measure.tolist() == ["new"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["kept"]
 
 
 def test_names_and_provenance_are_checked_before_anything_is_written(tmp_path):
@@ -116,6 +179,11 @@ def test_make_record_writes_a_folder_from_executed_chapters(tmp_path, isolated_s
     record.record(root, "smoke", "tiny", {"seeds": 2, "n_models": 16}, chapters=("01_training",))
     reloaded_cost = record.load_all(root)[0].provenance["training_seconds"]
     assert reloaded_cost == stored_cost
+    # No live row is comparable under smoke (its models never fit): the verdict says so in a sentence
+    # and its exercise has nothing to correct, where it once raised ZeroDivisionError (issue 23).
+    assert not headlines.adjust(headlines.load("smoke", ["01_training"])).comparable.any()
+    notebook = json.loads(book.execute_chapter(root, "07_verdict", "smoke").read_text())
+    assert "No row is comparable under this profile" in json.dumps(notebook)
 
 
 def test_settings_recorded_before_margins_still_load_and_say_so():

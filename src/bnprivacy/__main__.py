@@ -99,7 +99,7 @@ def _shadow(args) -> None:
     from .config import Config
     from .store import RunSpec, run_folder, shadow_run
 
-    cfg = Config.from_dict(book.parse_overrides(args.config))
+    cfg = Config.from_dict(book.parse_overrides(args.config, flag="-c"))
     spec = RunSpec(cfg, args.n_models, args.mask, args.fraction, args.mask_seed)
     run = shadow_run(spec, chunk_size=args.chunk_size, shard=args.shard, executor=args.executor,
                      address=args.address, cpus_per_task=args.cpus_per_task, max_retries=args.max_retries)

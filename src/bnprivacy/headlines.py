@@ -136,6 +136,98 @@ def _truthy(value) -> bool:
     return value is True or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1)
 
 
+# The schema of a headline row read from disk (a recorded folder, or results/headlines): a row
+# that breaks it stops the verdict naming the file and the field, so a forged or damaged row is
+# never read as evidence and never reaches the page as markup.
+TEXT_FIELDS = ("chapter", "measure", "setting", "reference", "runs", "interval", "higher_means", "reason",
+               "resolution", "robustness", "dataset", "arch", "profile", "reading")
+NUMBER_FIELDS = ("batch", "ref", "diff", "lo", "hi", "margin", "df", "epochs_bn", "epochs_ref", "lr_bn", "lr_ref",
+                 "train_acc_bn", "train_acc_ref", "test_acc_bn", "test_acc_ref")
+PROBABILITY_FIELDS = ("p", "p_equivalence", "p_holm", "p_equivalence_holm")
+BOOLEAN_FIELDS = ("comparable", "fit_bn", "fit_ref")
+MAX_TEXT = 2000
+MAX_ROWS = 10_000
+# Settings of rows recorded under the previous protocol (before the utility frontier), still read.
+LEGACY_SETTINGS = ("matched accuracy",)
+
+
+class RowError(ValueError):
+    """A headline row read from disk that breaks the schema; the message names the row and field."""
+
+
+def check_rows(rows) -> list[dict]:
+    """``rows`` (as parsed from a headlines JSON file) if they follow the schema, else
+    :class:`RowError` naming the row and the field. Text is bounded and on one line; numbers are
+    real numbers (never booleans or text), finite except ``df`` (inf: a normal test) and missing
+    values; p-values lie in [0, 1]; ``lo <= diff <= hi``; ``comparable`` is a real boolean on
+    every compared row; and a row that is evidence (comparable, resolved) has a finite interval."""
+    if not isinstance(rows, list) or len(rows) > MAX_ROWS:
+        raise RowError(f"expected a list of at most {MAX_ROWS} rows, found {_what(rows)}")
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise RowError(f"row {index} is {_what(row)}, not an object")
+        _check_row(row, f"row {index}")
+    return rows
+
+
+def _check_row(row: dict, where: str) -> None:
+    for field in TEXT_FIELDS:
+        check_text(None if _absent(row.get(field)) else row.get(field), f"{where} field {field!r}")
+    if not re.fullmatch(r"[0-9]{2}_[a-z0-9_]+", str(row.get("chapter", ""))):
+        raise RowError(f"{where} field 'chapter' is {_what(row.get('chapter'))}; expected a chapter name like 02_canaries")
+    if any(part not in (*SETTINGS, *LEGACY_SETTINGS) for part in str(row.get("setting", "")).split(SAME_RUNS)):
+        raise RowError(f"{where} field 'setting' is {_what(row.get('setting'))}; expected one of {SETTINGS} "
+                       f"(or several joined by {SAME_RUNS!r})")
+    for field in (*NUMBER_FIELDS, *PROBABILITY_FIELDS):
+        value = row.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RowError(f"{where} field {field!r} is {_what(value)}, not a number")
+        if math.isinf(value) and field != "df":
+            raise RowError(f"{where} field {field!r} is {value}, not a finite number")
+        if field in PROBABILITY_FIELDS and not (math.isnan(value) or 0 <= value <= 1):
+            raise RowError(f"{where} field {field!r} is {value}, not a probability in [0, 1]")
+    for field in BOOLEAN_FIELDS:
+        if not _absent(row.get(field)) and not isinstance(row[field], bool):
+            raise RowError(f"{where} field {field!r} is {_what(row[field])}; expected true or false")
+    if row.get("setting") != "simulation" and not isinstance(row.get("comparable"), bool):
+        raise RowError(f"{where} field 'comparable' is missing; a compared row must say whether it is comparable")
+    if row.get("claim_sign", 1) not in CLAIM_SIGNS or isinstance(row.get("claim_sign"), bool):
+        raise RowError(f"{where} field 'claim_sign' is {_what(row.get('claim_sign'))}; expected one of {CLAIM_SIGNS}")
+    _check_interval(row, where)
+
+
+def _check_interval(row: dict, where: str) -> None:
+    diff, lo, hi = (_number(row.get(k)) for k in ("diff", "lo", "hi"))
+    if all(map(math.isfinite, (diff, lo, hi))) and not lo <= diff <= hi:
+        raise RowError(f"{where}: the interval [lo, hi] = [{lo:g}, {hi:g}] does not hold diff = {diff:g}")
+    evidence = row.get("comparable") is True and not row.get("resolution")
+    if evidence and not all(map(math.isfinite, (diff, lo, hi))):
+        raise RowError(f"{where} is read as evidence (comparable, resolved) but diff, lo or hi is missing")
+
+
+def _absent(value) -> bool:
+    """A field that holds no value: missing, null, or NaN (how a table fills a row without it)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def check_text(value, where: str) -> None:
+    """Raise :class:`RowError` unless ``value`` is None or one line of at most :data:`MAX_TEXT`
+    characters."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise RowError(f"{where} is {_what(value)}, not text")
+    if len(value) > MAX_TEXT or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise RowError(f"{where} is not one line of at most {MAX_TEXT} characters")
+
+
+def _what(value) -> str:
+    shown = repr(value)
+    return f"{type(value).__name__} {shown[:40]}{'...' if len(shown) > 40 else ''}"
+
+
 def readings(table: pd.DataFrame) -> list[str]:
     """The reading of every headline row (:func:`adjust`)."""
     return list(adjust(table)["reading"])
@@ -228,8 +320,20 @@ def load(profile: str, chapters: list[str]) -> pd.DataFrame:
             f"execute them first, e.g. `make chapter CH={missing[0]} PROFILE={profile}` "
             f"(or `make book PROFILE={profile}` for all)"
         )
-    rows = [upgraded(row) for c in chapters for row in json.loads((folder / f"{c}.json").read_text())]
+    rows = [upgraded(row) for c in chapters for row in read_rows(folder / f"{c}.json")]
     return merge_same_runs(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The headline rows of one JSON file, checked by :func:`check_rows`; a file that is not JSON
+    or breaks the schema raises :class:`RowError` naming it."""
+    try:
+        return check_rows(json.loads(path.read_text()))
+    except RowError as error:
+        raise RowError(f"{path}: {error}; rerun the chapter that wrote it") from None
+    except (ValueError, RecursionError) as error:
+        raise RowError(f"{path} is not a headline file ({type(error).__name__}: {str(error)[:200]}); rerun the "
+                       "chapter that wrote it") from None
 
 
 def merge_same_runs(table: pd.DataFrame) -> pd.DataFrame:

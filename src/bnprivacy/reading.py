@@ -9,7 +9,9 @@ can say higher, lower or inconclusive, never "no difference".
 
 from __future__ import annotations
 
+import html
 import math
+import re
 
 NO_INTERVAL = "no interval"
 NOT_AVAILABLE = "n/a"
@@ -125,3 +127,23 @@ NORM_WORDS = {"batch": "with BatchNorm", "group": "with GroupNorm", "layer": "wi
 def norm_words(norm: str) -> str:
     """A norm layer in prose: "with GroupNorm", "without normalisation"."""
     return NORM_WORDS.get(norm, f"with norm={norm!r}")
+
+
+# Characters with a meaning in CommonMark or MyST (emphasis, code, links, roles, math, tables).
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+!|~$:])")
+
+
+def markdown_text(text) -> str:
+    """``text`` (e.g. read from a recorded file) as inert Markdown: HTML special characters as
+    entities and Markdown punctuation backslash-escaped, so it shows as written and never as markup,
+    a link, a role or a script."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", html.escape(str(text), quote=False))
+
+
+def code_span(text) -> str:
+    """``text`` as one Markdown code span, fenced by more backticks than it holds in a row, so it
+    cannot close the span early (a renderer escapes HTML inside a code span)."""
+    text = " ".join(str(text).splitlines())
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    return f"{fence} {text} {fence}"

@@ -56,13 +56,17 @@ class RecordedSetting:
     provenance: dict
 
     def label(self) -> str:
-        """"recorded on <date>, <hardware>, commit <sha>; rerun with <command>"."""
+        """"recorded on <date>, <hardware>, commit <sha>; rerun with <command>" in Markdown, every
+        recorded text escaped."""
+        from .reading import code_span, markdown_text
+
         p = self.provenance
         dirty = " (with uncommitted changes)" if p["dirty"] else ""
         trained = (f"; its shadow models trained for {p['training_seconds'] / 60:.0f} min"
                    if p.get("training_seconds") else "")
-        return (f"recorded on {p['date'][:10]}, {p['hardware']}, commit {p['commit'][:10]}{dirty}{trained}; "
-                f"rerun with `{p['command']}`")
+        # Recorded text is data: escaped, so a forged provenance shows as written, never as markup.
+        return (f"recorded on {markdown_text(p['date'][:10])}, {markdown_text(p['hardware'])}, commit "
+                f"{markdown_text(p['commit'][:10])}{dirty}{trained}; rerun with {code_span(p['command'])}")
 
 
 def check_name(name: str) -> str:
@@ -158,51 +162,108 @@ def hardware() -> str:
 
 
 def write_setting(folder: Path, rows: pd.DataFrame, curves: pd.DataFrame, provenance: dict) -> Path:
-    """Write one recorded folder through a temporary folder and a rename (all or nothing)."""
+    """Write one recorded folder all or nothing: the new folder is written under a temporary name,
+    the old one (if any) is renamed aside, the new one renamed into place, and only then is the old
+    one deleted; a failure at any step leaves the old recording where it was."""
     missing = [f for f in PROVENANCE_FIELDS if f not in provenance]
     if missing:
         raise ValueError(f"provenance lacks {missing}")
-    tmp = folder.with_name(f".{folder.name}.tmp")
+    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (tmp / "headlines.json").write_text(rows.to_json(orient="records", indent=1))
     curves.to_csv(tmp / "curves.csv", index=False)
     (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1, sort_keys=True, default=str))
+    if old.exists() and not folder.exists():
+        old.rename(folder)  # an earlier swap stopped between its two renames: restore its recording first
+    shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+        folder.rename(old)
+    try:
+        tmp.rename(folder)
+    except BaseException:
+        if old.exists() and not folder.exists():
+            old.rename(folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
 def load_setting(folder: Path) -> RecordedSetting:
-    """One recorded folder, checked: every file present and parseable, provenance complete, and
-    every non-simulation headline row carrying the comparability fields."""
+    """One recorded folder, checked: every file present and parseable, provenance complete and of
+    the right types, every headline row following ``headlines.check_rows`` (a real boolean
+    ``comparable``, ``lo <= diff <= hi``, finite numbers, bounded text). Any violation raises
+    :class:`RecordedError` naming the folder, the file and the field."""
     missing = [f for f in FILES if not (folder / f).is_file()]
     if missing:
         raise RecordedError(f"recorded setting {folder}: missing {missing}; rerun its recording (see its "
                             "provenance.json, or `make record`) or delete the folder")
     try:
-        provenance = json.loads((folder / "provenance.json").read_text())
-        rows = [_with_resolution(row) for row in json.loads((folder / "headlines.json").read_text())]
+        provenance = check_provenance(json.loads((folder / "provenance.json").read_text()))
+        raw = headlines.check_rows(json.loads((folder / "headlines.json").read_text()))
+        rows = [_with_resolution(row) for row in raw]
         rows = headlines.merge_same_runs(pd.DataFrame([headlines.upgraded(row) for row in rows]))
-        curves = pd.read_csv(folder / "curves.csv")
-    except (ValueError, pd.errors.ParserError) as error:
-        raise RecordedError(f"recorded setting {folder}: a file is malformed ({error}); rerun its recording "
+        curves = check_curves(pd.read_csv(folder / "curves.csv"))
+    except (ValueError, RecursionError, pd.errors.ParserError) as error:
+        detail = f"nested too deeply ({error})" if isinstance(error, RecursionError) else str(error)
+        raise RecordedError(f"recorded setting {folder}: a file is malformed ({detail[:400]}); rerun its recording "
                             "or delete the folder") from None
-    lacking = [f for f in PROVENANCE_FIELDS if f not in provenance]
-    if lacking:
-        raise RecordedError(f"recorded setting {folder}: provenance.json lacks {lacking}")
     needed = set(headlines.COMPARABILITY) | {"chapter", "measure", "setting", "batch", "ref", "diff", "lo", "hi"}
     if rows.empty or not needed <= set(rows.columns):
         raise RecordedError(f"recorded setting {folder}: headlines.json lacks the columns "
                             f"{sorted(needed - set(rows.columns))}")
-    compared = rows[rows.setting != "simulation"]
-    if compared["comparable"].isna().any():
-        raise RecordedError(f"recorded setting {folder}: a compared row has no comparability fields")
-    if not set(headlines.CURVE_COLUMNS) <= set(curves.columns):
-        raise RecordedError(f"recorded setting {folder}: curves.csv lacks {sorted(set(headlines.CURVE_COLUMNS) - set(curves.columns))}")
     rows = headlines.adjust(rows)
     return RecordedSetting(folder.name, folder, rows, curves, provenance)
+
+
+PROVENANCE_TYPES = {"name": str, "commit": str, "dirty": bool, "changed_files": list, "command": str,
+                    "profile": str, "parameters": dict, "overrides": dict, "versions": dict, "hardware": str,
+                    "chapter_seconds": dict, "date": str}
+
+
+def check_provenance(provenance) -> dict:
+    """``provenance`` (parsed ``provenance.json``) if it is an object with every field of
+    :data:`PROVENANCE_FIELDS` of the right type (text bounded and on one line, a date that parses,
+    training seconds a number >= 0 or null); else ValueError naming the field."""
+    if not isinstance(provenance, dict):
+        raise ValueError(f"provenance.json holds {headlines._what(provenance)}, not an object")
+    lacking = [f for f in PROVENANCE_FIELDS if f not in provenance]
+    if lacking:
+        raise ValueError(f"provenance.json lacks {lacking}")
+    for field, kind in PROVENANCE_TYPES.items():
+        value = provenance[field]
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ValueError(f"provenance.json field {field!r} is {headlines._what(value)}; expected {kind.__name__}")
+        if kind is str:
+            headlines.check_text(value, f"provenance.json field {field!r}")
+    for item in provenance["changed_files"]:
+        headlines.check_text(item if isinstance(item, str) else repr(item), "provenance.json field 'changed_files'")
+    try:
+        datetime.datetime.fromisoformat(provenance["date"])
+    except ValueError:
+        raise ValueError(f"provenance.json field 'date' is {provenance['date'][:40]!r}, not an ISO date") from None
+    seconds = provenance.get("training_seconds")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                or not 0 <= seconds < float("inf")):
+        raise ValueError(f"provenance.json field 'training_seconds' is {headlines._what(seconds)}; expected a "
+                         "number of seconds >= 0 or null")
+    return provenance
+
+
+def check_curves(curves: pd.DataFrame) -> pd.DataFrame:
+    """``curves.csv`` if it has the curve columns, numeric values that are numbers (finite, or
+    missing) and bounded text; else ValueError naming the column."""
+    lacking = sorted(set(headlines.CURVE_COLUMNS) - set(curves.columns))
+    if lacking:
+        raise ValueError(f"curves.csv lacks {lacking}")
+    for column in ("budget", "seed", "value", "test_acc", "train_acc"):
+        values = pd.to_numeric(curves[column], errors="coerce")
+        if (values.isna() & curves[column].notna()).any() or values.abs().eq(float("inf")).any():
+            raise ValueError(f"curves.csv column {column!r} holds a value that is not a finite number")
+    for column in ("chapter", "measure", "norm"):
+        for value in curves[column].dropna():
+            headlines.check_text(str(value), f"curves.csv column {column!r}")
+    return curves
 
 
 # Chapter 04's rows recorded before the attacks were calibrated (rows without a "resolution"):

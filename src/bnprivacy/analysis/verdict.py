@@ -12,7 +12,7 @@ import pandas as pd
 
 from .. import headlines
 from ..protocol import FAIR_SETTINGS, SAME_RUNS
-from ..reading import EQUIVALENT, INCONCLUSIVE, NOT_RESOLVABLE, NOT_RESOLVED, fmt_interval
+from ..reading import EQUIVALENT, INCONCLUSIVE, NOT_RESOLVABLE, NOT_RESOLVED, fmt_interval, markdown_text
 
 PRIVACY_CHAPTERS = ("02_canaries", "03_gradient_influence", "04_membership_inference")
 EQUIVALENT_KIND = "equivalent within ±margin"
@@ -41,7 +41,8 @@ def fair_rows(table: pd.DataFrame) -> pd.DataFrame:
     """The privacy chapters' rows of fair settings (all of them, comparable or not)."""
     previous = headlines.from_previous_protocol(table)
     privacy = table[table.chapter.isin(PRIVACY_CHAPTERS)]
-    return privacy[[is_fair(s, previous) for s in privacy.setting]]
+    # A boolean Series, not a list: an empty list would select no columns instead of no rows.
+    return privacy[pd.Series([is_fair(s, previous) for s in privacy.setting], index=privacy.index, dtype=bool)]
 
 
 def readable_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -73,6 +74,12 @@ def shown_table(table: pd.DataFrame) -> pd.DataFrame:
         "margin": table["margin"].map(_number), "p (Holm)": table["p_holm"].map(_number),
         "p equiv. (Holm)": table["p_equivalence_holm"].map(_number),
         "reading": table["reading"].map(_kind)})
+
+
+def styled(shown: pd.DataFrame):
+    """A verdict table for the page: every cell HTML-escaped (rows can come from recorded files, and
+    a cell shows as written, never as markup), no index."""
+    return shown.style.format(escape="html").hide(axis="index")
 
 
 def excluded_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -209,7 +216,7 @@ def overall_sentence(settings: dict[str, pd.DataFrame]) -> str:
     by_status: dict[str, list[str]] = {}
     for name, table in settings.items():
         by_status.setdefault(claim_status(table), []).append(name)
-    places = "; ".join(f"{status} on {', '.join(names)}" for status, names in by_status.items())
+    places = "; ".join(f"{status} on {', '.join(map(markdown_text, names))}" for status, names in by_status.items())
     plural = "s" if len(settings) != 1 else ""
     return (f"Across {len(settings)} setting{plural}, of the {sum(counts.values())} fair comparisons of memorization "
             f"and membership inference that are evidence, {counts['as the claim predicts']} go the way the claim "
@@ -228,10 +235,27 @@ def _grouped(rows: pd.DataFrame, why: str) -> str:
     return "; ".join(clauses)
 
 
+# The row texts that the verdict's Markdown shows; chapter and setting are checked against the
+# book's names when read (``headlines.check_rows``) and stay as they are, since the verdict selects by them.
+SHOWN_TEXT = ("measure", "reference", "runs", "interval", "higher_means", "reason", "resolution", "robustness",
+              "dataset", "arch", "reading")
+
+
+def markdown_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with every shown text column as inert Markdown (``reading.markdown_text``)."""
+    table = table.copy()
+    for column in SHOWN_TEXT:
+        if column in table:
+            table[column] = [markdown_text(v) if isinstance(v, str) else v for v in table[column]]
+    return table
+
+
 def conclusion(table: pd.DataFrame) -> str:
     """The verdict of one setting in Markdown. The fair comparisons decide (tested together,
     Holm-adjusted); the paper's equal-epochs setting is reported beside them; rows that are not
-    comparable or not resolvable are named, never read."""
+    comparable or not resolvable are named, never read. Every text a row carries is escaped
+    (``reading.markdown_text``): rows can come from files, and the page shows them as written."""
+    table = markdown_safe(table)
     fair = fair_rows(table)
     readable = readable_rows(table)
     unresolved = fair[fair.comparable & (fair["resolution"].fillna("") != "")]
@@ -316,10 +340,10 @@ def recorded_sections(settings) -> list[RecordedSection]:
     sections = []
     for s in settings:
         rows = headlines.adjust(s.headlines)
-        data = rows[["dataset", "arch"]].drop_duplicates().astype(str).agg(" / ".join, axis=1)
+        data = rows[["dataset", "arch"]].drop_duplicates().astype(str).agg(" / ".join, axis=1).map(markdown_text)
         previous = (f" **{PREVIOUS_PROTOCOL}** (no equivalence margins, no interpolated or both-fit rows; "
                     "re-record it to read it by the current rules).") if headlines.from_previous_protocol(rows) else ""
-        heading = f"**{s.name}** ({', '.join(data)}): {s.label()}.{previous}"
+        heading = f"**{markdown_text(s.name)}** ({', '.join(data)}): {s.label()}.{previous}"
         sections.append(RecordedSection(s.name, heading, conclusion(rows), shown_table(rows),
                                         frontier_curves(s.curves), rows))
     return sections
