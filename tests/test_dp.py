@@ -1,6 +1,9 @@
 """DP-SGD shadow runs, the accountant's epsilon and the empirical epsilon lower bound."""
 
 import math
+import subprocess
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -11,9 +14,9 @@ from torch import nn
 from bnprivacy.attacks import AttackInput, attack_scores
 from bnprivacy.config import Config
 from bnprivacy.data import load_dataset
-from bnprivacy.dp import (DPRunSpec, UnsupportedModule, accountant_epsilon, clopper_pearson, dp_config,
-                          dp_shadow_run, empirical_epsilon, epsilon_lower_bound, make_private_module,
-                          noise_multiplier, run_privacy)
+from bnprivacy.dp import (MAX_BISECTIONS, DPRunSpec, UnsupportedModule, accountant_epsilon, clopper_pearson,
+                          dp_config, dp_shadow_run, empirical_epsilon, epsilon_floor, epsilon_lower_bound,
+                          make_private_module, noise_multiplier, planned_noise, run_privacy)
 from bnprivacy.ensemble import init_model
 from bnprivacy.store import ShadowRun
 
@@ -64,12 +67,100 @@ def test_the_accountant_epsilon_grows_with_steps_and_shrinks_with_noise():
         accountant_epsilon(0.0, 0.01, 1000, 1e-5)
 
 
-# --- empirical epsilon ----------------------------------------------------------------------------
-
 @pytest.mark.parametrize("sigma,delta", [(float("nan"), 1e-5), (float("inf"), 1e-5), (1.0, float("nan"))])
 def test_a_non_finite_accountant_input_is_refused_not_searched_forever(sigma, delta):
     with pytest.raises(ValueError, match="accountant_epsilon needs"):
         accountant_epsilon(sigma, 0.01, 100, delta)
+
+
+# --- the noise search -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("epsilon, delta, rate, steps, accountant", [
+    (1.0, 1e-5, 1 / 6, 90, "rdp"), (0.5, 1e-6, 0.01, 10_000, "rdp"), (50.0, 1e-5, 1.0, 30, "rdp"),
+    (2.0, 1e-5, 1 / 12, 240, "prv")])
+def test_the_bounded_noise_search_finds_opacus_sigma_exactly(epsilon, delta, rate, steps, accountant):
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order")
+        expected = get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=rate, steps=steps,
+                                        accountant=accountant)
+    assert noise_multiplier.__wrapped__(epsilon, delta, rate, steps, accountant) == expected
+
+
+def test_an_absurd_epsilon_is_refused_at_once_where_opacus_searches_forever():
+    # In a child process, so that a search that never ends fails the test instead of hanging it.
+    code = ("from bnprivacy.dp import noise_multiplier\n"
+            "try:\n    noise_multiplier(1e30, 1e-5, 0.25, 40)\nexcept ValueError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "epsilon=1e+30 is not allowed" in done.stdout and "<= 100" in done.stdout
+    with pytest.raises(ValueError, match=r"epsilon=1e\+30 is not allowed.*<= 100"):
+        DPRunSpec(CFG, n_models=2, epsilon=1e30)
+    DPRunSpec(CFG, n_models=2, epsilon=100.0)  # the largest budget allowed
+
+
+def fake_accountant(monkeypatch, epsilon_of):
+    """Replace Opacus's accountants by one whose epsilon is ``epsilon_of(sigma)``; counts its calls."""
+    import opacus.accountants
+
+    calls = []
+
+    class Fake:
+        history = []
+
+        def get_epsilon(self, delta, **_):
+            calls.append(self.history[0][0])
+            return epsilon_of(self.history[0][0])
+
+    monkeypatch.setattr(opacus.accountants, "create_accountant", lambda mechanism="rdp": Fake())
+    return calls
+
+
+def test_a_noise_search_that_cannot_converge_raises_after_a_bounded_number_of_steps(monkeypatch):
+    # epsilon jumps from 5 to 1 at sigma = 1: no sigma comes within 0.01 below the target 3.
+    calls = fake_accountant(monkeypatch, lambda sigma: 5.0 if sigma < 1 else 1.0)
+    with pytest.raises(ValueError, match=r"did not come within 0.01 of it in 100 halvings.*Choose another epsilon"):
+        noise_multiplier.__wrapped__(3.0, 1e-5, 0.5, 7)
+    assert len(calls) == 1 + MAX_BISECTIONS
+
+
+def test_a_nan_epsilon_of_the_accountant_counts_as_too_large(monkeypatch):
+    # Opacus stops doubling at a NaN and returns sigma = 20, whose epsilon is NaN.
+    fake_accountant(monkeypatch, lambda sigma: math.nan if sigma < 30 else 240 / sigma)
+    sigma = noise_multiplier.__wrapped__(8.0, 1e-5, 0.5, 7)
+    assert 8.0 - 0.01 <= 240 / sigma < 8.0
+
+
+def test_an_epsilon_out_of_reach_names_the_accountant_delta_and_what_to_do():
+    # Below the RDP accountant's floor no noise helps: refused without a search (Opacus's takes a minute here).
+    assert epsilon_floor(1e-5) == pytest.approx(0.10287, abs=1e-5) and epsilon_floor(1e-5, "prv") == 0.0
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=r"epsilon=0.001 is out of reach with the rdp accountant at delta=1e-05, "
+                                         r"2 steps at sampling rate 0.5: .* no epsilon below 0.103.*Raise epsilon"):
+        noise_multiplier(0.001, 1e-5, 0.5, 2)
+    assert time.perf_counter() - started < 5
+
+
+def test_an_epsilon_that_even_the_largest_noise_misses_is_refused(monkeypatch):
+    calls = fake_accountant(monkeypatch, lambda sigma: 5.0)
+    with pytest.raises(ValueError, match=r"epsilon=3 is out of reach .*even a noise multiplier of 1.31e\+06 gives "
+                                         r"epsilon 5 .*Raise epsilon"):
+        noise_multiplier.__wrapped__(3.0, 1e-5, 0.5, 7)
+    assert max(calls) == 1_310_720  # 20 doubled until above 1e6, as Opacus's search
+
+
+@pytest.mark.parametrize("arguments, message", [((1.0, math.nan, 0.25, 40), "delta=nan"),
+                                                ((1.0, 1e-5, 0.0, 40), "sample_rate=0.0"),
+                                                ((1.0, 1e-5, 0.25, 0), "steps=0"),
+                                                ((1.0, 1e-5, 0.25, 4.0), "steps=4.0"),
+                                                ((math.nan, 1e-5, 0.25, 40), "epsilon=nan"),
+                                                ((math.inf, 1e-5, 0.25, 40), "needs no noise search")])
+def test_the_noise_search_refuses_what_it_cannot_search(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        noise_multiplier(*arguments)
+
+
+# --- empirical epsilon ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kwargs,message", [({"delta": 2}, "delta=2 is not allowed"),
@@ -132,6 +223,10 @@ def test_a_tiny_dp_run_is_a_shadow_run_and_its_empirical_bound_stays_below_the_a
     assert run.masks.sum(0).eq(3).all(), "masks are not balanced"
     privacy = run_privacy(run)
     assert list(privacy["model"]) == list(range(6))
+    # What planned_noise finds before training is what every model trained with.
+    planned = planned_noise(spec, run.masks)
+    for column in ("model", "n", "delta", "sample_rate", "steps", "noise_multiplier"):
+        assert planned[column].tolist() == privacy[column].tolist(), column
     assert (privacy["epsilon"] <= 1.0 + 1e-6).all() and (privacy["noise_multiplier"] > 0).all()
     targets = list(range(6))
     for attack in ("loss", "lira_offline"):
@@ -169,10 +264,32 @@ def test_epsilon_infinity_clips_without_noise(data):
 
 # --- bad input ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("epsilon", [0, -1.0, float("nan"), "8"])
+@pytest.mark.parametrize("epsilon", [0, -1.0, float("nan"), "8", -math.inf, 100.5])
 def test_a_non_positive_epsilon_is_refused(epsilon):
-    with pytest.raises(ValueError, match=r"epsilon=.*not allowed.*number > 0, or math.inf"):
+    with pytest.raises(ValueError, match=r"epsilon=.*not allowed.*number > 0 and <= 100.*or math.inf"):
         DPRunSpec(CFG, n_models=2, epsilon=epsilon)
+
+
+@pytest.mark.parametrize("norm", [math.inf, math.nan, 0.0, -1.0, True, "1"])
+def test_the_clipping_norm_must_be_finite_and_positive(norm):
+    with pytest.raises(ValueError, match=r"max_grad_norm=.* is not allowed; allowed values: a finite number > 0"):
+        DPRunSpec(CFG, n_models=2, epsilon=1.0, max_grad_norm=norm)
+
+
+def test_an_epsilon_out_of_reach_fails_before_any_training(data, isolated_store):
+    spec = DPRunSpec(CFG, n_models=2, epsilon=0.001)
+    with pytest.raises(ValueError, match=r"DP run at epsilon=0.001 cannot train model 0 .*out of reach"):
+        dp_shadow_run(spec, data, progress=False)
+    assert not (isolated_store / "results" / "runs").exists()
+
+
+def test_training_reuses_the_noise_found_before_it(data):
+    spec = DPRunSpec(CFG, n_models=2, epsilon=4.0)
+    planned = planned_noise(spec, spec.masks(len(data.y_train)))
+    searched = noise_multiplier.cache_info().misses
+    run = dp_shadow_run(spec, data, progress=False)
+    assert noise_multiplier.cache_info().misses == searched, "training searched the noise again"
+    assert run_privacy(run)["noise_multiplier"].tolist() == planned["noise_multiplier"].tolist()
 
 
 def test_a_delta_of_one_over_n_or_more_is_refused_before_training(data, isolated_store):

@@ -1,5 +1,6 @@
 """Chapter 6's steps (``analysis.mitigation``) at smoke size, and their guard on constructed sides."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -60,11 +61,42 @@ def test_the_plan_has_every_setting_in_order_and_infinity_always():
                                                    ("n_boot", 0, "n_boot=0"),
                                                    ("fit_threshold", float("nan"), "fit_threshold=nan"),
                                                    ("chance_factor", 0.5, "chance_factor=0.5"),
-                                                   ("epsilons", ["x"], "epsilon='x'")])
+                                                   ("epsilons", ["x"], "epsilon='x'"),
+                                                   ("epsilons", [1e30], "epsilon=1e\\+30 .*<= 100"),
+                                                   ("max_grad_norm", math.inf, "max_grad_norm=inf .*finite"),
+                                                   ("max_grad_norm", float("nan"), "max_grad_norm=nan"),
+                                                   ("dp_batch_size", 0, "dp_batch_size=0 .*integer >= 1"),
+                                                   ("dp_batch_size", 2.5, "dp_batch_size=2.5"),
+                                                   ("dp_batch_size", True, "dp_batch_size=True"),
+                                                   ("dp_lr", float("nan"), "dp_lr=nan .*finite number > 0"),
+                                                   ("dp_lr", math.inf, "dp_lr=inf"),
+                                                   ("dp_lr", 0, "dp_lr=0"),
+                                                   ("delta", float("nan"), "delta=nan .*\\[0, 1\\)"),
+                                                   ("delta", 1.0, "delta=1.0"),
+                                                   ("delta", "1e-5", "delta='1e-5'"),
+                                                   ("accountant", "gdp", "accountant='gdp' .*rdp, prv"),
+                                                   ("max_physical_batch", 0, "max_physical_batch=0 .*integer >= 1"),
+                                                   ("max_physical_batch", 64.0, "max_physical_batch=64.0"),
+                                                   ("n_boot", 2.0, "n_boot=2.0")])
 def test_a_bad_plan_fails_naming_its_parameter(field, value, message):
     arguments = {"n_models": 4, "epsilons": [1.0], field: value}
     with pytest.raises(ValueError, match=message):
         mitigation.Plan(PLAN.base, **arguments)
+
+
+def test_a_plan_needs_a_config():
+    with pytest.raises(ValueError, match="base='digits' is not allowed; allowed values: a bnprivacy Config"):
+        mitigation.Plan("digits", 4, [1.0])
+
+
+def test_an_epsilon_out_of_reach_fails_in_prepare_before_any_training(isolated_store):
+    # The issue's case: ε = 0.001 used to train BN, GN and DP at ∞ before the DP run found it infeasible.
+    plan = dataclasses.replace(PLAN, epsilons=(0.001,))
+    with pytest.raises(ValueError, match=r"DP run at epsilon=0.001 cannot train model 0 \(\d+ training samples, "
+                                         r"batch_size=16, epochs=1\): epsilon=0.001 is out of reach with the rdp "
+                                         r"accountant at delta=.*Raise epsilon"):
+        mitigation.prepare(plan)
+    assert not (isolated_store / "results" / "runs").exists()
 
 
 def test_a_single_epsilon_may_be_given_as_a_number():
@@ -113,6 +145,24 @@ def test_a_dp_reference_that_does_not_fit_is_comparable_under_mitigation_as_long
 
 
 # --- the steps at smoke size ----------------------------------------------------------------------
+
+def test_prepare_finds_the_noise_of_every_dp_model_and_training_uses_it(steps):
+    from bnprivacy.dp import steps_per_epoch
+
+    setup, trained = steps["setup"], steps["trained"]
+    noise = setup.noise.set_index(["setting", "model"])
+    assert set(noise.index.get_level_values("setting")) == set(setup.dp_settings)
+    per_epoch = [steps_per_epoch(n, PLAN.dp_batch_size) for n in noise["n"]]
+    assert noise["sample_rate"].tolist() == [1 / k for k in per_epoch]
+    assert noise["steps"].tolist() == [k * PLAN.base.epochs for k in per_epoch]
+    assert noise.loc[dp_label(math.inf), "noise_multiplier"].eq(0).all()
+    assert noise.loc[dp_label(8.0), "noise_multiplier"].gt(0).all()
+    assert setup.delta == noise["delta"].max()
+    for label in setup.dp_settings:
+        privacy = trained.privacy[label].set_index("model")
+        assert privacy["noise_multiplier"].tolist() == noise.loc[label, "noise_multiplier"].tolist()
+        assert privacy["sample_rate"].tolist() == noise.loc[label, "sample_rate"].tolist()
+
 
 def test_the_summary_has_a_row_per_setting_with_numbers_that_have_known_answers(steps):
     setup, trained, summary = steps["setup"], steps["trained"], steps["summary"]

@@ -16,8 +16,9 @@ sampling of the model's own subset at rate ``q = 1 / ceil(n_k / batch_size)`` (i
 generator seeded from ``(seed, k)``), per-sample clipping at ``max_grad_norm``, Gaussian noise from
 a generator of its own (seeded from ``(seed, k)``), and ``BatchMemoryManager`` splitting a logical
 batch into physical batches of at most ``max_physical_batch``. The noise multiplier is the one
-``make_private_with_epsilon`` picks for ``(epsilon, delta)`` after ``epochs`` epochs (its search is
-cached, see :func:`noise_multiplier`). ``epsilon = inf`` trains the same model through the same
+``make_private_with_epsilon`` picks for ``(epsilon, delta)`` after ``epochs`` epochs (its search,
+reproduced so that it always ends, runs before any training and is cached: :func:`noise_multiplier`,
+:func:`planned_noise`). ``epsilon = inf`` trains the same model through the same
 Opacus path with per-sample clipping and no noise: the DP recipe without its noise. (Without
 clipping as well it would be ordinary training, which the engine's non-private runs already are;
 and a learning rate tuned for clipped gradients can diverge on unclipped ones.) The run is stored
@@ -58,6 +59,17 @@ from .training import TrainingDiverged, lr_factor, make_optimizer
 ACCOUNTANTS = ("rdp", "prv")
 DP_NORMS = ("group", "layer", "none")
 DEFAULT_DELTA = 1e-5
+# The largest finite budget: e^100 bounds a likelihood ratio by about 1e43, which says nothing, and
+# the noise such budgets need is so small that the PRV accountant takes tens of seconds per
+# evaluation (measured: 20 s at a noise multiplier of 0.1). epsilon = inf trains without noise.
+MAX_EPSILON = 100.0
+# The noise search of Opacus's get_noise_multiplier (opacus.accountants.utils), reproduced by
+# noise_multiplier: its largest noise multiplier and its tolerance on epsilon.
+MAX_SIGMA = 1e6
+EPSILON_TOLERANCE = 0.01
+# Halvings of the noise interval before the search gives up: a search that converges needs about
+# 30 (float64 cannot halve an interval of at most 2e6 more than about 75 times).
+MAX_BISECTIONS = 100
 
 
 class UnsupportedModule(ValueError):
@@ -124,8 +136,7 @@ class DPRunSpec:
         check_epsilon(self.epsilon)
         _check_real("delta", self.delta, "a number in [0, 1): 0 for the default min(1e-5, 1/(10 n))",
                     0 <= self.delta < 1)
-        _check_real("max_grad_norm", self.max_grad_norm, "a number > 0 (the per-sample clipping norm)",
-                    self.max_grad_norm > 0)
+        check_max_grad_norm(self.max_grad_norm)
         if self.accountant not in ACCOUNTANTS:
             raise ValueError(f"accountant={self.accountant!r} is not allowed; allowed values: "
                              f"{', '.join(ACCOUNTANTS)}")
@@ -196,7 +207,7 @@ def dp_shadow_run(spec: DPRunSpec, data=None, *, chunk_size: int = 1, queries: i
 
     if data is None:
         data = load_dataset(spec.config, resolve_device(spec.config))
-    spec.resolve_delta(spec.masks(len(data.y_train)))  # a bad delta fails before any training
+    planned_noise(spec, spec.masks(len(data.y_train)))  # a bad delta or epsilon fails before any training
     return shadow_run(spec, data, chunk_size=chunk_size, queries=queries, progress=progress, executor=executor,
                       address=address, cpus_per_task=cpus_per_task, max_retries=max_retries)
 
@@ -210,10 +221,19 @@ def run_privacy(run: ShadowRun) -> pd.DataFrame:
 
 
 def check_epsilon(epsilon) -> None:
-    """Raise ``ValueError`` unless ``epsilon`` is a number > 0 (``math.inf``: no noise, no privacy)."""
-    _check_real("epsilon", epsilon, "a number > 0, or math.inf for clipping without noise",
+    """Raise ``ValueError`` unless ``epsilon`` is a number in ``(0, MAX_EPSILON]`` or ``math.inf``
+    (no noise, no privacy)."""
+    _check_real("epsilon", epsilon, f"a number > 0 and <= {MAX_EPSILON:g} (larger budgets guarantee nothing), "
+                "or math.inf for clipping without noise",
                 not isinstance(epsilon, bool) and isinstance(epsilon, (int, float))
-                and not math.isnan(epsilon) and epsilon > 0)
+                and (0 < epsilon <= MAX_EPSILON or epsilon == math.inf))
+
+
+def check_max_grad_norm(max_grad_norm) -> None:
+    """Raise ``ValueError`` unless the clipping norm is a finite number > 0 (an infinite one clips
+    nothing, and the noise scaled by it is infinite)."""
+    _check_real("max_grad_norm", max_grad_norm, "a finite number > 0 (the per-sample clipping norm), e.g. 1.0",
+                isinstance(max_grad_norm, (int, float)) and 0 < max_grad_norm < math.inf)
 
 
 def resolve_delta(delta: float, n: int) -> float:
@@ -297,13 +317,15 @@ def train_dp_model(spec: DPRunSpec, data, subset: torch.Tensor, model: int, delt
 
 
 def _make_private(spec: DPRunSpec, net, optimizer, loader, model: int, delta: float):
-    """Opacus's ``make_private_with_epsilon``, with the noise multiplier's search cached
+    """Opacus's ``make_private_with_epsilon``, with the noise multiplier's search bounded and cached
     (``epsilon = inf``: noise multiplier 0, per-sample clipping kept).
 
     ``make_private_with_epsilon`` is ``get_noise_multiplier`` (a binary search over the
-    accountant, about a second) followed by ``make_private``. Poisson sampling gives model k the
-    rate ``q = 1 / ceil(n_k / batch_size)``, which takes only a few values over a run's models, so
-    the search is cached by ``(epsilon, delta, q, steps)``: the same sigma, found once.
+    accountant, about a second) followed by ``make_private``; :func:`noise_multiplier` is that
+    search, reproduced so that it always ends. Poisson sampling gives model k the rate
+    ``q = 1 / ceil(n_k / batch_size)`` (:func:`steps_per_epoch`), which takes only a few values over a
+    run's models, so the search is cached by ``(epsilon, delta, q, steps)``: the same sigma, found
+    once (by :func:`planned_noise` before any training).
     """
     from opacus import PrivacyEngine
 
@@ -326,17 +348,143 @@ def data_device(net: nn.Module) -> torch.device:
     return next(net.parameters()).device
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Logical batches per epoch of a model with ``n`` training samples: ``len`` of its
+    ``DataLoader(batch_size=batch_size)``, which :func:`_make_private` turns into the Poisson rate
+    ``1 / steps_per_epoch`` and the ``steps_per_epoch * epochs`` steps the noise is searched for."""
+    return -(-int(n) // int(batch_size))
+
+
+def planned_noise(spec: DPRunSpec, masks: torch.Tensor) -> pd.DataFrame:
+    """Per model of ``spec``: training-set size ``n``, ``delta``, Poisson ``sample_rate``, ``steps``
+    and the ``noise_multiplier`` its DP-SGD training will use, found now (and cached, so training
+    reuses it): an epsilon out of reach fails here, before any training. Noise 0 at ``epsilon = inf``.
+    """
+    delta, cfg = spec.resolve_delta(masks), spec.config
+    rows = []
+    for model, n in enumerate(masks.sum(1).tolist()):
+        per_epoch = steps_per_epoch(n, cfg.batch_size)
+        rate, steps = 1 / per_epoch, per_epoch * cfg.epochs  # exactly as _make_private computes them
+        sigma = 0.0
+        if spec.private:
+            try:
+                sigma = noise_multiplier(spec.epsilon, delta, rate, steps, spec.accountant)
+            except ValueError as error:
+                raise ValueError(f"The DP run at epsilon={spec.epsilon:g} cannot train model {model} ({int(n)} "
+                                 f"training samples, batch_size={cfg.batch_size}, epochs={cfg.epochs}): "
+                                 f"{error}") from None
+        rows.append(dict(model=model, n=int(n), delta=delta, sample_rate=rate, steps=steps, noise_multiplier=sigma))
+    return pd.DataFrame(rows)
+
+
 @functools.lru_cache(maxsize=256)
 def noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int,
                      accountant: str = "rdp") -> float:
     """The noise multiplier Opacus's ``make_private_with_epsilon`` picks for ``(epsilon, delta)``
-    after ``steps`` steps at sampling rate ``sample_rate`` (its ``get_noise_multiplier``)."""
-    from opacus.accountants.utils import get_noise_multiplier
+    after ``steps`` steps at sampling rate ``sample_rate``.
 
+    Opacus's ``get_noise_multiplier`` search, step for step (the same accountant evaluations, so
+    the same sigma): double ``sigma`` from 10 until the accountant's epsilon is at most ``epsilon``
+    (refusing noise above ``MAX_SIGMA``), then bisect until it lies within ``EPSILON_TOLERANCE``
+    below. Unlike Opacus's, it always ends: a non-finite epsilon of the accountant counts as too
+    large, and a bisection that does not converge within ``MAX_BISECTIONS`` halvings raises (Opacus
+    loops forever, e.g. for a target of 1e30, which its absolute tolerance cannot resolve). An
+    epsilon above ``MAX_EPSILON`` is refused up front, and so is one below the accountant's
+    :func:`epsilon_floor`, which Opacus refuses only after doubling the noise to its limit.
+    Raises ``ValueError`` saying what to change when no noise multiplier reaches ``epsilon``.
+    """
+    _check_search(epsilon, delta, sample_rate, steps, accountant)
+    where = (f"with the {accountant} accountant at delta={delta:g}, {steps} steps at sampling rate "
+             f"{sample_rate:.4g}")
+    floor = epsilon_floor(delta, accountant)
+    if epsilon < floor:  # Opacus would double the noise up to MAX_SIGMA first, a minute at some rates
+        raise ValueError(
+            f"epsilon={epsilon:g} is out of reach {where}: this accountant certifies no epsilon below {floor:.3g} "
+            "at this delta, however much noise. Raise epsilon above that, allow a larger delta, or use the prv "
+            "accountant")
+    epsilon_at = _epsilon_of_noise(accountant, delta, sample_rate, steps)
+    sigma_high, eps_high = _noise_below(epsilon, epsilon_at, where)
+    return _bisect_noise(epsilon, epsilon_at, sigma_high, eps_high, where)
+
+
+def _epsilon_of_noise(accountant: str, delta: float, sample_rate: float, steps: int):
+    """``sigma -> epsilon`` of the accountant, evaluated as Opacus's search does (one accountant,
+    its history replaced)."""
+    from opacus.accountants import create_accountant
+
+    acc = create_accountant(mechanism=accountant)
+
+    def epsilon_at(sigma) -> float:
+        acc.history = [(sigma, sample_rate, steps)]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order")  # the search probes extremes
+            return float(acc.get_epsilon(delta=delta))
+
+    return epsilon_at
+
+
+def _noise_below(epsilon: float, epsilon_at, where: str):
+    """Opacus's first phase: double sigma from 10 until its epsilon is at most ``epsilon``; at most
+    17 evaluations, since it raises once sigma passes ``MAX_SIGMA``."""
+    sigma_high, eps_high = 10, math.inf
+    while not eps_high <= epsilon:  # a NaN epsilon counts as too large (Opacus stops at it)
+        sigma_high = 2 * sigma_high
+        eps_high = epsilon_at(sigma_high)
+        if sigma_high > MAX_SIGMA:
+            raise ValueError(
+                f"epsilon={epsilon:g} is out of reach {where}: even a noise multiplier of {sigma_high:.3g} gives "
+                f"epsilon {eps_high:.3g} (the search stops above {MAX_SIGMA:g}, as Opacus's does). Raise epsilon "
+                "above that, or take fewer steps (fewer epochs), sample less (a smaller batch) or allow a larger delta")
+    return sigma_high, eps_high
+
+
+def _bisect_noise(epsilon: float, epsilon_at, sigma_high, eps_high: float, where: str) -> float:
+    """Opacus's second phase: bisect ``[0, sigma_high]`` until the epsilon of ``sigma_high`` lies
+    within ``EPSILON_TOLERANCE`` below ``epsilon``, in at most ``MAX_BISECTIONS`` evaluations."""
+    sigma_low = 0
+    for _ in range(MAX_BISECTIONS):
+        if epsilon - eps_high <= EPSILON_TOLERANCE:
+            return float(sigma_high)
+        sigma = (sigma_low + sigma_high) / 2
+        eps = epsilon_at(sigma)
+        if eps < epsilon:
+            sigma_high, eps_high = sigma, eps
+        else:
+            sigma_low = sigma
+    raise ValueError(
+        f"the noise search for epsilon={epsilon:g} {where} did not come within {EPSILON_TOLERANCE:g} of it in "
+        f"{MAX_BISECTIONS} halvings (closest from below: epsilon {eps_high:.6g} at noise multiplier "
+        f"{sigma_high:.6g}): the accountant's epsilon jumps over the target. Choose another epsilon or accountant")
+
+
+def epsilon_floor(delta: float, accountant: str = "rdp") -> float:
+    """The least epsilon ``accountant`` can certify at ``delta`` with any noise: the RDP accountant
+    converts to (epsilon, delta) at orders up to 63, which costs epsilon even at zero Renyi
+    divergence (about 0.10 at delta = 1e-5); the PRV accountant has no such floor (0)."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    if accountant != "rdp":
+        return 0.0
+    orders = RDPAccountant.DEFAULT_ALPHAS
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order")  # the search probes extremes
-        return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
-                                          sample_rate=sample_rate, steps=steps, accountant=accountant))
+        warnings.filterwarnings("ignore", message="Optimal order")  # the largest order, as expected
+        eps, _ = get_privacy_spent(orders=orders, rdp=np.zeros(len(orders)), delta=delta)
+    return float(eps)
+
+
+def _check_search(epsilon, delta, sample_rate, steps, accountant) -> None:
+    """Refuse what would make the noise search meaningless or endless (NaN compares False everywhere)."""
+    check_epsilon(epsilon)
+    if math.isinf(epsilon):
+        raise ValueError("epsilon=inf needs no noise search: it trains with noise multiplier 0")
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"accountant={accountant!r} is not allowed; allowed values: {', '.join(ACCOUNTANTS)}")
+    _check_real("delta", delta, "a number in (0, 1)", isinstance(delta, (int, float)) and 0 < delta < 1)
+    _check_real("sample_rate", sample_rate, "a number in (0, 1]",
+                isinstance(sample_rate, (int, float)) and 0 < sample_rate <= 1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r} is not allowed; allowed values: an integer >= 1")
 
 
 def _physical_batches(loader, optimizer, spec: DPRunSpec):

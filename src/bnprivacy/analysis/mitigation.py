@@ -76,10 +76,13 @@ class Plan:
     chance_factor: float = 1.5
 
     def __post_init__(self):
-        from ..dp import check_epsilon
+        from ..dp import ACCOUNTANTS, check_epsilon, check_max_grad_norm
         from .sweep import as_list
 
-        # Every parameter is checked here, in the chapter's first cell, not after minutes of training.
+        # Every parameter is checked here, in the chapter's first cell, not after minutes of training;
+        # prepare() then checks what needs the data: masks, delta and each DP run's noise.
+        if not isinstance(self.base, Config):
+            raise ValueError(f"base={self.base!r} is not allowed; allowed values: a bnprivacy Config")
         object.__setattr__(self, "epsilons", tuple(as_list("epsilons", self.epsilons)))
         if not self.epsilons:
             raise ValueError("epsilons=[] is not allowed; allowed values: a non-empty list of numbers > 0")
@@ -88,12 +91,23 @@ class Plan:
         object.__setattr__(self, "epsilons", tuple(float(e) for e in self.epsilons))
         if self.attack not in ATTACK_NAMES:
             raise ValueError(f"attack={self.attack!r} is not allowed; allowed values: {', '.join(ATTACK_NAMES)}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ValueError(f"accountant={self.accountant!r} is not allowed; allowed values: {', '.join(ACCOUNTANTS)}")
         _check("n_models", self.n_models, "an even integer >= 2 (each sample IN for half of the models)",
                lambda v: v >= 2 and v % 2 == 0, int)
+        _check("delta", self.delta, "a number in [0, 1): 0 for min(1e-5, 1/(10 n)), else below 1/n",
+               lambda v: 0 <= v < 1)
+        check_max_grad_norm(self.max_grad_norm)
+        _check("dp_batch_size", self.dp_batch_size, "an integer >= 1 (the expected logical batch of DP-SGD)",
+               lambda v: v >= 1, int)
+        _check("dp_lr", self.dp_lr, "a finite number > 0, e.g. 0.2", lambda v: 0 < v < math.inf)
+        _check("max_physical_batch", self.max_physical_batch, "an integer >= 1 (the largest batch in memory)",
+               lambda v: v >= 1, int)
         _check("n_boot", self.n_boot, "an integer >= 1", lambda v: v >= 1, int)
         _check("confidence", self.confidence, "a number in (0, 1), e.g. 0.95", lambda v: 0 < v < 1)
         _check("fit_threshold", self.fit_threshold, "a number in (0, 1], e.g. 0.99", lambda v: 0 < v <= 1)
         _check("chance_factor", self.chance_factor, "a number >= 1, e.g. 1.5", lambda v: 1 <= v < math.inf)
+        self.specs()  # and every setting's spec (its Config, masks' count, DP recipe) is valid
 
     @property
     def budgets(self) -> list[float]:
@@ -132,7 +146,9 @@ def _check(name: str, value, allowed: str, ok, kind=(int, float)) -> None:
 
 @dataclasses.dataclass
 class Setup:
-    """The plan's specs with the data they train on and the DP runs' resolved δ."""
+    """The plan's specs with the data they train on, the DP runs' resolved δ and, per DP setting,
+    the noise every model will train with (``noise``: :func:`dp.planned_noise` rows with a
+    ``setting`` column)."""
 
     plan: Plan
     specs: dict
@@ -140,6 +156,7 @@ class Setup:
     device: object
     delta: float
     is_canary: np.ndarray
+    noise: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
     @property
     def settings(self) -> list[str]:
@@ -156,9 +173,11 @@ class Setup:
 
 
 def prepare(plan: Plan) -> Setup:
-    """Load the data and check every setting's masks, batch and δ, so a bad parameter fails
-    before any training starts."""
+    """Load the data and check every setting's masks, batch and δ, and find the noise multiplier
+    of every DP model (cached for its training), so a bad parameter or an ε out of the
+    accountant's reach fails before any training starts."""
     from ..data import load_dataset
+    from ..dp import planned_noise
     from ..ensemble import check_masks
     from ..training import resolve_device
 
@@ -166,14 +185,15 @@ def prepare(plan: Plan) -> Setup:
     device = resolve_device(plan.base)
     data = load_dataset(plan.base, device)
     pool = len(data.y_train)
-    deltas = []
+    noise = []
     for label, spec in specs.items():
         masks = spec.masks(pool)
         check_masks(masks, pool, spec.config.batch_size)
         if label not in (BN, GN):
-            deltas.append(spec.resolve_delta(masks))
+            noise.append(planned_noise(spec, masks).assign(setting=label))
+    noise = pd.concat(noise, ignore_index=True)
     is_canary = np.array([k != "typical" for k in (data.kinds or ["typical"] * pool)])
-    return Setup(plan, specs, data, device, max(deltas), is_canary)
+    return Setup(plan, specs, data, device, float(noise["delta"].max()), is_canary, noise)
 
 
 def overview(setup: Setup, profile: str) -> pd.DataFrame:

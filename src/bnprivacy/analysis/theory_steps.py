@@ -29,6 +29,12 @@ BOUNDED, GROWING, UNCLEAR = "bounded (slope near 0)", "growing about linearly", 
 PREDICTED_SLOPE = {"batch own": 0.0, "batch loo": 0.0, "batch eval": 1.0, "group": 0.0, "layer": 0.0, "none": 1.0}
 FASTER, SLOWER = "BN fits it faster", "BN fits it slower"
 NO_PAIR = "(no BN - none comparison in this run)"
+# The farthest outlier the chapter places, in typical distances: beyond 1e8 float64 cancellation
+# swamps the linear model's weight gradient (its gap to the C / d^2 asymptote grows from 1e-4 at
+# 1e7 to 4e-2 at 1e8 and 5 at 1e9, measured), and a float32 network's squares approach overflow.
+MAX_DISTANCE = 1e8
+# The nearest end of the linear sweep: its distances are logspace(-1, log10(max_distance)).
+MIN_DISTANCE = 0.1
 
 
 def _quiet(iterable, **_):
@@ -81,6 +87,95 @@ def check_norms(norms) -> list[str]:
         raise ValueError(f"norms={norms!r} is not allowed; allowed values: a list of {', '.join(NORMS)} with "
                          "'batch' and at least one reference, e.g. '[batch, none]'")
     return norm_order(norms)
+
+
+def check_chapter_parameters(*, profile, norms, features, classes, per_class, linear_batch, batch_sizes,
+                             max_distance, n_distances, net_distances, sim_distances, sim_batch_sizes, sim_lr,
+                             sim_pretrain_epochs, sim_max_epochs, typical_probes, probe_chunk, seeds, threads,
+                             batch_size, canaries) -> None:
+    """Check every parameter of chapter 5 that :class:`~bnprivacy.config.Config` does not (it checks
+    dataset, arch, width, train_size, epochs, lr, device and the canaries' format when the chapter
+    builds it), before anything trains: raise ValueError "name=value is not allowed; allowed values:
+    ..." for the first bad one. :func:`check_pool` checks what needs the data."""
+    from ..config import parse_canaries
+    from ..headlines import headline_folder
+
+    headline_folder(profile)  # the folder its headline rows go to: a plain name
+    check_norms(norms)
+    for name, value, least in (("features", features, 1), ("classes", classes, 2), ("per_class", per_class, 1),
+                               ("n_distances", n_distances, 2), ("sim_pretrain_epochs", sim_pretrain_epochs, 1),
+                               ("sim_max_epochs", sim_max_epochs, 1), ("typical_probes", typical_probes, 2),
+                               ("probe_chunk", probe_chunk, 1), ("seeds", seeds, 2), ("threads", threads, 1)):
+        _check_integer(name, value, least)
+    # Leave-one-out under BatchNorm keeps B - 1 samples, which need a spread of their own.
+    _check_integer("linear_batch", linear_batch, 3, "an integer >= 3 (leave-one-out under BatchNorm needs 3)")
+    _check_integer("batch_size", batch_size, 3, "an integer >= 3 (leave-one-out under BatchNorm needs 3)")
+    _check_real("sim_lr", sim_lr, lambda v: v > 0, "a finite number > 0, e.g. 0.1")
+    _check_real("max_distance", max_distance, lambda v: MIN_DISTANCE < v <= MAX_DISTANCE,
+                f"a number above {MIN_DISTANCE:g} (the sweep's nearest distance) and at most {MAX_DISTANCE:g}")
+    _check_distances("net_distances", net_distances, 2)
+    _check_distances("sim_distances", sim_distances, 1)
+    pool = classes * per_class
+    sizes = _check_integers("batch_sizes", batch_sizes, 2, pool)
+    if len({b for b in sizes if b > 2}) < 2:  # the crossover's exponent in B is a fit over them
+        _fail("batch_sizes", batch_sizes, "a list with at least two distinct sizes above 2, e.g. [2, 4, 8, 16, 32]")
+    _check_integers("sim_batch_sizes", sim_batch_sizes, 2, pool)
+    if not parse_canaries(canaries):  # the link to chapters 2 to 4 probes the canaries
+        _fail("canaries", canaries, "at least one canary kind, e.g. 'noise:10,mislabeled:10'")
+    check_parameters(LinearSetting(features, classes, per_class, linear_batch, sim_lr, sim_pretrain_epochs),
+                     sizes, seeds)
+
+
+def check_pool(data, batch_size: int, typical_probes: int) -> None:
+    """Raise ValueError unless the small network's pool holds the B - 1 typical samples every
+    measured batch is made of plus ``typical_probes`` others, and at least one canary."""
+    typical = sum(k == "typical" for k in data.kinds)
+    if typical < batch_size - 1 + typical_probes:
+        raise ValueError(f"batch_size={batch_size} and typical_probes={typical_probes} need "
+                         f"{batch_size - 1 + typical_probes} typical (non-canary) samples in the pool, which has "
+                         f"{typical}: lower them or raise train_size")
+    if typical == len(data.kinds):
+        raise ValueError("the pool holds no canaries: pass canaries, e.g. 'noise:10,mislabeled:10'")
+
+
+def _fail(name: str, value, allowed: str):
+    raise ValueError(f"{name}={value!r} is not allowed; allowed values: {allowed}")
+
+
+def _check_integer(name: str, value, least: int, allowed: str | None = None) -> None:
+    """An int (never a bool) of at least ``least``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        _fail(name, value, allowed or f"an integer >= {least}")
+
+
+def _check_real(name: str, value, ok, allowed: str) -> None:
+    """A finite int or float (never a bool) for which ``ok`` holds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        _fail(name, value, allowed)
+
+
+def _check_integers(name: str, values, least: int, most: int) -> list[int]:
+    """A non-empty list (or one value) of ints between ``least`` and ``most``."""
+    from .sweep import as_list
+
+    listed = as_list(name, values)
+    if not listed or any(isinstance(v, bool) or not isinstance(v, int) or not least <= v <= most for v in listed):
+        _fail(name, values, f"a list of integers from {least} to classes * per_class = {most}")
+    return listed
+
+
+def _check_distances(name: str, values, least_count: int) -> None:
+    """At least ``least_count`` distances in (0, MAX_DISTANCE], increasing (a curve's far end is its last)."""
+    from .sweep import as_list
+
+    listed = as_list(name, values)
+    allowed = (f"a list of at least {least_count} increasing numbers above 0 and at most {MAX_DISTANCE:g} "
+               "(typical distances)")
+    if len(listed) < least_count or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                        or not 0 < v <= MAX_DISTANCE for v in listed):
+        _fail(name, values, allowed)
+    if any(b <= a for a, b in zip(listed, listed[1:])):
+        _fail(name, values, allowed)
 
 
 def check_parameters(setting: LinearSetting, batch_sizes, seeds: int) -> None:
