@@ -413,6 +413,21 @@ def test_cifar_labels_out_of_range_or_miscounted_are_refused_naming_the_batch(is
         load_dataset(Config(dataset="cifar10"), download=False)
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b.pop("labels"), r"has no 'labels' entry"),
+    (lambda b: b.pop("data"), r"does not hold CIFAR images .*found no data"),
+    (lambda b: b.update(data=b["data"].reshape(-1)[:-5]), r"does not hold CIFAR images .*values of type uint8"),
+    (lambda b: b.update(data=b["data"].astype(np.float32)), r"does not hold CIFAR images .*of type float32"),
+])
+def test_a_cifar_batch_without_labels_or_whole_images_is_refused_naming_it(isolated_store, damage, message):
+    folder = write_cifar10(isolated_store / "data")
+    batch = pickle.loads((folder / "data_batch_3").read_bytes())
+    damage(batch)
+    (folder / "data_batch_3").write_bytes(pickle.dumps(batch))
+    with pytest.raises(ValueError, match=f"{re.escape(str(folder / 'data_batch_3'))} {message}"):
+        load_dataset(Config(dataset="cifar10"), download=False)
+
+
 def test_cifar100_label_range_comes_from_the_meta_file(isolated_store):
     folder = isolated_store / "data" / "cifar-100-python"
     folder.mkdir(parents=True)

@@ -255,11 +255,28 @@ def _read_cifar_batches(folder: Path, files: list[str], label_key: str, num_clas
     images, labels = [], []
     for file in files:
         entry = _unpickle(folder / file)
-        batch = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        batch = _cifar_images(folder / file, entry)
+        if label_key not in entry:
+            raise ValueError(f"{folder / file} has no {label_key!r} entry; the file is damaged: delete it and let "
+                             "torchvision download the dataset again, or extract the official archive there")
         labels.append(_checked_cifar_labels(folder / file, entry[label_key], len(batch), num_classes))
         images.append(batch)
     x = torch.from_numpy(np.concatenate(images)).float().div(255.0)
     return x.contiguous(), torch.from_numpy(np.concatenate(labels))
+
+
+def _cifar_images(path: Path, entry: dict) -> np.ndarray:
+    """A batch's images ``[n, 3, 32, 32]`` uint8; a batch without ``data``, or whose pixels are not
+    whole 3x32x32 images of bytes, raises ValueError naming the file."""
+    try:
+        data = np.asarray(entry["data"])
+        if data.dtype != np.uint8 or data.size % 3072:
+            raise ValueError(f"{data.size} values of type {data.dtype}")
+        return data.reshape(-1, 3, 32, 32)
+    except (KeyError, ValueError, TypeError) as error:
+        raise ValueError(f"{path} does not hold CIFAR images (a 'data' array of bytes, 3,072 per image; found "
+                         f"{'no data' if isinstance(error, KeyError) else error}); the file is damaged: delete it "
+                         "and let torchvision download the dataset again, or extract the official archive there") from None
 
 
 def _checked_cifar_labels(path: Path, labels, count: int, num_classes: int) -> np.ndarray:
