@@ -121,6 +121,11 @@ def test_a_failed_rerecording_keeps_the_old_recording(tmp_path, monkeypatch):
         record.write_setting(folder, _rows().assign(batch=0.5), _curves(), _provenance("kept"))
     assert (folder / "headlines.json").read_text() == before
     monkeypatch.setattr(Path, "rename", real_rename)
+    monkeypatch.setattr(pd.DataFrame, "to_csv", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with pytest.raises(OSError):
+        record.write_setting(folder, _rows(), _curves(), _provenance("kept"))
+    assert (folder / "headlines.json").read_text() == before and not (folder.parent / ".kept.tmp").exists()
+    monkeypatch.undo()
     record.write_setting(folder, _rows().assign(measure="new"), _curves(), _provenance("kept"))
     assert record.load_all(tmp_path)[0].headlines.measure.tolist() == ["new"]
     assert sorted(p.name for p in folder.parent.iterdir()) == ["kept"]

@@ -171,9 +171,13 @@ def write_setting(folder: Path, rows: pd.DataFrame, curves: pd.DataFrame, proven
     tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "headlines.json").write_text(rows.to_json(orient="records", indent=1))
-    curves.to_csv(tmp / "curves.csv", index=False)
-    (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1, sort_keys=True, default=str))
+    try:
+        (tmp / "headlines.json").write_text(rows.to_json(orient="records", indent=1))
+        curves.to_csv(tmp / "curves.csv", index=False)
+        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1, sort_keys=True, default=str))
+    except BaseException:  # a full disk: no half folder stays beside the old recording
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if old.exists() and not folder.exists():
         old.rename(folder)  # an earlier swap stopped between its two renames: restore its recording first
     shutil.rmtree(old, ignore_errors=True)
