@@ -324,6 +324,12 @@ def submit_chunk(task, spec, data_ref, masks_ref, models: list[int], options: di
     return task.remote(spec, data_ref, masks_ref, models, **options)
 
 
+# Seconds one ray.wait blocks: Python raises a Ctrl-C only when the main thread runs Python code,
+# and inside one long ray.wait that is up to Ray's own signal checks, which a loaded CI machine
+# was seen to miss for minutes; short waits bound the delay whatever Ray does.
+WAIT_SECONDS = 1.0
+
+
 def _collect(ray, pending: dict, progress: bool) -> None:
     """Write each chunk as its task finishes; on any interruption cancel the rest and free their
     locks; report the tasks that failed."""
@@ -335,7 +341,9 @@ def _collect(ray, pending: dict, progress: bool) -> None:
     bar = tqdm(total=len(pending), desc="chunks on Ray", unit="chunk", disable=not progress)
     try:
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
+            if not done:
+                continue  # back in Python between waits, so a Ctrl-C is raised here within a second
             run, models = pending.pop(done[0])
             chunk = run.folder / store.chunk_name(models)
             try:
