@@ -1,6 +1,8 @@
 """Shared fixtures: every test writes results and data into its own temporary folders."""
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,3 +41,17 @@ def chunk_spy(monkeypatch):
     spy = ChunkSpy(store._train_chunk)
     monkeypatch.setattr(store, "_train_chunk", spy)
     return spy
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def book_copy(tmp_path):
+    """The book's sources in a temporary folder, so builds never touch the repository's _build."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(REPO / name, root / name)
+    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("*.ipynb"))
+    return root

@@ -1,6 +1,5 @@
 """The book pipeline: every chapter runs through papermill (smoke profile) and the HTML builds."""
 
-import shutil
 from pathlib import Path
 
 import papermill
@@ -9,17 +8,6 @@ import pytest
 from bnprivacy import assignments, book, htmlcheck
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def book_copy(tmp_path):
-    """The book's sources in a temporary folder, so builds never touch the repository's _build."""
-    root = tmp_path / "repo"
-    root.mkdir()
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(REPO / name, root / name)
-    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("*.ipynb"))
-    return root
 
 
 def test_toc_lists_the_intro_and_the_chapters():

@@ -41,12 +41,13 @@ def seal_without_training(spec, data, masks, models, chunk, strategy, progress):
     store.seal(chunk, list(store.CHUNK_FILES))
 
 
-def test_a_lock_is_written_whole_with_pid_host_and_time_and_no_temporary_file_stays(chunk):
+def test_a_lock_is_written_whole_with_pid_host_and_time_and_no_temporary_file_stays(chunk, monkeypatch):
+    monkeypatch.setattr(store.time, "time", lambda: 1_700_000_000.5)
     assert store.claim_chunk(chunk)
     lock = store.chunk_lock(chunk)
     holder = json.loads(lock.read_text())
     assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
-    assert abs(holder["created"] - time.time()) < 60
+    assert holder["created"] == 1_700_000_000.5
     assert [p.name for p in chunk.parent.iterdir()] == [lock.name]
     assert not store.claim_chunk(chunk), "this live process holds the lock"
 

@@ -2,7 +2,6 @@
 live rows, and a broken folder stops the verdict with an error that names it."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -155,12 +154,8 @@ def test_every_folder_shipped_in_the_repository_parses_with_complete_provenance(
 
 
 @pytest.mark.slow
-def test_make_record_writes_a_folder_from_executed_chapters(tmp_path, isolated_store):
-    root = tmp_path / "repo"
-    root.mkdir()
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(REPO / name, root / name)
-    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("*.ipynb"))
+def test_make_record_writes_a_folder_from_executed_chapters(book_copy, isolated_store):
+    root = book_copy
     with pytest.raises(ValueError, match=r"-p epochs: not a parameter of 01_training"):
         record.record(root, "smoke", "tiny", {"epochs": 3}, chapters=("01_training",))
     with pytest.raises(ValueError, match=r"n_models=6 per run in 01_training; a recording needs at least 16"):

@@ -2,7 +2,6 @@
 YAML comment, numbers inside lists, and profiles checked against the chapters' parameters."""
 
 import base64
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,23 +18,19 @@ PAYLOAD = b'"; open("PWNED", "w").write("x"); "'
 
 
 @pytest.fixture
-def book_copy(tmp_path, monkeypatch):
-    root = tmp_path / "repo"
-    root.mkdir()
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(REPO / name, root / name)
-    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("*.ipynb"))
-    monkeypatch.chdir(root)
+def book_here(book_copy, tmp_path, monkeypatch):
+    """A copy of the book as the working folder, with its own results folder."""
+    monkeypatch.chdir(book_copy)
     monkeypatch.setenv("BNPRIVACY_RESULTS", str(tmp_path / "results"))
-    return root
+    return book_copy
 
 
-def test_a_binary_value_is_refused_before_the_chapter_runs_and_nothing_is_executed(book_copy, capsys):
+def test_a_binary_value_is_refused_before_the_chapter_runs_and_nothing_is_executed(book_here, capsys):
     value = "!!binary " + base64.b64encode(PAYLOAD).decode()
     assert main(["chapter", "05_theory", "--profile", "smoke", "-p", "dataset", value]) == 1
     err = capsys.readouterr().err
     assert "-p dataset: the YAML type !!binary is not allowed" in err and "Traceback" not in err
-    assert not (book_copy / "PWNED").exists() and not (book_copy / "_build" / "stage").exists()
+    assert not (book_here / "PWNED").exists() and not (book_here / "_build" / "stage").exists()
 
 
 @pytest.mark.parametrize("text", ["!!binary aGVsbG8=", "!!timestamp 2024-01-01", "!!set {a, b}",
@@ -97,9 +92,9 @@ def _profiles(root: Path, text: str) -> None:
     ("quick: {_all: [device, cpu]}", "profile 'quick', _all: holds a list; expected a map of parameter names"),
     ("quick: {05_theory: {dataset: !!binary aGk=}}", "the YAML type !!binary is not allowed"),
 ])
-def test_a_profile_with_an_unknown_key_or_a_wrong_structure_is_one_error_naming_it(book_copy, capsys, text,
+def test_a_profile_with_an_unknown_key_or_a_wrong_structure_is_one_error_naming_it(book_here, capsys, text,
                                                                                     message):
-    _profiles(book_copy, text)
+    _profiles(book_here, text)
     assert main(["chapter", "07_verdict", "--profile", "quick"]) == 1
     err = capsys.readouterr().err
     assert "book/profiles.yml" in err and message in err and "Traceback" not in err
@@ -110,8 +105,8 @@ def test_the_books_own_profiles_are_valid():
     assert {"smoke", "quick", "cifar", "full"} <= set(profiles)
 
 
-def test_a_results_folder_that_cannot_be_written_stops_a_chapter_in_one_line(book_copy, monkeypatch, capsys):
-    blocker = book_copy / "a-file"
+def test_a_results_folder_that_cannot_be_written_stops_a_chapter_in_one_line(book_here, monkeypatch, capsys):
+    blocker = book_here / "a-file"
     blocker.write_text("x")
     monkeypatch.setenv("BNPRIVACY_RESULTS", str(blocker / "results"))
     assert main(["chapter", "07_verdict", "--profile", "smoke"]) == 1
