@@ -162,10 +162,10 @@ def check_rows(rows) -> list[dict]:
     values; p-values lie in [0, 1]; ``lo <= diff <= hi``; ``comparable`` is a real boolean on
     every compared row; and a row that is evidence (comparable, resolved) has a finite interval."""
     if not isinstance(rows, list) or len(rows) > MAX_ROWS:
-        raise RowError(f"expected a list of at most {MAX_ROWS} rows, found {_what(rows)}")
+        raise RowError(f"expected a list of at most {MAX_ROWS} rows, found {describe(rows)}")
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise RowError(f"row {index} is {_what(row)}, not an object")
+            raise RowError(f"row {index} is {describe(row)}, not an object")
         _check_row(row, f"row {index}")
     return rows
 
@@ -174,27 +174,27 @@ def _check_row(row: dict, where: str) -> None:
     for field in TEXT_FIELDS:
         check_text(None if _absent(row.get(field)) else row.get(field), f"{where} field {field!r}")
     if not re.fullmatch(r"[0-9]{2}_[a-z0-9_]+", str(row.get("chapter", ""))):
-        raise RowError(f"{where} field 'chapter' is {_what(row.get('chapter'))}; expected a chapter name like 02_canaries")
+        raise RowError(f"{where} field 'chapter' is {describe(row.get('chapter'))}; expected a chapter name like 02_canaries")
     if any(part not in (*SETTINGS, *LEGACY_SETTINGS) for part in str(row.get("setting", "")).split(SAME_RUNS)):
-        raise RowError(f"{where} field 'setting' is {_what(row.get('setting'))}; expected one of {SETTINGS} "
+        raise RowError(f"{where} field 'setting' is {describe(row.get('setting'))}; expected one of {SETTINGS} "
                        f"(or several joined by {SAME_RUNS!r})")
     for field in (*NUMBER_FIELDS, *PROBABILITY_FIELDS):
         value = row.get(field)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RowError(f"{where} field {field!r} is {_what(value)}, not a number")
+            raise RowError(f"{where} field {field!r} is {describe(value)}, not a number")
         if math.isinf(value) and field != "df":
             raise RowError(f"{where} field {field!r} is {value}, not a finite number")
         if field in PROBABILITY_FIELDS and not (math.isnan(value) or 0 <= value <= 1):
             raise RowError(f"{where} field {field!r} is {value}, not a probability in [0, 1]")
     for field in BOOLEAN_FIELDS:
         if not _absent(row.get(field)) and not isinstance(row[field], bool):
-            raise RowError(f"{where} field {field!r} is {_what(row[field])}; expected true or false")
+            raise RowError(f"{where} field {field!r} is {describe(row[field])}; expected true or false")
     if row.get("setting") != "simulation" and not isinstance(row.get("comparable"), bool):
         raise RowError(f"{where} field 'comparable' is missing; a compared row must say whether it is comparable")
     if row.get("claim_sign", 1) not in CLAIM_SIGNS or isinstance(row.get("claim_sign"), bool):
-        raise RowError(f"{where} field 'claim_sign' is {_what(row.get('claim_sign'))}; expected one of {CLAIM_SIGNS}")
+        raise RowError(f"{where} field 'claim_sign' is {describe(row.get('claim_sign'))}; expected one of {CLAIM_SIGNS}")
     _check_interval(row, where)
 
 
@@ -218,12 +218,13 @@ def check_text(value, where: str) -> None:
     if value is None:
         return
     if not isinstance(value, str):
-        raise RowError(f"{where} is {_what(value)}, not text")
+        raise RowError(f"{where} is {describe(value)}, not text")
     if len(value) > MAX_TEXT or any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise RowError(f"{where} is not one line of at most {MAX_TEXT} characters")
 
 
-def _what(value) -> str:
+def describe(value) -> str:
+    """A value read from a file, for an error message: its type and at most 40 characters of it."""
     shown = repr(value)
     return f"{type(value).__name__} {shown[:40]}{'...' if len(shown) > 40 else ''}"
 

@@ -230,14 +230,14 @@ def check_provenance(provenance) -> dict:
     :data:`PROVENANCE_FIELDS` of the right type (text bounded and on one line, a date that parses,
     training seconds a number >= 0 or null); else ValueError naming the field."""
     if not isinstance(provenance, dict):
-        raise ValueError(f"provenance.json holds {headlines._what(provenance)}, not an object")
+        raise ValueError(f"provenance.json holds {headlines.describe(provenance)}, not an object")
     lacking = [f for f in PROVENANCE_FIELDS if f not in provenance]
     if lacking:
         raise ValueError(f"provenance.json lacks {lacking}")
     for field, kind in PROVENANCE_TYPES.items():
         value = provenance[field]
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise ValueError(f"provenance.json field {field!r} is {headlines._what(value)}; expected {kind.__name__}")
+            raise ValueError(f"provenance.json field {field!r} is {headlines.describe(value)}; expected {kind.__name__}")
         if kind is str:
             headlines.check_text(value, f"provenance.json field {field!r}")
     for item in provenance["changed_files"]:
@@ -249,7 +249,7 @@ def check_provenance(provenance) -> dict:
     seconds = provenance.get("training_seconds")
     if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
                                 or not 0 <= seconds < float("inf")):
-        raise ValueError(f"provenance.json field 'training_seconds' is {headlines._what(seconds)}; expected a "
+        raise ValueError(f"provenance.json field 'training_seconds' is {headlines.describe(seconds)}; expected a "
                          "number of seconds >= 0 or null")
     return provenance
 
