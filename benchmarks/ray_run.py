@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bnprivacy.config import Config  # noqa: E402
 from bnprivacy.data import load_dataset  # noqa: E402
-from bnprivacy.store import RunSpec, shadow_run, training_seconds  # noqa: E402
+from bnprivacy.runs.shadow import shadow_run, training_seconds  # noqa: E402
+from bnprivacy.runs.spec import RunSpec  # noqa: E402
 
 
 def run_into(folder: Path, spec: RunSpec, data, chunk_size: int, **executor) -> tuple[float, object]:

@@ -20,14 +20,14 @@ def isolated_store(tmp_path, monkeypatch):
 
 
 class ChunkSpy:
-    """Stands in for ``store._train_chunk``: records the models of every chunk trained and can
+    """Stands in for ``local.train_chunk``: records the models of every chunk trained and can
     raise ``KeyboardInterrupt`` at the ``kill_at``-th call (a run killed midway)."""
 
     def __init__(self, real):
         self.real, self.calls, self.kill_at = real, [], None
 
     def __call__(self, *args, **kwargs):
-        self.calls.append(args[3])
+        self.calls.append(args[1])  # train_chunk(run, models, data, job)
         if len(self.calls) == self.kill_at:
             raise KeyboardInterrupt("simulated kill")
         return self.real(*args, **kwargs)
@@ -36,10 +36,10 @@ class ChunkSpy:
 @pytest.fixture
 def chunk_spy(monkeypatch):
     """A :class:`ChunkSpy` installed in place of the store's chunk training."""
-    from bnprivacy import store
+    from bnprivacy.runs import local
 
-    spy = ChunkSpy(store._train_chunk)
-    monkeypatch.setattr(store, "_train_chunk", spy)
+    spy = ChunkSpy(local.train_chunk)
+    monkeypatch.setattr(local, "train_chunk", spy)
     return spy
 
 

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from bnprivacy import attacks, headlines, protocol
-from bnprivacy.analysis import canaries as canary_steps
+from bnprivacy.analysis import canary_steps
 from bnprivacy.analysis import influence as influence_steps
 from bnprivacy.analysis import membership as attack_steps
-from bnprivacy.analysis import sweep as family_steps
+from bnprivacy.analysis import family_steps
 from bnprivacy.analysis import verdict as verdict_steps
 
 MEMORIZATION_MARGINS = family_steps.margins(canary_steps.MARGINS, {})
@@ -22,52 +22,52 @@ PARAMETERS = dict(dataset="digits", arch="cnn", width=8, train_size=240, norms=[
 
 
 @pytest.fixture(scope="module")
-def fam(tmp_path_factory):
+def family(tmp_path_factory):
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("BNPRIVACY_RESULTS", str(tmp_path_factory.mktemp("family") / "results"))
     try:
-        yield family_steps.train_family(family_steps.family_from(PARAMETERS), progress=False)
+        yield family_steps.train_family(family_steps.protocol_from(PARAMETERS), progress=False)
     finally:
         monkeypatch.undo()
 
 
 def test_the_family_validates_its_parameters_before_training(isolated_store):
     with pytest.raises(ValueError, match="strictly increasing"):
-        family_steps.family_from({**PARAMETERS, "budgets": [10, 1]})
+        family_steps.protocol_from({**PARAMETERS, "budgets": [10, 1]})
     with pytest.raises(ValueError, match="must hold 'batch'"):
-        family_steps.family_from({**PARAMETERS, "norms": []})
+        family_steps.protocol_from({**PARAMETERS, "norms": []})
     with pytest.raises(ValueError, match="does not define the family parameters"):
-        family_steps.family_from({k: v for k, v in PARAMETERS.items() if k != "budgets"})
-    assert family_steps.family_from({**PARAMETERS, "norms": ["none", "batch"]}).reference == "none"
+        family_steps.protocol_from({k: v for k, v in PARAMETERS.items() if k != "budgets"})
+    assert family_steps.protocol_from({**PARAMETERS, "norms": ["none", "batch"]}).reference == "none"
     assert family_steps.as_list("norms", "batch") == ["batch"]
     assert not (isolated_store / "results").exists()
 
 
-def test_the_tiny_family_is_comparable_against_group_norm_only_where_both_fit(fam):
-    sides = fam.sweep.sides().set_index(["norm", "budget"])
+def test_the_tiny_family_is_comparable_against_group_norm_only_where_both_fit(family):
+    sides = family.sweep.sides().set_index(["norm", "budget"])
     assert not sides.loc[("batch", 1), "fit"]
     # BN against GroupNorm, the first reference; both fit only at 30 epochs, so equal epochs where
     # both fit and matched fit read the same runs and are one comparison
-    equal, fit, interpolated = fam.comparisons
-    assert fam.protocol.reference == "group" and equal.reference == "group"
+    equal, fit, interpolated = family.comparisons
+    assert family.protocol.reference == "group" and equal.reference == "group"
     assert not equal.comparable and "did not" in equal.reason
     assert fit.setting == "equal epochs, both fit = matched fit" and fit.runs == "batch@30 vs group@30"
     assert fit.comparable == (fit.train_acc_bn >= 0.9 and fit.train_acc_ref >= 0.9 and fit.test_acc_ref >= 0.15)
-    assert fit.comparable, f"the tiny family should fit at 30 epochs with BN and GroupNorm: {fam_sides(fam)}"
-    assert fam.comparison("matched fit") is fit and fam.comparison("equal epochs, both fit") is fit
+    assert fit.comparable, f"the tiny family should fit at 30 epochs with BN and GroupNorm: {fam_sides(family)}"
+    assert family.comparison("matched fit") is fit and family.comparison("equal epochs, both fit") is fit
     assert not interpolated.comparable and "a frontier needs at least 2 fitting budgets" in interpolated.reason
 
 
-def fam_sides(fam):
-    return fam.sweep.sides()[["norm", "budget", "train_acc", "test_acc"]].to_dict("records")
+def fam_sides(family):
+    return family.sweep.sides()[["norm", "budget", "train_acc", "test_acc"]].to_dict("records")
 
 
-def test_canary_rows_carry_comparability_and_read_not_comparable_where_a_side_did_not_fit(fam):
-    result = canary_steps.compare_memorization(fam, MEMORIZATION_MARGINS)
-    assert len(result.rows) == len(fam.comparisons) * len(canary_steps.MEASURES)
+def test_canary_rows_carry_comparability_and_read_not_comparable_where_a_side_did_not_fit(family):
+    result = canary_steps.compare_memorization(family, MEMORIZATION_MARGINS)
+    assert len(result.rows) == len(family.comparisons) * len(canary_steps.MEASURES)
     assert {part for r in result.rows for part in r["setting"].split(" = ")} == set(protocol.SETTINGS)
     for row in result.rows:
-        assert set(headlines.COMPARABILITY) <= set(row)
+        assert set(protocol.FIELDS) <= set(row)
     equal = [r for r in result.rows if r["setting"] == "equal epochs"][0]
     assert equal["comparable"] is False
     assert result.tables["canaries"].loc["equal epochs", "reading"].startswith("not comparable")
@@ -75,7 +75,7 @@ def test_canary_rows_carry_comparability_and_read_not_comparable_where_a_side_di
     frontier = result.sentences["matched accuracy, interpolated"]  # one fitting budget per norm: no frontier
     assert "there is nothing to measure" in frontier and "nan" not in frontier
     # the measure is the mean memorization of the canaries, recomputed here from one run
-    run = fam.run("batch", 30, 0)
+    run = family.run("batch", 30, 0)
     correct = (run.logits_pool[:, 0].argmax(-1) == run.y_pool).numpy()
     masks = run.masks.numpy()
     canary = np.array([k != "typical" for k in run.kinds])
@@ -84,12 +84,12 @@ def test_canary_rows_carry_comparability_and_read_not_comparable_where_a_side_di
     assert value == pytest.approx(np.mean(mem))
 
 
-def test_against_a_reference_that_never_fits_every_fair_row_is_not_comparable(fam):
-    versus_none = protocol.compare(fam.sweep, "none")
-    assert not fam.sweep.sides().query("norm == 'none'").fit.any()  # IN accuracy about 0.74 at 30 epochs
+def test_against_a_reference_that_never_fits_every_fair_row_is_not_comparable(family):
+    versus_none = protocol.compare(family.sweep, "none")
+    assert not family.sweep.sides().query("norm == 'none'").fit.any()  # IN accuracy about 0.74 at 30 epochs
     assert not any(c.comparable for c in versus_none)
-    values = protocol.measure_table(fam.sweep, canary_steps.mean_memorization)
-    rows = protocol.headline_rows(values, versus_none, "canary memorization", "BN memorizes more", margin=0.05)
+    values = protocol.measure_table(family.sweep, canary_steps.mean_memorization)
+    rows = headlines.headline_rows(values, versus_none, "canary memorization", "BN memorizes more", margin=0.05)
     table = headlines.adjust(pd.DataFrame([dict(r, chapter="02_canaries", dataset="digits", arch="cnn", profile="t")
                                            for r in rows]))
     assert all(r.startswith("not comparable:") for r in table.reading)
@@ -98,10 +98,10 @@ def test_against_a_reference_that_never_fits_every_fair_row_is_not_comparable(fa
     assert "No fair comparison is readable" in text and "BN memorizes more" not in text
 
 
-def test_gradient_ratios_come_from_the_probes_of_members(fam):
-    result = influence_steps.compare_ratios(fam, {k: m for k, (m, _) in influence_steps.MARGINS.items()})
+def test_gradient_ratios_come_from_the_probes_of_members(family):
+    result = influence_steps.compare_ratios(family, {k: m for k, (m, _) in influence_steps.MARGINS.items()})
     assert {r["measure"] for r in result.rows} == set(influence_steps.RATIOS.values())
-    run = fam.run("none", 30, 1)
+    run = family.run("none", 30, 1)
     probes = influence_steps.member_probes(run)
     assert probes.member.all() and set(probes.group) == {"canary", "typical"}
     # without normalisation the leave-one-out influence equals the own gradient (no coupling)
@@ -109,14 +109,14 @@ def test_gradient_ratios_come_from_the_probes_of_members(fam):
     assert ratio.to_numpy() == pytest.approx(1.0, rel=1e-3)
 
 
-def test_attack_rows_pool_the_targets_of_each_run_and_say_what_they_cannot_resolve(fam):
+def test_attack_rows_pool_the_targets_of_each_run_and_say_what_they_cannot_resolve(family):
     targets = attack_steps.check_targets(6, 6)
-    calibration = attack_steps.calibrate_family(fam, targets, draws=2)
+    calibration = attack_steps.calibrate_family(family, targets, draws=2)
     assert calibration.attack in attacks.HEADLINE_PREFERENCE
     assert set(calibration.table.attack) == set(attacks.HEADLINE_PREFERENCE) and calibration.table.draw.nunique() == 2
-    result = attack_steps.compare_attacks(fam, targets, calibration, family_steps.margins(attack_steps.MARGINS, {}))
+    result = attack_steps.compare_attacks(family, targets, calibration, family_steps.margins(attack_steps.MARGINS, {}))
     value = result.values["auc"].query("norm == 'group' and budget == 30 and seed == 0").value.item()
-    metrics = attack_steps.run_metrics(fam.run("group", 30, 0), calibration.attack, targets)
+    metrics = attack_steps.run_metrics(family.run("group", 30, 0), calibration.attack, targets)
     assert value == pytest.approx(metrics["auc"]) and 0 <= value <= 1
     # About 6 x 125 pooled non-members: no TPR at 1% FPR (needs 1,000), never a number in its place.
     assert metrics["nonmembers"] < 1000 and np.isnan(metrics["tpr@0.01"])
@@ -156,8 +156,8 @@ def test_a_difference_within_the_null_spread_reads_not_resolved():
     assert tpr_rule(c, {"diff": 0.0}) == "not resolved: +0.0000 points is within the null spread ±0.0000 points"
 
 
-def test_the_verdict_concludes_from_the_fair_rows_and_names_the_excluded_ones(fam):
-    rows = canary_steps.compare_memorization(fam, MEMORIZATION_MARGINS).rows
+def test_the_verdict_concludes_from_the_fair_rows_and_names_the_excluded_ones(family):
+    rows = canary_steps.compare_memorization(family, MEMORIZATION_MARGINS).rows
     table = headlines.adjust(pd.DataFrame([dict(r, chapter="02_canaries", dataset="digits", arch="cnn", profile="t")
                                            for r in rows]))
     text = verdict_steps.conclusion(table)

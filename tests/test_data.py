@@ -148,8 +148,8 @@ def test_imagefolder_loads_and_caches(isolated_store):
 
 
 def test_changing_an_image_under_the_same_path_changes_every_result_key(isolated_store):
-    from bnprivacy import data as data_module
-    from bnprivacy.store import RunSpec, run_folder
+    from bnprivacy import imagefolder
+    from bnprivacy.runs.spec import RunSpec, run_folder
 
     root = write_imagefolder(isolated_store / "images")
     cfg = Config(dataset=f"imagefolder:{root}", width=4)
@@ -161,7 +161,7 @@ def test_changing_an_image_under_the_same_path_changes_every_result_key(isolated
     after = load_dataset(cfg).x_train
     assert not torch.equal(before, after)
     assert cfg.key() != before_key and run_folder(RunSpec(cfg, 2)) != before_run
-    data_module._FINGERPRINTS.clear()  # a new process lists the folder itself and agrees
+    imagefolder._FINGERPRINTS.clear()  # a new process lists the folder itself and agrees
     assert cfg.key() == Config(dataset=f"imagefolder:{root}", width=4).key() != before_key
 
 
@@ -293,21 +293,20 @@ def test_an_unreadable_decode_cache_is_rebuilt_with_a_warning_naming_it(isolated
 
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
 def test_a_failed_cache_save_leaves_no_temp_file(isolated_store, monkeypatch, failure):
-    from bnprivacy import data as data_module
+    root = write_imagefolder(isolated_store / "images")
 
-    def half_a_save(obj, path):
-        open(path, "wb").write(b"half a file")
+    def fails(*args):
         raise failure
 
-    monkeypatch.setattr(torch, "save", half_a_save)
-    target = isolated_store / "data" / "cache" / "x.pt"
+    monkeypatch.setattr(os, "replace", fails)  # the disk fills up (or a kill comes) as the cache is written
     with pytest.raises(type(failure)):
-        data_module._save_atomic({"x": torch.zeros(3)}, target)
-    assert list(target.parent.iterdir()) == []
+        load_dataset(Config(dataset=f"imagefolder:{root}"))
+    monkeypatch.undo()
+    assert list((isolated_store / "data" / "cache").iterdir()) == []
 
 
 def test_an_image_edited_in_place_with_size_and_times_restored_changes_cache_and_key(isolated_store):
-    from bnprivacy import data as data_module
+    from bnprivacy import imagefolder
 
     root = write_imagefolder(isolated_store / "images", suffix=".bmp")  # uncompressed: same size
     cfg = Config(dataset=f"imagefolder:{root}", width=4)
@@ -322,7 +321,7 @@ def test_an_image_edited_in_place_with_size_and_times_restored_changes_cache_and
     assert not torch.equal(before, after.x_train)
     assert torch.allclose(after.denormalise(after.x_train[:1]) * 255, torch.full((1, 3, 10, 10), 7.0), atol=1e-3)
     assert cfg.key() != before_key
-    data_module._FINGERPRINTS.clear()  # a new process hashes the folder itself and agrees
+    imagefolder._FINGERPRINTS.clear()  # a new process hashes the folder itself and agrees
     assert cfg.key() == Config(dataset=f"imagefolder:{root}", width=4).key() != before_key
 
 

@@ -14,11 +14,13 @@ from torch import nn
 from bnprivacy.attacks import AttackInput, attack_scores
 from bnprivacy.config import Config
 from bnprivacy.data import load_dataset
-from bnprivacy.dp import (MAX_BISECTIONS, DPRunSpec, UnsupportedModule, accountant_epsilon, clopper_pearson,
-                          dp_config, dp_shadow_run, empirical_epsilon, epsilon_floor, epsilon_lower_bound,
-                          make_private_module, noise_multiplier, planned_noise, run_privacy)
 from bnprivacy.ensemble import init_model
-from bnprivacy.store import ShadowRun
+from bnprivacy.privacy.accounting import (MAX_BISECTIONS, accountant_epsilon, empirical_epsilon, epsilon_floor,
+                                          epsilon_lower_bound, noise_multiplier)
+from bnprivacy.privacy.opacus import UnsupportedModule, dp_config, make_private_module
+from bnprivacy.privacy.training import DPRunSpec, dp_shadow_run, planned_noise, run_privacy
+from bnprivacy.runs.shadow import ShadowRun
+from bnprivacy.stats import clopper_pearson
 
 CFG = Config(norm="group", width=4, epochs=2, batch_size=32, lr=0.2, train_size=128, device="cpu")
 
@@ -90,7 +92,7 @@ def test_the_bounded_noise_search_finds_opacus_sigma_exactly(epsilon, delta, rat
 
 def test_an_absurd_epsilon_is_refused_at_once_where_opacus_searches_forever():
     # In a child process, so that a search that never ends fails the test instead of hanging it.
-    code = ("from bnprivacy.dp import noise_multiplier\n"
+    code = ("from bnprivacy.privacy.accounting import noise_multiplier\n"
             "try:\n    noise_multiplier(1e30, 1e-5, 0.25, 40)\nexcept ValueError as e:\n    print(e)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "epsilon=1e+30 is not allowed" in done.stdout and "<= 100" in done.stdout

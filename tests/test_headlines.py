@@ -5,6 +5,7 @@ import math
 import pytest
 
 from bnprivacy import headlines
+from bnprivacy.reading import judge
 
 
 def test_paired_headline_is_the_seed_paired_t_interval():
@@ -22,8 +23,8 @@ def test_paired_headline_is_the_seed_paired_t_interval():
 def test_record_and_load_round_trip_in_chapter_order():
     rows = [headlines.headline_row("AUC", "simulation", 0.6, 0.5, 0.1, 0.05, 0.15, "bootstrap", "BN worse",
                                    margin=0.01, df=math.inf)]
-    headlines.record("04_x", "smoke", rows, dataset="digits", arch="cnn")
-    headlines.record("02_x", "smoke", [dict(rows[0], setting="matched fit")], dataset="digits", arch="cnn")
+    headlines.record_rows("04_x", "smoke", rows, dataset="digits", arch="cnn")
+    headlines.record_rows("02_x", "smoke", [dict(rows[0], setting="matched fit")], dataset="digits", arch="cnn")
     table = headlines.load("smoke", ["02_x", "04_x"])
     assert list(table["chapter"]) == ["02_x", "04_x"]
     assert list(table["setting"]) == ["matched fit", "simulation"]
@@ -47,14 +48,14 @@ def test_bad_rows_are_refused():
     with pytest.raises(ValueError, match="margin of 'AUC'=0 is not allowed"):
         headlines.headline_row("AUC", "simulation", 0.6, 0.5, 0.1, 0.0, 0.2, "x", "y", margin=0, df=2)
     with pytest.raises(ValueError, match="no headline rows"):
-        headlines.record("01", "quick", [], dataset="d", arch="a")
+        headlines.record_rows("01", "quick", [], dataset="d", arch="a")
 
 
 @pytest.mark.parametrize("lo, hi, reading", [(0.1, 0.2, "BN higher"), (-0.2, -0.1, "BN lower"),
                                              (-0.1, 0.1, "inconclusive"),
                                              (float("nan"), float("nan"), "no interval")])
 def test_judge_reads_the_interval(lo, hi, reading):
-    assert headlines.judge(lo, hi) == reading
+    assert judge(lo, hi) == reading
 
 
 def _row(diff, lo, hi, *, margin=0.05, df=4, comparable=True, resolution="", **extra):

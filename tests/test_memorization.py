@@ -111,7 +111,7 @@ def test_canary_curves_split_by_kind_and_membership():
 def test_paired_difference_matches_the_t_interval():
     from scipy import stats
 
-    from bnprivacy.memorization import paired_difference
+    from bnprivacy.stats import paired_difference
 
     a, b = [0.5, 0.7, 0.6], [0.1, 0.2, 0.3]
     got = paired_difference(a, b)

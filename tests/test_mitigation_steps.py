@@ -10,7 +10,7 @@ import pytest
 from bnprivacy.analysis import mitigation
 from bnprivacy.analysis.mitigation import BN, GN, dp_label
 from bnprivacy.config import Config
-from bnprivacy.headlines import COMPARABILITY
+from bnprivacy.protocol import FIELDS as COMPARABILITY
 
 # Tiny digits runs: 4 settings (BN, GN, DP at ε=∞ and ε=8) of 6 models each (the fewest that leave
 # every sample two OUT references for the offline attack), one epoch: nothing trains, so every
@@ -147,7 +147,7 @@ def test_a_dp_reference_that_does_not_fit_is_comparable_under_mitigation_as_long
 # --- the steps at smoke size ----------------------------------------------------------------------
 
 def test_prepare_finds_the_noise_of_every_dp_model_and_training_uses_it(steps):
-    from bnprivacy.dp import steps_per_epoch
+    from bnprivacy.privacy.accounting import steps_per_epoch
 
     setup, trained = steps["setup"], steps["trained"]
     noise = setup.noise.set_index(["setting", "model"])

@@ -162,13 +162,13 @@ def test_headline_rows_pair_seeds_at_each_sides_budget_and_carry_the_fields():
     sweep = _sweep(DIGITS)
     comparisons = compare(sweep)
     values = sweep.table.assign(value=lambda d: d.budget / 10 + d.seed + np.where(d.norm == "batch", 1.0, 0.0))
-    rows = protocol.headline_rows(values, comparisons, "canary memorization", "BN memorizes more", margin=0.05)
+    rows = headlines.headline_rows(values, comparisons, "canary memorization", "BN memorizes more", margin=0.05)
     by_setting = {r["setting"]: r for r in rows}
     fit = by_setting["matched fit"]  # BN at 10 epochs (1 + seed + 1) against none at 40 (4 + seed)
     assert fit["diff"] == pytest.approx(-2.0) and fit["batch"] == pytest.approx(2.5)
     assert fit["epochs_bn"] == 10 and fit["epochs_ref"] == 40 and fit["comparable"] is True
     for row in rows:
-        assert set(headlines.COMPARABILITY) <= set(row) and row["margin"] == 0.05
+        assert set(protocol.FIELDS) <= set(row) and row["margin"] == 0.05
     assert fit["interval"] == "95% Student-t interval over 2 seeds paired by masks (1 df)" and fit["df"] == 1
     assert by_setting["equal epochs"]["comparable"] is False
     table = pd.DataFrame(rows)
@@ -196,7 +196,7 @@ def test_headline_rows_without_a_comparison_are_refused_except_simulations():
 def test_a_margin_that_is_not_a_positive_number_is_refused(margin):
     sweep = _sweep(DIGITS)
     with pytest.raises(ValueError, match="allowed values: a finite number > 0"):
-        protocol.headline_rows(sweep.table.assign(value=1.0), compare(sweep), "m", "y", margin=margin)
+        headlines.headline_rows(sweep.table.assign(value=1.0), compare(sweep), "m", "y", margin=margin)
 
 
 def test_the_learning_rate_choice_breaks_ties_towards_the_base_rate(monkeypatch):

@@ -14,10 +14,12 @@ import pytest
 import ray
 import torch
 
-from bnprivacy import executors, store
 from bnprivacy.config import Config
 from bnprivacy.data import load_dataset
-from bnprivacy.store import RunSpec, shadow_run
+from bnprivacy.runs import chunks, disk, local
+from bnprivacy.runs import ray as ray_executor
+from bnprivacy.runs.shadow import shadow_run
+from bnprivacy.runs.spec import RunSpec, run_folder
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = Config(norm="batch", width=8, epochs=2, batch_size=32, train_size=128, device="cpu")
@@ -40,7 +42,7 @@ def data():
 @pytest.fixture
 def submitted(monkeypatch):
     """The chunks the driver submits, in submission order."""
-    real = executors.submit_chunk
+    real = ray_executor.submit_chunk
 
     def spy(task, spec, data_ref, masks_ref, models, options):
         calls.append(list(models))
@@ -49,7 +51,7 @@ def submitted(monkeypatch):
         return ref
 
     calls = SubmittedChunks()
-    monkeypatch.setattr(executors, "submit_chunk", spy)
+    monkeypatch.setattr(ray_executor, "submit_chunk", spy)
     return calls
 
 
@@ -87,7 +89,7 @@ def test_a_ray_run_equals_the_local_run_exactly(cluster, data, isolated_store, m
     on_ray = shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray")
     assert sorted(submitted) == [[0, 1], [2, 3]]
     assert_identical(on_ray, reference)
-    assert leftover_locks(store.run_folder(SPEC)) == []
+    assert leftover_locks(run_folder(SPEC)) == []
 
 
 def test_a_partly_sealed_run_submits_only_its_missing_chunks(cluster, data, isolated_store, monkeypatch,
@@ -102,22 +104,22 @@ def test_a_partly_sealed_run_submits_only_its_missing_chunks(cluster, data, isol
 
 def test_a_failing_task_is_reported_with_its_chunk_range_and_the_sealed_chunks_stay(
         cluster, data, isolated_store, monkeypatch, submitted):
-    real = executors.train_chunk_files
+    real = ray_executor.train_chunk_files
 
     def fails_on_models_2_and_3(spec, data, masks, models, **options):  # runs on a Ray worker
         if list(models) == [2, 3]:
             raise ValueError("simulated failure on a worker")
         return real(spec, data, masks, models, **options)
 
-    monkeypatch.setattr(executors, "train_chunk_files", fails_on_models_2_and_3)
-    with pytest.raises(executors.ChunksFailed, match="models 2-3 of .*: ValueError: simulated failure on a worker"):
+    monkeypatch.setattr(ray_executor, "train_chunk_files", fails_on_models_2_and_3)
+    with pytest.raises(ray_executor.ChunksFailed, match="models 2-3 of .*: ValueError: simulated failure on a worker"):
         shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray", max_retries=1)
-    folder = store.run_folder(SPEC)
-    assert store.is_complete(folder / "models-00000-00001", required=store.CHUNK_FILES)
+    folder = run_folder(SPEC)
+    assert disk.is_complete(folder / "models-00000-00001", required=chunks.CHUNK_FILES)
     assert not (folder / "models-00002-00003").exists()
     assert leftover_locks(folder) == []
 
-    monkeypatch.setattr(executors, "train_chunk_files", real)
+    monkeypatch.setattr(ray_executor, "train_chunk_files", real)
     submitted.clear()
     finished = shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray")
     assert submitted == [[2, 3]]
@@ -125,7 +127,7 @@ def test_a_failing_task_is_reported_with_its_chunk_range_and_the_sealed_chunks_s
 
 
 def test_ctrl_c_cancels_the_outstanding_tasks_and_keeps_the_sealed_chunks(cluster, data, monkeypatch, submitted):
-    real_train, real_write = executors.train_chunk_files, executors.write_chunk_files
+    real_train, real_write = ray_executor.train_chunk_files, ray_executor.write_chunk_files
 
     def models_2_and_3_take_long(spec, data, masks, models, **options):  # runs on a Ray worker
         if list(models) == [2, 3]:
@@ -137,18 +139,18 @@ def test_ctrl_c_cancels_the_outstanding_tasks_and_keeps_the_sealed_chunks(cluste
         real_write(chunk, files)
         raise KeyboardInterrupt("simulated Ctrl-C")
 
-    monkeypatch.setattr(executors, "train_chunk_files", models_2_and_3_take_long)
-    monkeypatch.setattr(executors, "write_chunk_files", ctrl_c_after_the_first_chunk)
+    monkeypatch.setattr(ray_executor, "train_chunk_files", models_2_and_3_take_long)
+    monkeypatch.setattr(ray_executor, "write_chunk_files", ctrl_c_after_the_first_chunk)
     with pytest.raises(KeyboardInterrupt):  # two 1-CPU tasks run side by side; models 0-1 finish first
         shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray", cpus_per_task=1)
     with pytest.raises(ray.exceptions.TaskCancelledError):
         ray.get(submitted.refs[(2, 3)], timeout=120)  # a guard: a task left running would sleep 600 s
-    folder = store.run_folder(SPEC)
-    assert store.is_complete(folder / "models-00000-00001", required=store.CHUNK_FILES)
+    folder = run_folder(SPEC)
+    assert disk.is_complete(folder / "models-00000-00001", required=chunks.CHUNK_FILES)
     assert not (folder / "models-00002-00003").exists() and leftover_locks(folder) == []
 
-    monkeypatch.setattr(executors, "train_chunk_files", real_train)
-    monkeypatch.setattr(executors, "write_chunk_files", real_write)
+    monkeypatch.setattr(ray_executor, "train_chunk_files", real_train)
+    monkeypatch.setattr(ray_executor, "write_chunk_files", real_write)
     submitted.clear()
     shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray")
     assert submitted == [[2, 3]]
@@ -174,7 +176,7 @@ def test_a_sigint_while_chunks_train_cancels_their_tasks_and_frees_their_locks(c
 
     interrupted = threading.Event()  # set once the driver reacts to the Ctrl-C (or the run ended)
     sent = []  # when each SIGINT was sent
-    real_abandon = executors._abandon
+    real_abandon = ray_executor._abandon
 
     def abandon(*args):
         interrupted.set()
@@ -191,8 +193,8 @@ def test_a_sigint_while_chunks_train_cancels_their_tasks_and_frees_their_locks(c
             sent.append(time.monotonic())
             interrupted.wait(10)
 
-    monkeypatch.setattr(executors, "train_chunk_files", waits_for_ctrl_c)
-    monkeypatch.setattr(executors, "_abandon", abandon)
+    monkeypatch.setattr(ray_executor, "train_chunk_files", waits_for_ctrl_c)
+    monkeypatch.setattr(ray_executor, "_abandon", abandon)
     # Python's own Ctrl-C handler, whatever an earlier test or library in this process installed.
     previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     presser = threading.Thread(target=press_ctrl_c_once_both_tasks_run, daemon=True)
@@ -215,24 +217,24 @@ def test_a_sigint_while_chunks_train_cancels_their_tasks_and_frees_their_locks(c
     for models in ([0, 1], [2, 3]):
         with pytest.raises(ray.exceptions.TaskCancelledError):
             ray.get(submitted.refs[tuple(models)], timeout=120)  # a guard: a task left running fails in 120 s
-    folder = store.run_folder(SPEC)
+    folder = run_folder(SPEC)
     assert leftover_locks(folder) == [] and not list(folder.glob("models-*"))
 
 
 def test_a_task_that_returns_no_files_fails_naming_its_chunk_and_the_others_stay(cluster, data, monkeypatch):
-    real = executors.train_chunk_files
+    real = ray_executor.train_chunk_files
 
     def returns_nothing_for_models_2_and_3(spec, data, masks, models, **options):  # runs on a Ray worker
         return None if list(models) == [2, 3] else real(spec, data, masks, models, **options)
 
-    monkeypatch.setattr(executors, "train_chunk_files", returns_nothing_for_models_2_and_3)
-    with pytest.raises(executors.ChunksFailed, match=r"models 2-3 of .*: RuntimeError: the Ray task of "
+    monkeypatch.setattr(ray_executor, "train_chunk_files", returns_nothing_for_models_2_and_3)
+    with pytest.raises(ray_executor.ChunksFailed, match=r"models 2-3 of .*: RuntimeError: the Ray task of "
                                                      r"models-00002-00003 returned None instead of the chunk's files"
                        ) as failed:  # a None is a task that succeeded, for Ray: never retried
         shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray")
     assert str(failed.value).startswith("1 chunk(s) failed"), str(failed.value)
-    folder = store.run_folder(SPEC)
-    assert store.is_complete(folder / "models-00000-00001", required=store.CHUNK_FILES)
+    folder = run_folder(SPEC)
+    assert disk.is_complete(folder / "models-00000-00001", required=chunks.CHUNK_FILES)
     assert not (folder / "models-00002-00003").exists() and leftover_locks(folder) == []
 
 
@@ -240,7 +242,7 @@ def test_a_task_that_returns_no_files_fails_naming_its_chunk_and_the_others_stay
 def test_a_task_result_that_is_not_chunk_files_is_a_clear_error_naming_the_chunk(tmp_path, files, shown):
     chunk = tmp_path / "run" / "models-00002-00003"
     with pytest.raises(RuntimeError, match=f"the Ray task of models-00002-00003 returned {shown}"):
-        executors.write_chunk_files(chunk, files)
+        ray_executor.write_chunk_files(chunk, files)
     assert not chunk.exists()
 
 
@@ -248,36 +250,36 @@ def test_a_cuda_run_on_a_cluster_without_gpus_is_refused_before_any_chunk_is_cla
     spec = RunSpec(CFG.replace(device="cuda"), n_models=4)
     with pytest.raises(ValueError, match="the Ray cluster has no GPU"):
         shadow_run(spec, data, chunk_size=2, progress=False, executor="ray")
-    assert leftover_locks(store.run_folder(spec)) == []
-    assert not list(store.run_folder(spec).glob("models-*"))
+    assert leftover_locks(run_folder(spec)) == []
+    assert not list(run_folder(spec).glob("models-*"))
 
 
 def test_a_worker_whose_code_differs_from_the_drivers_refuses_to_train(cluster, data, monkeypatch):
-    monkeypatch.setattr(executors, "code_digest", lambda: "0" * 64)  # the driver now claims other code
-    with pytest.raises(executors.ChunksFailed, match="runs bnprivacy code that differs from the driver's"):
+    monkeypatch.setattr(ray_executor, "code_digest", lambda: "0" * 64)  # the driver now claims other code
+    with pytest.raises(ray_executor.ChunksFailed, match="runs bnprivacy code that differs from the driver's"):
         shadow_run(SPEC, data, chunk_size=4, progress=False, executor="ray", max_retries=0)
-    assert not list(store.run_folder(SPEC).glob("models-*"))
+    assert not list(run_folder(SPEC).glob("models-*"))
 
 
 def test_chunk_files_with_a_path_or_a_bad_checksum_are_refused(tmp_path):
     chunk = tmp_path / "run" / "models-00000-00001"
     with pytest.raises(RuntimeError, match="refused"):
-        executors.write_chunk_files(chunk, {"../escape.csv": b"x"})
+        ray_executor.write_chunk_files(chunk, {"../escape.csv": b"x"})
     manifest = b'{"files": {"states.pt": "0000", "history.csv": "0000"}}'
     with pytest.raises(RuntimeError, match="incomplete or corrupt"):
-        executors.write_chunk_files(chunk, {"states.pt": b"w", "history.csv": b"h", "manifest.json": manifest})
+        ray_executor.write_chunk_files(chunk, {"states.pt": b"w", "history.csv": b"h", "manifest.json": manifest})
     assert not chunk.exists() and not (tmp_path / "escape.csv").exists()
 
 
 def test_without_ray_installed_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
     with pytest.raises(RuntimeError, match=r"pip install 'bnprivacy\[ray\]'"):
-        executors.connect()
+        ray_executor.connect()
 
 
 def test_a_process_joined_to_one_cluster_refuses_another_address(cluster):
     with pytest.raises(ValueError, match="already joined the Ray cluster"):
-        executors.connect("127.0.0.1:1")
+        ray_executor.connect("127.0.0.1:1")
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -291,7 +293,7 @@ def test_a_process_joined_to_one_cluster_refuses_another_address(cluster):
 def test_bad_executor_input_is_refused_before_anything_is_written(data, kwargs, message):
     with pytest.raises(ValueError, match=message):
         shadow_run(SPEC, data, chunk_size=2, progress=False, **kwargs)
-    assert not store.run_folder(SPEC).exists()
+    assert not run_folder(SPEC).exists()
 
 
 @pytest.fixture
@@ -309,10 +311,10 @@ def silent_server():
 
 def test_the_probe_tells_a_ray_head_from_a_silent_server(cluster, silent_server, monkeypatch):
     host, port = cluster.get_runtime_context().gcs_address.rsplit(":", 1)
-    executors.probe_grpc((host, int(port)))  # the test cluster's GCS answers
-    monkeypatch.setattr(executors, "CONNECT_TIMEOUT_SECONDS", 1.0)
+    ray_executor.probe_grpc((host, int(port)))  # the test cluster's GCS answers
+    monkeypatch.setattr(ray_executor, "CONNECT_TIMEOUT_SECONDS", 1.0)
     with pytest.raises(OSError, match="did not answer within 1 s"):
-        executors.probe_grpc(silent_server)
+        ray_executor.probe_grpc(silent_server)
 
 
 def test_an_unreachable_address_is_one_clear_error_and_writes_nothing(isolated_store):
@@ -328,7 +330,7 @@ def test_an_unreachable_address_is_one_clear_error_and_writes_nothing(isolated_s
 
 
 def test_a_dp_run_on_ray_equals_the_local_dp_run_with_its_privacy_accounting(cluster, isolated_store, monkeypatch):
-    from bnprivacy.dp import DPRunSpec, dp_shadow_run, run_privacy
+    from bnprivacy.privacy.training import DPRunSpec, dp_shadow_run, run_privacy
 
     cfg = Config(norm="group", width=4, epochs=2, batch_size=32, lr=0.2, train_size=128, device="cpu")
     spec, data = DPRunSpec(cfg, n_models=2, epsilon=2.0), load_dataset(cfg)
@@ -341,14 +343,14 @@ def test_a_dp_run_on_ray_equals_the_local_dp_run_with_its_privacy_accounting(clu
 
 
 def test_a_family_trained_on_ray_is_found_complete_by_the_chapters(cluster, monkeypatch, submitted):
-    from bnprivacy.analysis import sweep
+    from bnprivacy.analysis import family_steps
 
-    p = sweep.family(dataset="digits", arch="cnn", width=4, train_size=128, norms=["batch", "none"], canaries="noise:2",
+    p = family_steps.family_protocol(dataset="digits", arch="cnn", width=4, train_size=128, norms=["batch", "none"], canaries="noise:2",
                      canary_references=2, n_models=2, seeds=1, budgets=[1, 2], equal_epochs=1, lr=0.1,
                      lr_grid=[1.0], fit_threshold=0.9, batch_size=32, weight_decay=5e-4, augment="auto",
                      probe_points=0, probe_typical=2, probe_models=1, precision="auto", device="cpu")
-    assert sweep.train_family_shard(p, chunk_size=1, executor="ray", progress=False) == (4, 4)
+    assert family_steps.train_family_shard(p, chunk_size=1, executor="ray", progress=False) == (4, 4)
     assert len(submitted) == 8, "every chunk of the four runs is submitted to Ray"
-    monkeypatch.setattr(store, "_train_chunk", lambda *a, **k: pytest.fail("a chapter retrained a run"))
-    family = sweep.train_family(p, progress=False)
+    monkeypatch.setattr(local, "train_chunk", lambda *a, **k: pytest.fail("a chapter retrained a run"))
+    family = family_steps.train_family(p, progress=False)
     assert len(family.sweep.sides()) == 4

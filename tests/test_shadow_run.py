@@ -5,10 +5,11 @@ import shutil
 import pytest
 import torch
 
-from bnprivacy import store
+from bnprivacy.runs import chunks, disk, executor, local, shadow
 from bnprivacy.config import Config
 from bnprivacy.data import load_dataset
-from bnprivacy.store import RunSpec, shadow_run
+from bnprivacy.runs.shadow import shadow_run
+from bnprivacy.runs.spec import RunSpec, run_folder
 
 CFG = Config(norm="batch", width=8, epochs=2, batch_size=32, train_size=128, device="cpu")
 SPEC = RunSpec(CFG, n_models=4)
@@ -47,7 +48,7 @@ def test_a_run_killed_after_its_first_chunk_resumes_to_the_same_result(data, iso
 
 def test_a_finished_run_loads_without_training(data, monkeypatch):
     first = shadow_run(SPEC, data, chunk_size=4, progress=False)
-    monkeypatch.setattr(store, "_train_chunk", lambda *a, **k: pytest.fail("retrained a finished run"))
+    monkeypatch.setattr(local, "train_chunk", lambda *a, **k: pytest.fail("retrained a finished run"))
     again = shadow_run(SPEC, data, chunk_size=4, progress=False)
     assert_same_run(first, again)
     assert first.final_accuracy().shape[0] == 4
@@ -57,17 +58,17 @@ def test_a_finished_run_loads_without_training(data, monkeypatch):
 
 def test_a_corrupt_chunk_is_redone_not_used(data):
     first = shadow_run(SPEC, data, chunk_size=2, progress=False)
-    chunk = store.run_folder(SPEC) / "models-00002-00003"
+    chunk = run_folder(SPEC) / "models-00002-00003"
     (chunk / "states.pt").write_bytes(b"garbage")
-    assert not store.is_complete(chunk)
+    assert not disk.is_complete(chunk)
     redone = shadow_run(SPEC, data, chunk_size=2, progress=False)
-    assert store.is_complete(chunk)
+    assert disk.is_complete(chunk)
     assert_same_run(first, redone)
 
 
 def test_a_corrupt_signal_file_is_recomputed(data):
     first = shadow_run(SPEC, data, chunk_size=4, progress=False)
-    signals = store.run_folder(SPEC) / "models-00000-00003" / "signals-eval-q2.pt"
+    signals = run_folder(SPEC) / "models-00000-00003" / "signals-eval-q2.pt"
     signals.write_bytes(signals.read_bytes()[:100])
     assert_same_run(first, shadow_run(SPEC, data, chunk_size=4, progress=False))
 
@@ -79,12 +80,12 @@ def test_shards_trained_apart_merge_into_the_whole_run(data, isolated_store, mon
     for i in range(2):
         monkeypatch.setenv("BNPRIVACY_RESULTS", str(isolated_store / f"machine{i}"))
         assert shadow_run(SPEC, data, chunk_size=1, shard=f"{i}/2", progress=False) is None
-        parts.append(store.run_folder(SPEC))
+        parts.append(run_folder(SPEC))
     merged = isolated_store / "merged"
     monkeypatch.setenv("BNPRIVACY_RESULTS", str(merged))
     for part in parts:
-        shutil.copytree(part, store.run_folder(SPEC), dirs_exist_ok=True)
-    monkeypatch.setattr(store, "_train_chunk", lambda *a, **k: pytest.fail("merged run retrained"))
+        shutil.copytree(part, run_folder(SPEC), dirs_exist_ok=True)
+    monkeypatch.setattr(local, "train_chunk", lambda *a, **k: pytest.fail("merged run retrained"))
     assert_same_run(shadow_run(SPEC, data, chunk_size=1, progress=False), whole)
 
 
@@ -93,8 +94,8 @@ def test_shards_trained_apart_merge_into_the_whole_run(data, isolated_store, mon
     (lambda: RunSpec(CFG, n_models=3), "even n_models"),
     (lambda: RunSpec(CFG, n_models=4, mask="fraction", fraction=1.5), "fraction=1.5"),
     (lambda: RunSpec(CFG, n_models=4, mask="poisson"), "mask='poisson'"),
-    (lambda: store.parse_shard("2/2"), "shard='2/2'"),
-    (lambda: store.parse_shard("first"), "shard='first'"),
+    (lambda: executor.parse_shard("2/2"), "shard='2/2'"),
+    (lambda: executor.parse_shard("first"), "shard='first'"),
 ])
 def test_bad_run_input_is_explained(make, message):
     with pytest.raises(ValueError, match=message):
@@ -105,7 +106,7 @@ def test_a_pool_smaller_than_a_batch_fails_before_training(isolated_store):
     spec = RunSpec(CFG.replace(train_size=40, batch_size=32), n_models=4)
     with pytest.raises(ValueError, match="fewer than one batch"):
         shadow_run(spec, progress=False)
-    assert not list(store.run_folder(spec).glob("models-*"))
+    assert not list(run_folder(spec).glob("models-*"))
 
 
 def test_probed_runs_record_gradients_of_every_canary_for_the_probed_models(isolated_store):
@@ -130,7 +131,8 @@ def test_probed_runs_record_gradients_of_every_canary_for_the_probed_models(isol
 RUN_IN_ANOTHER_PROCESS = """
 import sys, torch
 from bnprivacy.config import Config
-from bnprivacy.store import RunSpec, shadow_run
+from bnprivacy.runs.shadow import shadow_run
+from bnprivacy.runs.spec import RunSpec
 cfg = Config(norm="batch", width=8, epochs=2, batch_size=32, train_size=128, device="cpu")
 run = shadow_run(RunSpec(cfg, n_models=4), chunk_size=1, progress=False)
 torch.save(run.logits_pool, sys.argv[1])
@@ -150,7 +152,7 @@ def test_two_processes_on_one_run_share_its_chunks_and_agree(data, isolated_stor
         assert proc.returncode == 0, err
     first, second = (torch.load(tmp_path / f"{i}.pt", weights_only=True) for i in range(2))
     assert torch.equal(first, second)
-    folder = store.run_folder(SPEC)
+    folder = run_folder(SPEC)
     assert len(list(folder.glob("models-*"))) == 4 and not list(folder.glob("*.lock"))
 
 
@@ -159,9 +161,9 @@ def test_a_chunk_held_by_a_live_process_is_waited_for_and_taken_over_when_it_die
     import sys
     import threading
 
-    monkeypatch.setattr(store, "CHUNK_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(chunks, "CHUNK_POLL_SECONDS", 0.05)
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    folder = store.run_folder(SPEC)
+    folder = run_folder(SPEC)
     folder.mkdir(parents=True)
     lock = folder / "models-00000-00001.lock"
     lock.write_text(f'{{"pid": {holder.pid}, "host": "{__import__("socket").gethostname()}"}}')
@@ -169,7 +171,7 @@ def test_a_chunk_held_by_a_live_process_is_waited_for_and_taken_over_when_it_die
     worker = threading.Thread(target=lambda: result.update(run=shadow_run(SPEC, data, chunk_size=2, progress=False)))
     worker.start()
     worker.join(timeout=20)
-    assert worker.is_alive() and store.is_complete(folder / "models-00002-00003", required=store.CHUNK_FILES)
+    assert worker.is_alive() and disk.is_complete(folder / "models-00002-00003", required=chunks.CHUNK_FILES)
     assert not (folder / "models-00000-00001").exists()  # left to its holder
     holder.kill()
     holder.wait()
@@ -188,18 +190,18 @@ def test_shards_with_different_chunk_sizes_are_refused(data):
 def test_a_manifest_that_lists_no_files_or_not_the_weights_is_not_complete(data, tmp_path):
     folder = tmp_path / "chunk"
     folder.mkdir()
-    store.seal(folder, [])
-    assert not store.is_complete(folder)
+    disk.seal(folder, [])
+    assert not disk.is_complete(folder)
     (folder / "history.csv").write_text("model\n0\n")
-    store.seal(folder, ["history.csv"])
-    assert store.is_complete(folder) and not store.is_complete(folder, required=store.CHUNK_FILES)
+    disk.seal(folder, ["history.csv"])
+    assert disk.is_complete(folder) and not disk.is_complete(folder, required=chunks.CHUNK_FILES)
 
 
 def test_masks_are_checked_before_the_run_folder_is_written(data):
     spec = RunSpec(CFG.replace(batch_size=100), n_models=4)  # 64 IN samples per model < one batch
     with pytest.raises(ValueError):
         shadow_run(spec, data, progress=False)
-    assert not store.run_folder(spec).exists()
+    assert not run_folder(spec).exists()
 
 
 def test_training_seconds_sum_every_epoch_of_every_chunk_and_survive_loading(data, monkeypatch):
@@ -207,11 +209,11 @@ def test_training_seconds_sum_every_epoch_of_every_chunk_and_survive_loading(dat
     import pandas as pd
 
     run = shadow_run(SPEC, data, chunk_size=2, progress=False)
-    chunks = [pd.read_csv(c) for c in sorted(store.run_folder(SPEC).glob("models-*/history.csv"))]
+    chunks = [pd.read_csv(c) for c in sorted(run_folder(SPEC).glob("models-*/history.csv"))]
     recorded_sum = sum(c.query("model == model.min()").seconds.sum() for c in chunks)
     recorded_last_epochs = sum(c.seconds.max() for c in chunks)  # the first, wrong rule
-    total = store.training_seconds(run)
+    total = shadow.training_seconds(run)
     assert len(chunks) == 2 and total == pytest.approx(recorded_sum) and total != pytest.approx(recorded_last_epochs)
-    monkeypatch.setattr(store, "_train_chunk", lambda *a, **k: pytest.fail("a finished run retrained"))
-    reloaded_total = store.training_seconds(shadow_run(SPEC, data, chunk_size=2, progress=False))
+    monkeypatch.setattr(local, "train_chunk", lambda *a, **k: pytest.fail("a finished run retrained"))
+    reloaded_total = shadow.training_seconds(shadow_run(SPEC, data, chunk_size=2, progress=False))
     assert reloaded_total == total

@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     fam = commands.add_parser("family", help="train (a shard of) the runs that chapters 01-04 share")
     fam.add_argument("--profile", default="quick", help="profile in book/profiles.yml (quick, full, smoke)")
     fam.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                     help="override a family parameter of chapter 01, e.g. -p seeds 5 (repeatable)")
+                     help="override a family parameter (those chapters 01-04 share), e.g. -p seeds 5 (repeatable)")
     fam.add_argument("--shard", default="0/1", help="i/k: train only shard i of k of every run (default: all)")
     fam.add_argument("--chunk-size", type=int, default=16, help="models trained at once")
     for sub in (shadow, fam):
@@ -67,17 +67,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def family_values(root, profile: str, overrides: dict) -> dict:
-    """The family parameters of chapter 01 under ``profile`` with ``overrides`` (literals only:
-    defaults are read with ``ast.literal_eval``, never executed)."""
-    import ast
-
-    from .analysis.sweep import FAMILY_PARAMETERS
+    """The family parameters under ``profile`` with ``overrides``: the defaults of
+    :class:`~bnprivacy.analysis.parameters.FamilyParameters` (the chapters' parameters cells
+    restate them, checked by tests), then what ``profile`` sets for chapter 01, then ``overrides``."""
+    from .analysis.parameters import FAMILY_PARAMETERS, defaults
 
     unknown = sorted(set(overrides) - set(FAMILY_PARAMETERS))
     if unknown:
         raise ValueError(f"{unknown} are not family parameters; allowed names: {', '.join(FAMILY_PARAMETERS)}")
-    cells = book.chapter_parameters(root, "01_training")
-    values = {name: ast.literal_eval(cells[name]["default"]) for name in FAMILY_PARAMETERS}
+    values = defaults()
+    # Chapter 01's entry stands for all four chapters: the tests check that profiles give them the same values.
     chosen = book.profile_parameters(root, profile, "01_training")
     values.update({k: v for k, v in chosen.items() if k in FAMILY_PARAMETERS})
     values.update(overrides)
@@ -85,9 +84,9 @@ def family_values(root, profile: str, overrides: dict) -> dict:
 
 
 def _family(root, args) -> None:
-    from .analysis.sweep import family_from, train_family_shard
+    from .analysis.family_steps import protocol_from, train_family_shard
 
-    p = family_from(family_values(root, args.profile, book.parse_overrides(args.param)))
+    p = protocol_from(family_values(root, args.profile, book.parse_overrides(args.param)))
     complete, total = train_family_shard(p, shard=args.shard, chunk_size=args.chunk_size, executor=args.executor,
                                          address=args.address, cpus_per_task=args.cpus_per_task,
                                          max_retries=args.max_retries)
@@ -97,7 +96,8 @@ def _family(root, args) -> None:
 
 def _shadow(args) -> None:
     from .config import Config
-    from .store import RunSpec, run_folder, shadow_run
+    from .runs.shadow import shadow_run
+    from .runs.spec import RunSpec, run_folder
 
     cfg = Config.from_dict(book.parse_overrides(args.config, flag="-c"))
     spec = RunSpec(cfg, args.n_models, args.mask, args.fraction, args.mask_seed)

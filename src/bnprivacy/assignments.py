@@ -34,6 +34,7 @@ import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from .book import KERNEL, add_install_cell, chapter_page
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUDENT_CODE = "# YOUR CODE HERE\nraise NotImplementedError()"
@@ -191,7 +192,6 @@ def write_assignments(root: Path, chapters: list[str], out: Path) -> dict[str, l
     import jupytext
     import nbformat
 
-    from .book import KERNEL, add_install_cell, chapter_page
 
     written = {"teacher": [], "student": []}
     for chapter in chapters:

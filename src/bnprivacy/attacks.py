@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .checks import check_whole
 from .scores import correct, lira_score, losses
 
 ATTACKS = ("loss", "correct", "lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed", "rmia",
@@ -641,8 +642,7 @@ def calibrate(data: AttackInput, attacks, targets, *, draws: int = 4, seed: int 
     its masks, at the run's own model count and pool. One row per (attack, draw): AUC, TPR at each
     FPR in ``fprs`` (NaN where not resolvable) and the pooled member and non-member counts.
     ``options`` go to :func:`attack_scores` (e.g. ``lira``, ``rmia_a``)."""
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-        raise ValueError(f"draws={draws!r} is not allowed; allowed values: an integer >= 1")
+    check_whole("draws", draws)
     targets = _check_targets(targets, data.n_models)
     rows = []
     for draw in range(draws):

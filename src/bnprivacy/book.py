@@ -274,7 +274,7 @@ def check_results_writable(folder: Path | None = None) -> None:
     created or written, before a chapter runs: otherwise it fails in a later cell, after minutes."""
     import tempfile
 
-    from .store import RESULTS_DIR_ENV, results_dir
+    from .runs.disk import RESULTS_DIR_ENV, results_dir
 
     folder = Path(folder or results_dir())
     try:

@@ -12,10 +12,18 @@ import json
 import math
 from pathlib import Path
 
+from .imagefolder import imagefolder_fingerprint
+
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
 IMAGEFOLDER_PREFIX = "imagefolder:"
 ARCHS = ("mlp", "cnn", "resnet18", "vgg11", "densenet")
 NORMS = ("batch", "group", "layer", "none")
+
+
+def norm_order(present) -> list[str]:
+    """The norms present, in the book's fixed order (:data:`NORMS`: batch first, none last)."""
+    present = set(present)
+    return [n for n in NORMS if n in present] + sorted(present - set(NORMS))
 AUGMENTS = ("auto", "none", "flip-crop")
 SCHEDULES = ("cosine", "onecycle", "constant")
 DEVICES = ("auto", "cpu", "cuda")
@@ -82,12 +90,10 @@ class Config:
 
     def key(self) -> str:
         """Stable 16-hex-digit cache key of every field that changes what is computed, and of the
-        content of an ``imagefolder:`` dataset's images (:func:`data.imagefolder_fingerprint`)."""
+        content of an ``imagefolder:`` dataset's images (:func:`imagefolder.imagefolder_fingerprint`)."""
         fields = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY}
         fields["results_version"] = RESULTS_VERSION
         if self.dataset.startswith(IMAGEFOLDER_PREFIX):
-            from .data import imagefolder_fingerprint  # data imports this module
-
             fields["images"] = imagefolder_fingerprint(self.dataset[len(IMAGEFOLDER_PREFIX):])
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

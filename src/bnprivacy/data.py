@@ -24,9 +24,11 @@ import numpy as np
 import torch
 
 from .config import IMAGEFOLDER_PREFIX, Config
+from .imagefolder import class_folders, image_files, remember_fingerprint
+from .runs.disk import save_torch
+from .canaries import inject_canaries
 
 DATA_DIR_ENV = "BNPRIVACY_DATA"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 NATURAL_IMAGE_DATASETS = ("cifar10", "cifar100")
 DIGITS_TEST_SIZE = 500
 
@@ -100,7 +102,6 @@ def load_dataset(cfg: Config, device: torch.device | str = "cpu", *, download: b
     natural = cfg.dataset in NATURAL_IMAGE_DATASETS or cfg.dataset.startswith(IMAGEFOLDER_PREFIX)
     extra = {}
     if cfg.canaries:
-        from .canaries import inject_canaries
 
         pool = inject_canaries(x_train, y_train, x_test, y_test, len(classes), cfg.canaries,
                                cfg.canary_references, cfg.canary_seed)
@@ -354,7 +355,7 @@ def load_imagefolder(root: Path, *, image_size: int = 0):
     when they are mixed. ``image_size > 0`` resizes every
     image to a square of that side; otherwise all images must share one size. 16-bit greyscale
     images are scaled to 8 bits. The decoded tensors are cached in ``data/cache/`` keyed by the
-    files' names, classes and content (:func:`imagefolder_fingerprint`), with a checksum: a cache
+    files' names, classes and content (:func:`imagefolder.imagefolder_fingerprint`), with a checksum: a cache
     that fails it is rebuilt, with a warning.
     """
     root = Path(root)
@@ -365,63 +366,30 @@ def load_imagefolder(root: Path, *, image_size: int = 0):
                 f"imagefolder dataset {str(root)!r} has no {split.name}/ folder; expected "
                 f"{root}/train/<class>/<image> and {root}/test/<class>/<image>"
             )
-    classes = _class_folders(train_dir)
-    test_classes = _class_folders(test_dir)
+    classes = class_folders(train_dir)
+    test_classes = class_folders(test_dir)
     if test_classes != classes:
         raise ValueError(
             f"imagefolder dataset {str(root)!r}: train/ has classes {classes} but test/ has "
             f"{test_classes}; both splits need the same class folders"
         )
-    train_files = _image_files(train_dir, classes)
-    test_files = _image_files(test_dir, classes)
-    cache = _imagefolder_cache_path(root, _remember_fingerprint(root, train_files + test_files), image_size)
+    train_files = image_files(train_dir, classes)
+    test_files = image_files(test_dir, classes)
+    cache = _imagefolder_cache_path(root, remember_fingerprint(root, train_files + test_files), image_size)
     tensors = _load_cache(cache)
     if tensors is None:
         # Both splits in one pass: one colour mode and one size for all of them.
         x, y = _decode_images(train_files + test_files, image_size)
         n = len(train_files)
         tensors = {"x_train": x[:n], "y_train": y[:n], "x_test": x[n:], "y_test": y[n:]}
-        _save_atomic({**tensors, "sha256": _tensors_digest(tensors)}, cache)
+        save_torch(cache, {**tensors, "sha256": _tensors_digest(tensors)})
     return tensors["x_train"], tensors["y_train"], tensors["x_test"], tensors["y_test"], classes
 
 
-def _class_folders(split_dir: Path) -> list[str]:
-    folders = [p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    for folder in folders:
-        _require_utf8_name(folder, "class folder")
-    classes = sorted(folder.name for folder in folders)
-    if len(classes) < 2:
-        raise ValueError(
-            f"imagefolder split {str(split_dir)!r} has {len(classes)} class folder(s) "
-            f"({classes}); a classification dataset needs at least two, one folder per class"
-        )
-    return classes
 
 
-def _image_files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
-    files = []
-    for label, name in enumerate(classes):
-        found = sorted(p for p in (split_dir / name).iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())  # not a folder named x.png
-        if not found:
-            raise ValueError(
-                f"class folder {str(split_dir / name)!r} holds no images "
-                f"(looked for {', '.join(IMAGE_SUFFIXES)})"
-            )
-        for path in found:
-            _require_utf8_name(path, "image")
-        files.extend((path, label) for path in found)
-    return files
 
 
-def _require_utf8_name(path: Path, what: str) -> None:
-    """Refuse, naming it, a file whose name is not UTF-8 (bytes in another system's encoding):
-    names go into the fingerprint, result keys and reports as UTF-8 text."""
-    try:
-        path.name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} {os.fsencode(path)!r} has a name that is not valid UTF-8; "
-                         "rename it to a UTF-8 name") from None
 
 
 GREYSCALE_MODES = ("L", "1")  # 16-bit greyscale is "L" by then (_to_8_bits)
@@ -501,42 +469,12 @@ def _majority_mode(modes: list[str]) -> str:
     return chosen
 
 
-# Fingerprints by resolved root, for this process: hashing 60,000 files takes seconds, and a
-# process works on the images it loaded. load_imagefolder refreshes the entry on every load.
-_FINGERPRINTS: dict[str, str] = {}
 
 
-def imagefolder_fingerprint(root: Path | str) -> str:
-    """A 16-hex-digit digest of an image folder's content: every image's path under ``root``, class
-    and the SHA-256 of its bytes. ``Config.key()`` includes it, so changing (even with its size and
-    modification time restored), adding or removing an image gives new results instead of stale
-    ones. Hashing reads every image; the result is remembered for this process."""
-    root = Path(root).expanduser()
-    known = _FINGERPRINTS.get(str(root.resolve()))
-    if known:
-        return known
-    files = []
-    for split in ("train", "test"):
-        folder = root / split
-        if folder.is_dir():  # load_imagefolder explains a missing split
-            files += _image_files(folder, _class_folders(folder))
-    return _remember_fingerprint(root, files)
 
 
-def _remember_fingerprint(root: Path, files: list[tuple[Path, int]]) -> str:
-    # v3: the files' bytes, since size and modification time can be restored after an edit in place
-    digest = hashlib.sha256(b"imagefolder v3\n")
-    for path, label in files:
-        digest.update(f"{path.relative_to(root)}|{label}|{_file_sha256(path)}\n".encode())
-    _FINGERPRINTS[str(root.resolve())] = fingerprint = digest.hexdigest()[:16]
-    return fingerprint
 
 
-def _file_sha256(path: Path) -> str:
-    # One unbuffered read of the whole file: images are small and decoding holds them whole anyway,
-    # and over 60,000 small files this is faster than hashlib.file_digest's 256 KiB chunks.
-    with open(path, "rb", buffering=0) as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
 
 
 def _imagefolder_cache_path(root: Path, fingerprint: str, image_size: int) -> Path:

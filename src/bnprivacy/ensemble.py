@@ -32,11 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_whole
 from .config import Config
 from .data import Dataset, apply_flip_crop, augmentation_enabled, draw_flip_crop
 from .models import (build_model, ensemble_input, ensemble_output, merge_states, shared_input,
                      split_state)
 from .training import TrainingDiverged, autocast, lr_factor, make_optimizer
+from .gradients import probe_norms
 
 STRATEGIES = ("batched", "loop")
 EVAL_BATCH = 1024
@@ -78,8 +80,7 @@ def fraction_masks(n_models: int, pool_size: int, fraction: float, seed: int = 0
 
 
 def _check_count(n_models, pool_size) -> None:
-    if isinstance(n_models, bool) or not isinstance(n_models, int) or n_models < 1:
-        raise ValueError(f"n_models={n_models!r} is not allowed; allowed values: an integer >= 1")
+    check_whole("n_models", n_models)
     if pool_size < 1:
         raise ValueError(f"the pool is empty (pool_size={pool_size}); there is nothing to train on")
 
@@ -153,11 +154,8 @@ class ProbeSpec:
 
     def __post_init__(self):
         for name in ("every", "models"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"probe {name}={value!r} is not allowed; allowed values: an integer >= 1")
-        if self.typical < 0:
-            raise ValueError(f"probe typical={self.typical!r} is not allowed; allowed values: an integer >= 0")
+            check_whole(f"probe {name}", getattr(self, name))
+        check_whole("probe typical", self.typical, least=0)
 
     def samples(self, data: Dataset) -> torch.Tensor:
         """Pool indices probed: every canary, then the random typical samples."""
@@ -296,7 +294,6 @@ class _Trainer:
     def probe_gradients(self, wide: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int,
                         epoch: int) -> list[dict]:
         """Gradient norms of the probe samples inserted into each probed model's current batch."""
-        from .gradients import probe_norms
 
         n, rows = len(self.models), []
         states = split_state(wide.state_dict(), n)

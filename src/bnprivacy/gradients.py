@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
+from .privacy.opacus import make_private_module
 
 DEFINITIONS = ("own", "loo", "eval")
 METHODS = ("auto", "jacobian", "loop", "vmap", "hooks")
@@ -152,7 +153,6 @@ def _hook_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
     from one backward pass of the summed loss."""
     from opacus.grad_sample import GradSampleModule
 
-    from .dp import make_private_module
 
     if has_batchnorm(model):
         # Opacus would swap BatchNorm for GroupNorm, measuring another model.

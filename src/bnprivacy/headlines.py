@@ -1,6 +1,6 @@
 """Each chapter's headline comparison (BN against no normalisation), saved for the verdict chapter.
 
-A chapter calls :func:`record` with one row per comparison it concludes on; chapter 07 reads every
+A chapter calls :func:`record_rows` with one row per comparison it concludes on; chapter 07 reads every
 chapter's rows back with :func:`load` and puts them in one table. The rows live in
 ``results/headlines/<profile>/<chapter>.json`` (written atomically), so the verdict always shows what
 the chapters last measured under that profile, with the dataset and architecture they ran on.
@@ -15,12 +15,12 @@ import pandas as pd
 
 import math
 
-from .protocol import FIELDS as COMPARABILITY
-from .protocol import SAME_RUNS
+from . import protocol
+from .protocol import FIELDS, SAME_RUNS
 from .protocol import SETTINGS as PROTOCOL_SETTINGS
-from .reading import decide, judge, not_comparable  # noqa: F401  (judge re-exported for the verdict)
-from .stats import check_margin, difference_p, equivalence_p, holm, standard_error
-from .store import results_dir, save_json
+from .reading import decide, not_comparable
+from .stats import check_margin, difference_p, equivalence_p, holm, paired_difference, standard_error
+from .runs.disk import results_folder, save_json, write_atomic
 
 # The protocol's comparisons (``protocol.py``), DP-SGD against its non-private twin, and the theory
 # chapter's linear-model simulation.
@@ -31,7 +31,7 @@ TESTS = ("margin", "df", "p", "p_equivalence", "p_holm", "p_equivalence_holm", "
 # shown beside the claim but not a test of it, e.g. typical-sample memorization).
 CLAIM_SIGNS = (1, -1, 0)
 COLUMNS = ["chapter", "measure", "setting", "reference", "runs", "batch", "ref", "diff", "lo", "hi", "interval",
-           "higher_means", "claim_sign", *COMPARABILITY, "resolution", "robustness", *TESTS, "dataset", "arch",
+           "higher_means", "claim_sign", *FIELDS, "resolution", "robustness", *TESTS, "dataset", "arch",
            "profile"]
 
 
@@ -96,7 +96,6 @@ def paired_headline(measure: str, setting: str, batch_values, ref_values, higher
     ``comparison``, ``margin`` and ``claim_sign`` as in :func:`headline_row`."""
     import numpy as np
 
-    from .stats import paired_difference
 
     batch_values, ref_values = np.asarray(batch_values, float), np.asarray(ref_values, float)
     if batch_values.shape != ref_values.shape:
@@ -239,10 +238,10 @@ def headline_folder(profile: str) -> Path:
     if not isinstance(profile, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", profile) or ".." in profile:
         raise ValueError(f"profile={profile!r} is not allowed; allowed values: a profile name of book/profiles.yml "
                          "(letters, digits, '-', '_', '.'), e.g. quick")
-    return results_dir() / "headlines" / profile
+    return results_folder("headlines") / profile
 
 
-def record(chapter: str, profile: str, rows: list[dict], *, dataset: str, arch: str) -> Path:
+def record_rows(chapter: str, profile: str, rows: list[dict], *, dataset: str, arch: str) -> Path:
     """Save ``chapter``'s headline rows (from :func:`headline_row`) under ``profile``."""
     if not rows:
         raise ValueError(f"chapter {chapter} recorded no headline rows; pass at least one comparison")
@@ -279,7 +278,6 @@ def record_curves(chapter: str, profile: str, values: dict[str, pd.DataFrame]) -
     if not frames:
         raise ValueError(f"chapter {chapter} recorded no curve values")
     path = headline_folder(profile) / f"{chapter}.curves.csv"
-    from .store import write_atomic
 
     write_atomic(path, pd.concat(frames, ignore_index=True)[CURVE_COLUMNS].to_csv(index=False).encode())
     return path
@@ -396,3 +394,22 @@ def from_previous_protocol(table: pd.DataFrame) -> bool:
     """Whether rows were recorded before the utility frontier and equivalence margins (issue 22):
     they carry no margin."""
     return "margin" not in table or table["margin"].isna().all()
+
+
+def headline_rows(values: pd.DataFrame, comparisons: list[protocol.Comparison], measure: str, higher_means: str,
+                  robust: str = "", resolution=None, *, margin: float, claim_sign: int = 1) -> list[dict]:
+    """One headline row per comparison of a measure (``headlines.headline_row`` with the
+    comparability fields, the equivalence ``margin`` in the measure's units, both tests and the
+    ``robust`` line of :func:`protocol.robustness`), for the verdict. ``resolution(comparison, difference)
+    -> str`` says when the measure cannot resolve a comparison (empty when it can); ``claim_sign``
+    which sign of the difference the claim under test predicts (``headlines.CLAIM_SIGNS``)."""
+    check_margin(f"margin of {measure!r}", margin)
+    rows = []
+    for c in comparisons:
+        d = protocol.difference(values, c)
+        rows.append(headline_row(measure, c.setting, d["batch"], d["ref"], d["diff"], d["lo"], d["hi"],
+                                 protocol.interval_words(d), higher_means, reference=c.reference, comparison=c,
+                                 robustness=robust, resolution=resolution(c, d) if resolution else "",
+                                 margin=margin, df=d["df"], claim_sign=claim_sign))
+    return rows
+

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .stats import paired_difference  # noqa: F401  (re-exported: chapters and tests import it here)
+from .scores import losses
 
 
 def memorization_scores(correct: torch.Tensor, masks: torch.Tensor, *, n_boot: int = 200,
@@ -161,7 +161,6 @@ def run_exposure(run, resolution_bits: float | None = None) -> pd.DataFrame:
 
     Each canary is ranked against the reference candidates of its own kind (identity query).
     """
-    from .scores import losses
 
     if run.logits_ref is None or not run.ref_kinds:
         raise ValueError("this run has no reference candidates; set Config.canary_references > 0")

@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-NORM_ORDER = ["batch", "group", "layer", "none"]
+from .config import norm_order
+from .attacks import ATTACK_NAMES, roc
+
 NORM_PALETTE = {"batch": "#c0392b", "group": "#2471a3", "layer": "#229954", "none": "#7f8c8d"}
 
 
@@ -15,12 +17,6 @@ def set_theme() -> None:
     """The book's plotting style (call once at the top of a chapter)."""
     sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95)
     plt.rcParams.update({"figure.dpi": 110, "savefig.bbox": "tight", "axes.titleweight": "bold"})
-
-
-def norm_order(present) -> list[str]:
-    """The norms present, in the book's fixed order (batch first, none last)."""
-    present = set(present)
-    return [n for n in NORM_ORDER if n in present] + sorted(present - set(NORM_ORDER))
 
 
 def training_curves(history: pd.DataFrame, metrics=("test_acc", "train_loss"), title: str = ""):
@@ -108,7 +104,6 @@ def memorization_boxes(scores: pd.DataFrame, kinds: list[str], title: str = ""):
 def roc_panels(attacked, attacks, title: str = ""):
     """Log-log ROC curves of ``attacks`` (one panel each) for every norm of an
     ``analysis.membership.Attacked``; the dashed diagonal is a guessing attacker."""
-    from .attacks import ATTACK_NAMES, roc
 
     fig, axes = plt.subplots(1, len(attacks), figsize=(4 * len(attacks), 3.7), sharey=True, squeeze=False)
     for ax, attack in zip(axes[0], attacks):

@@ -34,11 +34,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import Config
-from .reading import decide, judge, not_comparable
-from .stats import (check_margin, difference_p, equivalence_p, paired_difference, standard_error,
+from .checks import check_whole
+from .config import Config, NORMS
+from .reading import decide, fmt_interval, judge, not_comparable
+from .stats import (difference_p, equivalence_p, paired_difference, standard_error,
                     t_interval)
-from .store import RunSpec, ShadowRun, results_dir, save_json, shadow_run
+from .runs.disk import results_folder, save_json
+from .runs.shadow import ShadowRun, shadow_run
+from .runs.spec import RunSpec
+from .ensemble import build_ensemble, evaluate_ensemble, train_ensemble
+from .training import TrainingDiverged
 
 SETTINGS = ("equal epochs", "equal epochs, both fit", "matched fit", "matched accuracy, interpolated")
 FAIR_SETTINGS = ("equal epochs, both fit", "matched fit", "matched accuracy, interpolated")
@@ -51,11 +56,6 @@ FRONTIER_POINTS = 5
 FIELDS = ("epochs_bn", "epochs_ref", "lr_bn", "lr_ref", "train_acc_bn", "train_acc_ref", "test_acc_bn",
           "test_acc_ref", "fit_bn", "fit_ref", "comparable", "reason")
 VALIDATION_MODELS = 2
-
-
-def _positive_int(name, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} is not allowed; allowed values: an integer >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +112,6 @@ class Protocol:
 
 def check_protocol(p: Protocol) -> None:
     """Raise ``ValueError`` naming the bad field of a protocol, before anything trains."""
-    from .config import NORMS
 
     if not isinstance(p.base, Config):
         raise ValueError(f"base must be a Config, got {type(p.base).__name__}")
@@ -135,8 +134,8 @@ def check_protocol(p: Protocol) -> None:
     if "batch" not in p.norms or len(set(p.norms)) < 2:
         raise ValueError(f"norms={list(p.norms)!r} must hold 'batch' and at least one reference to compare "
                          "it with, e.g. ['batch', 'none']")
-    _positive_int("seeds", p.seeds)
-    _positive_int("n_models", p.n_models)
+    check_whole("seeds", p.seeds)
+    check_whole("n_models", p.n_models)
     if p.n_models % 2:
         raise ValueError(f"n_models={p.n_models} must be even (every sample IN for exactly half the models)")
     if p.equal_epochs not in p.budgets:
@@ -147,10 +146,8 @@ def check_protocol(p: Protocol) -> None:
     if not p.chance_factor >= 1:
         raise ValueError(f"chance_factor={p.chance_factor!r} is not allowed; allowed values: a number >= 1")
     for name in ("probe_points", "probe_typical"):
-        value = getattr(p, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name}={value!r} is not allowed; allowed values: an integer >= 0")
-    _positive_int("probe_models", p.probe_models)
+        check_whole(name, getattr(p, name), least=0)
+    check_whole("probe_models", p.probe_models)
     if p.probe_models > p.n_models:
         raise ValueError(f"probe_models={p.probe_models} is more than the n_models={p.n_models} models of a run; "
                          "allowed values: 1 ... n_models")
@@ -174,8 +171,6 @@ def validation_split(data, fraction: float, seed: int = 0) -> torch.Tensor:
 def validation_accuracy(cfg: Config, data, held_out: torch.Tensor, models: int = VALIDATION_MODELS) -> float:
     """Mean accuracy on ``held_out`` pool samples of ``models`` models of ``cfg`` trained on the rest
     of the pool; 0 when training diverges (a learning rate that diverges is not chosen)."""
-    from .ensemble import build_ensemble, evaluate_ensemble, train_ensemble
-    from .training import TrainingDiverged
 
     masks = torch.ones(models, len(data.y_train), dtype=torch.bool)
     masks[:, held_out] = False
@@ -217,7 +212,7 @@ def choose_learning_rates(protocol: Protocol, data, *, progress: bool = False) -
 def _cached_validation(cfg: Config, data, held_out: torch.Tensor, fraction: float) -> float:
     import json
 
-    path = results_dir() / "validation" / f"{cfg.key()}-{fraction:g}-{VALIDATION_MODELS}.json"
+    path = results_folder("validation") / f"{cfg.key()}-{fraction:g}-{VALIDATION_MODELS}.json"
     if path.is_file():
         try:
             return float(json.loads(path.read_text())["val_acc"])
@@ -395,7 +390,9 @@ def side(norm: str, runs: list[ShadowRun]) -> pd.Series:
                       "test_acc": float(np.mean([s["test_acc"] for s in summaries]))})
 
 
-def _guard(setting: str, bn: pd.Series, ref: pd.Series, p: Protocol, num_classes: int, note: str = "") -> Comparison:
+def _protocol_guard(setting: str, bn: pd.Series, ref: pd.Series, p: Protocol, num_classes: int,
+                    note: str = "") -> Comparison:
+    """:func:`guard` at the protocol's fit threshold and chance factor."""
     return guard(setting, bn, ref, num_classes=num_classes, fit_threshold=p.fit_threshold,
                  chance_factor=p.chance_factor, note=note)
 
@@ -411,7 +408,8 @@ def compare(sweep: Sweep, reference: str | None = None) -> list[Comparison]:
     if bn.empty or ref.empty:
         raise ValueError(f"the sweep has no runs of 'batch' and {reference!r}; norms: {list(p.norms)}")
     return merge_same_runs([
-        _guard("equal epochs", _side(bn, p.equal_epochs), _side(ref, p.equal_epochs), p, sweep.num_classes),
+        _protocol_guard("equal epochs", _side_at(bn, p.equal_epochs), _side_at(ref, p.equal_epochs), p,
+                        sweep.num_classes),
         _equal_epochs_both_fit(bn, ref, p, sweep.num_classes), _matched_fit(bn, ref, p, sweep.num_classes),
         _interpolated(bn, ref, p, sweep.num_classes)])
 
@@ -447,10 +445,10 @@ def _equal_epochs_both_fit(bn, ref, p: Protocol, num_classes: int) -> Comparison
     setting = "equal epochs, both fit"
     common = [b for b in p.budgets if b in _usable(bn).index and b in _usable(ref).index]
     if not common:
-        c = _guard(setting, _side(bn, p.budgets[-1]), _side(ref, p.budgets[-1]), p, num_classes,
-                   "no budget of the ladder at which both sides fit; shown at the largest budget")
+        c = _protocol_guard(setting, _side_at(bn, p.budgets[-1]), _side_at(ref, p.budgets[-1]), p, num_classes,
+                            "no budget of the ladder at which both sides fit; shown at the largest budget")
         return dataclasses.replace(c, comparable=False, reason=c.reason or "no budget at which both sides fit")
-    c = _guard(setting, _mean_side(bn, common), _mean_side(ref, common), p, num_classes)
+    c = _protocol_guard(setting, _mean_side(bn, common), _mean_side(ref, common), p, num_classes)
     return dataclasses.replace(c, pairs=tuple((b, b) for b in common))
 
 
@@ -458,7 +456,8 @@ def _interpolated(bn, ref, p: Protocol, num_classes: int) -> Comparison:
     """BN minus the reference at equal test accuracy, along both norms' curves over their fitting
     budgets (at least two each), across the accuracy range both reach; not comparable otherwise."""
     usable = {"batch": _usable(bn), str(ref.norm.iloc[0]): _usable(ref)}
-    largest = _guard(INTERPOLATED, _side(bn, p.budgets[-1]), _side(ref, p.budgets[-1]), p, num_classes)
+    largest = _protocol_guard(INTERPOLATED, _side_at(bn, p.budgets[-1]), _side_at(ref, p.budgets[-1]), p,
+                              num_classes)
     short = [f"{norm} fits at {len(t)} ({_budgets(t.index) if len(t) else 'none'})" for norm, t in usable.items()
              if len(t) < 2]
     frontiers = dict(pairs=(), frontier_bn=tuple(int(b) for b in usable["batch"].index),
@@ -475,16 +474,16 @@ def _interpolated(bn, ref, p: Protocol, num_classes: int) -> Comparison:
         return dataclasses.replace(largest, comparable=False, reason=(
             f"the test-accuracy ranges of the fitting budgets do not overlap ({ranges}); not extrapolated"),
             note="no common accuracy to read", **frontiers)
-    c = _guard(INTERPOLATED, _mean_side(bn, list(t_bn.index)), _mean_side(ref, list(t_ref.index)), p, num_classes,
-               f"read at {FRONTIER_POINTS} test accuracies from {lo:.3f} to {hi:.3f}, along BN's budgets "
-               f"{_budgets(t_bn.index)} and {name_ref}'s {_budgets(t_ref.index)}")
+    c = _protocol_guard(INTERPOLATED, _mean_side(bn, list(t_bn.index)), _mean_side(ref, list(t_ref.index)), p,
+                        num_classes, f"read at {FRONTIER_POINTS} test accuracies from {lo:.3f} to {hi:.3f}, "
+                        f"along BN's budgets {_budgets(t_bn.index)} and {name_ref}'s {_budgets(t_ref.index)}")
     middle = float((lo + hi) / 2)
     return dataclasses.replace(c, pairs=(), frontier_bn=tuple(int(b) for b in t_bn.index),
                                frontier_ref=tuple(int(b) for b in t_ref.index), accuracy_range=(float(lo), float(hi)),
                                test_acc_bn=middle, test_acc_ref=middle)
 
 
-def _side(table: pd.DataFrame, budget: int) -> pd.Series:
+def _side_at(table: pd.DataFrame, budget: int) -> pd.Series:
     """The row of one budget of a norm's sides (indexed by budget), with the budget in it."""
     side = table.loc[budget].copy()
     side["budget"] = int(budget)
@@ -504,7 +503,8 @@ def _matched_fit(bn, ref, p: Protocol, num_classes: int) -> Comparison:
         note = "no budget of the ladder fits for " + " and ".join(
             (bn if m == "bn" else ref).norm.iloc[0] for m in missing) + "; shown at the largest budget"
     pick = {name: (b if b is not None else p.budgets[-1]) for name, b in budgets.items()}
-    return _guard("matched fit", _side(bn, pick["bn"]), _side(ref, pick["ref"]), p, num_classes, note)
+    return _protocol_guard("matched fit", _side_at(bn, pick["bn"]), _side_at(ref, pick["ref"]), p, num_classes,
+                           note)
 
 
 # --- measures: comparisons, curves and headline rows ----------------------------------------------
@@ -605,8 +605,9 @@ def fitting_pairings(sweep: Sweep, values: pd.DataFrame, reference: str | None =
     rows = []
     for bn_budget in [b for n, b in usable.index if n == "batch"]:
         for ref_budget in [b for n, b in usable.index if n == reference]:
-            c = _guard("pairing", _side(sides[sides.norm == "batch"].set_index("budget"), bn_budget),
-                       _side(sides[sides.norm == reference].set_index("budget"), ref_budget), p, sweep.num_classes)
+            bn_side = _side_at(sides[sides.norm == "batch"].set_index("budget"), bn_budget)
+            ref_side = _side_at(sides[sides.norm == reference].set_index("budget"), ref_budget)
+            c = _protocol_guard("pairing", bn_side, ref_side, p, sweep.num_classes)
             d = difference(values, c)
             rows.append({"epochs_bn": bn_budget, "epochs_ref": ref_budget, "batch": d["batch"], "ref": d["ref"],
                          "diff": d["diff"], "lo": d["lo"], "hi": d["hi"], "reading": judge(d["lo"], d["hi"])})
@@ -628,26 +629,6 @@ def robustness(pairings: pd.DataFrame) -> str:
     return f"depends on the budgets: {parts} of {total} pairs of budgets at which both sides fit ({sizes})"
 
 
-def headline_rows(values: pd.DataFrame, comparisons: list[Comparison], measure: str, higher_means: str,
-                  robust: str = "", resolution=None, *, margin: float, claim_sign: int = 1) -> list[dict]:
-    """One headline row per comparison of a measure (``headlines.headline_row`` with the
-    comparability fields, the equivalence ``margin`` in the measure's units, both tests and the
-    ``robust`` line of :func:`robustness`), for the verdict. ``resolution(comparison, difference)
-    -> str`` says when the measure cannot resolve a comparison (empty when it can); ``claim_sign``
-    which sign of the difference the claim under test predicts (``headlines.CLAIM_SIGNS``)."""
-    from .headlines import headline_row
-
-    check_margin(f"margin of {measure!r}", margin)
-    rows = []
-    for c in comparisons:
-        d = difference(values, c)
-        rows.append(headline_row(measure, c.setting, d["batch"], d["ref"], d["diff"], d["lo"], d["hi"],
-                                 interval_words(d), higher_means, reference=c.reference, comparison=c,
-                                 robustness=robust, resolution=resolution(c, d) if resolution else "",
-                                 margin=margin, df=d["df"], claim_sign=claim_sign))
-    return rows
-
-
 def interval_words(d: dict) -> str:
     """What an interval of :func:`difference` is: method, replicates and degrees of freedom."""
     return f"95% Student-t interval over {d['n']} seeds paired by masks ({d['df']} df)"
@@ -658,7 +639,6 @@ def comparison_table(values: pd.DataFrame, comparisons: list[Comparison], *, mar
     """The comparisons of one measure as a table for a chapter: the runs each reads and their
     state, BN, reference, BN − reference with its interval, and the reading at ``margin``
     (unadjusted; the verdict adjusts across its rows)."""
-    from .reading import fmt_interval
 
     nan = float("nan")
     rows = []

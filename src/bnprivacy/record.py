@@ -32,7 +32,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import headlines
+from . import headlines, protocol
+from .book import chapter_names, chapter_parameters, check_overrides, execute_chapter, profile_parameters
+from .reading import code_span, markdown_text
+from .training import describe_hardware
 
 RECORDED = "recorded"
 FILES = ("headlines.json", "curves.csv", "provenance.json")
@@ -58,7 +61,6 @@ class RecordedSetting:
     def label(self) -> str:
         """"recorded on <date>, <hardware>, commit <sha>; rerun with <command>" in Markdown, every
         recorded text escaped."""
-        from .reading import code_span, markdown_text
 
         p = self.provenance
         dirty = " (with uncommitted changes)" if p["dirty"] else ""
@@ -123,7 +125,6 @@ def check_model_count(profile: str, parameters: dict[str, dict]) -> None:
 def record(root: Path, profile: str, name: str, overrides: dict | None = None,
            chapters: tuple[str, ...] = RECORDED_CHAPTERS, command: str | None = None) -> Path:
     """Execute ``chapters`` under ``profile`` (with ``overrides``) and write ``recorded/<name>/``."""
-    from .book import chapter_names, chapter_parameters, check_overrides, execute_chapter, profile_parameters
 
     name = check_name(name)
     overrides = dict(overrides or {})
@@ -156,7 +157,6 @@ def hardware() -> str:
     """The device a recording ran on, in words."""
     import torch
 
-    from .training import describe_hardware
 
     return describe_hardware(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -212,7 +212,7 @@ def load_setting(folder: Path) -> RecordedSetting:
         detail = f"nested too deeply ({error})" if isinstance(error, RecursionError) else str(error)
         raise RecordedError(f"recorded setting {folder}: a file is malformed ({detail[:400]}); rerun its recording "
                             "or delete the folder") from None
-    needed = set(headlines.COMPARABILITY) | {"chapter", "measure", "setting", "batch", "ref", "diff", "lo", "hi"}
+    needed = set(protocol.FIELDS) | {"chapter", "measure", "setting", "batch", "ref", "diff", "lo", "hi"}
     if rows.empty or not needed <= set(rows.columns):
         raise RecordedError(f"recorded setting {folder}: headlines.json lacks the columns "
                             f"{sorted(needed - set(rows.columns))}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_whole
 from .config import Config
 from .data import apply_flip_crop
 from .ensemble import build_ensemble, channels_last
@@ -26,8 +27,7 @@ QUERY_BATCH = 512
 
 def query_views(x: torch.Tensor, queries: int) -> list[torch.Tensor]:
     """The ``queries`` views of a batch: identity, mirror, then mirrored/plain one-pixel shifts."""
-    if queries < 1:
-        raise ValueError(f"queries={queries} is not allowed; allowed values: an integer >= 1")
+    check_whole("queries", queries)
     views = [x, x.flip(3)][:queries]
     n, _, h, w = x.shape
     shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]

@@ -11,7 +11,8 @@ import pandas as pd
 from .. import protocol
 from ..memorization import run_memorization
 from ..stats import t_interval
-from .sweep import Family, Measured, measure_family
+from .family_steps import TrainedFamily, Measured, measure_family
+from ..reading import fmt_interval
 
 RATIOS = {"own ratio": "canary / typical own-gradient norm (a)",
           "loo ratio": "canary / typical leave-one-out influence (b)"}
@@ -61,25 +62,24 @@ def exploratory(p) -> str:
             f"(fewer than {MIN_PROBE_MODELS} x {MIN_PROBE_POINTS}); not read as evidence")
 
 
-def compare_ratios(fam: Family, margins: dict[str, float]) -> Measured:
+def compare_ratios(family: TrainedFamily, margins: dict[str, float]) -> Measured:
     """The canary/typical gradient ratios of every run under the protocol's comparisons, read at
     ``margins`` (``sweep.margins(MARGINS, ...)``); every row is :func:`exploratory` when the runs
     carry too few probes."""
     measures = {c: (lambda run, c=c: run_ratio(run, c)) for c in RATIOS}
-    words = exploratory(fam.protocol)
+    words = exploratory(family.protocol)
     rules = {c: (lambda comparison, d: words) for c in RATIOS}
 
     def sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:
         return setting_sentence(values, c, margins, words)
 
-    return measure_family(fam, measures, RATIOS, "BN makes canaries' gradients stand out more", sentence,
+    return measure_family(family, measures, RATIOS, "BN makes canaries' gradients stand out more", sentence,
                           digits=2, resolution=rules, margins=margins)
 
 
 def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison, margins: dict[str, float],
                      exploratory_words: str = "") -> str:
     """What one comparison says about both ratios, in words."""
-    from ..reading import fmt_interval
 
     parts = []
     for column, name in (("own ratio", "own gradient (a)"), ("loo ratio", "leave-one-out influence (b)")):
@@ -90,11 +90,11 @@ def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison, ma
     return f"At {c.setting} ({c.where()}), " + "; ".join(parts) + "."
 
 
-def setting_probes(fam: Family, c: protocol.Comparison) -> pd.DataFrame:
+def setting_probes(family: TrainedFamily, c: protocol.Comparison) -> pd.DataFrame:
     """Member probes of both sides of comparison ``c``, every seed, tagged with norm and seed."""
-    frames = [member_probes(fam.run(norm, budget, seed)).assign(norm=norm, seed=seed)
+    frames = [member_probes(family.run(norm, budget, seed)).assign(norm=norm, seed=seed)
               for norm, budget in (("batch", c.epochs_bn), (c.reference, c.epochs_ref))
-              for seed in range(fam.protocol.seeds)]
+              for seed in range(family.protocol.seeds)]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -124,15 +124,15 @@ class Link:
     rho: dict[str, float]
 
 
-def gradient_memorization_link(fam: Family, c: protocol.Comparison, probes: pd.DataFrame) -> Link:
+def gradient_memorization_link(family: TrainedFamily, c: protocol.Comparison, probes: pd.DataFrame) -> Link:
     """Each probed sample's mean own-gradient norm set against its memorization score in the same
     runs (averaged over seeds)."""
     from scipy import stats
 
     memo = []
     for norm, budget in (("batch", c.epochs_bn), (c.reference, c.epochs_ref)):
-        for seed in range(fam.protocol.seeds):
-            scores, _ = run_memorization(fam.run(norm, budget, seed), n_boot=0)
+        for seed in range(family.protocol.seeds):
+            scores, _ = run_memorization(family.run(norm, budget, seed), n_boot=0)
             memo.append(scores.assign(norm=norm, seed=seed, sample=np.arange(len(scores))))
     memo = pd.concat(memo).groupby(["norm", "sample"])[["mem"]].mean().reset_index()
     grads = probes.groupby(["norm", "sample", "kind"])[["own", "loo"]].mean().reset_index()

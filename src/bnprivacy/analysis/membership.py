@@ -13,7 +13,8 @@ from ..attacks import (ATTACK_NAMES, HEADLINE_PREFERENCE, AttackInput, LiraOptio
                        headline_attack, null_summary, resolvable, shuffled_masks, summarize, vulnerability)
 from ..memorization import run_memorization
 from ..reading import fmt_interval, fmt_rate, not_resolvable, not_resolved
-from .sweep import Family, Measured, measure_family
+from .family_steps import TrainedFamily, Measured, measure_family
+from ..runs.shadow import shadow_run
 
 SHOWN_ATTACKS = ("lira_online", "lira_offline", "lira_online_fixed", "rmia_online", "rmia", "loss", "correct")
 # The headline metrics of the chosen attack, each with its name in the headline rows.
@@ -56,11 +57,11 @@ class Calibration:
         return ATTACK_NAMES[self.attack]
 
 
-def calibrate_family(fam: Family, targets: list[int], draws: int = 4) -> Calibration:
+def calibrate_family(family: TrainedFamily, targets: list[int], draws: int = 4) -> Calibration:
     """Score every run of the family with shuffled masks (``attacks.calibrate``), ``draws`` times,
     with every candidate headline attack, and choose the headline attack from that null."""
     rows = []
-    for (norm, budget, seed), run in fam.sweep.runs.items():
+    for (norm, budget, seed), run in family.sweep.runs.items():
         null = calibrate(AttackInput.from_run(run), HEADLINE_PREFERENCE, targets, draws=draws, seed=1000 * seed,
                          fprs=FPRS)
         rows.append(null.assign(norm=norm, budget=budget, seed=seed))
@@ -99,7 +100,7 @@ def metric_units(metric: str) -> dict:
 def resolution_rule(calibration: Calibration, metric: str, nonmembers: int):
     """``rule(comparison, difference) -> str``: "not resolvable with n non-members" for a TPR the
     pooled non-members cannot resolve, "not resolved" for a difference within the null spread, ""
-    otherwise (``protocol.headline_rows``)."""
+    otherwise (``headlines.headline_rows``)."""
     def rule(c: protocol.Comparison, d: dict) -> str:
         if metric.startswith("tpr@") and not resolvable(float(metric[4:]), nonmembers):
             return not_resolvable(nonmembers, float(metric[4:]))
@@ -110,14 +111,14 @@ def resolution_rule(calibration: Calibration, metric: str, nonmembers: int):
     return rule
 
 
-def compare_attacks(fam: Family, targets: list[int], calibration: Calibration, margins: dict[str, float]) -> Measured:
+def compare_attacks(family: TrainedFamily, targets: list[int], calibration: Calibration, margins: dict[str, float]) -> Measured:
     """The headline attack's AUC and TPR at 1% and 0.1% FPR on every run, read through the
     protocol's comparisons; each run's value pools its targets, the interval is over seeds. A
     comparison the instrument cannot resolve reads "not resolvable" or "not resolved"; the others
     are read at ``margins`` (``sweep.margins(MARGINS, ...)``)."""
     attack = calibration.attack
     # Score each run once; the three metrics read the same scores (runs are keyed by their folder).
-    metrics = {run.folder: run_metrics(run, attack, targets) for run in fam.sweep.runs.values()}
+    metrics = {run.folder: run_metrics(run, attack, targets) for run in family.sweep.runs.values()}
     nonmembers = min(m["nonmembers"] for m in metrics.values())
     names = {m: f"{ATTACK_NAMES[attack]} {label}" for m, label in METRICS.items()}
     measures = {m: (lambda run, m=m: metrics[run.folder][m]) for m in METRICS}
@@ -126,7 +127,7 @@ def compare_attacks(fam: Family, targets: list[int], calibration: Calibration, m
     def sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:
         return setting_sentence(values, c, names, rules, margins)
 
-    return measure_family(fam, measures, names, "BN models are more vulnerable", sentence, resolution=rules,
+    return measure_family(family, measures, names, "BN models are more vulnerable", sentence, resolution=rules,
                           margins=margins)
 
 
@@ -169,20 +170,19 @@ class Attacked:
         return pd.DataFrame(rows)
 
 
-def attack_setting(fam: Family, c: protocol.Comparison, targets: list[int], seed: int = 0,
+def attack_setting(family: TrainedFamily, c: protocol.Comparison, targets: list[int], seed: int = 0,
                    query_mode: str = "eval", norms=None, null_draws: int = 4) -> Attacked:
     """Score every shown attack on seed ``seed`` of both sides of comparison ``c`` (or of ``norms``),
     and calibrate each on the same runs (``null_draws`` shuffled-mask draws). ``query_mode="train"``
     queries BN with the query batch's statistics (the LiRA reference code)."""
-    from ..store import shadow_run
 
     runs, scores, nulls = {}, {}, []
     for norm, budget in (("batch", c.epochs_bn), (c.reference, c.epochs_ref)):
         if norms is not None and norm not in norms:
             continue
-        run = fam.run(norm, budget, seed)
+        run = family.run(norm, budget, seed)
         if query_mode != "eval":
-            run = shadow_run(run.spec, fam.data, query_mode=query_mode, progress=False)
+            run = shadow_run(run.spec, family.data, query_mode=query_mode, progress=False)
         runs[norm] = run
         attack_input = AttackInput.from_run(run)
         for attack in SHOWN_ATTACKS:

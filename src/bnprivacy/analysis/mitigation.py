@@ -25,10 +25,20 @@ import numpy as np
 import pandas as pd
 
 from .. import protocol
-from ..attacks import ATTACK_NAMES, min_nonmembers, resolvable
+from ..attacks import ATTACK_NAMES, AttackInput, attack_scores, compare, evaluate, min_nonmembers, resolvable
 from ..config import Config
 from ..reading import NOT_RESOLVABLE, fmt_interval, fmt_rate, not_comparable
 from ..stats import paired_difference, percentile_interval
+from ..data import load_dataset
+from ..ensemble import check_masks
+from ..headlines import headline_row
+from ..memorization import bootstrap_memorization, group_memorization
+from ..privacy.accounting import ACCOUNTANTS, check_epsilon, check_max_grad_norm, empirical_epsilon
+from ..privacy.training import DPRunSpec, dp_shadow_run, planned_noise, run_privacy
+from ..runs.shadow import shadow_run
+from ..runs.spec import RunSpec
+from ..training import describe_hardware, resolve_device
+from .family_steps import as_list
 
 BN, GN = "BN, no DP", "GN, no DP"
 # Words for a change "before → after": risks are read as before − after, accuracy as after − before.
@@ -76,8 +86,6 @@ class Plan:
     chance_factor: float = 1.5
 
     def __post_init__(self):
-        from ..dp import ACCOUNTANTS, check_epsilon, check_max_grad_norm
-        from .sweep import as_list
 
         # Every parameter is checked here, in the chapter's first cell, not after minutes of training;
         # prepare() then checks what needs the data: masks, delta and each DP run's noise.
@@ -125,8 +133,6 @@ class Plan:
 
     def specs(self) -> dict:
         """Every setting's run spec, by label: BN, GN, then DP at ∞ and each budget."""
-        from ..dp import DPRunSpec
-        from ..store import RunSpec
 
         specs = {BN: RunSpec(self.base.replace(norm="batch"), self.n_models, mask_seed=self.base.seed),
                  GN: RunSpec(self.base.replace(norm="group"), self.n_models, mask_seed=self.base.seed)}
@@ -147,7 +153,7 @@ def _check(name: str, value, allowed: str, ok, kind=(int, float)) -> None:
 @dataclasses.dataclass
 class Setup:
     """The plan's specs with the data they train on, the DP runs' resolved δ and, per DP setting,
-    the noise every model will train with (``noise``: :func:`dp.planned_noise` rows with a
+    the noise every model will train with (``noise``: :func:`privacy.training.planned_noise` rows with a
     ``setting`` column)."""
 
     plan: Plan
@@ -176,10 +182,6 @@ def prepare(plan: Plan) -> Setup:
     """Load the data and check every setting's masks, batch and δ, and find the noise multiplier
     of every DP model (cached for its training), so a bad parameter or an ε out of the
     accountant's reach fails before any training starts."""
-    from ..data import load_dataset
-    from ..dp import planned_noise
-    from ..ensemble import check_masks
-    from ..training import resolve_device
 
     specs = plan.specs()
     device = resolve_device(plan.base)
@@ -198,7 +200,6 @@ def prepare(plan: Plan) -> Setup:
 
 def overview(setup: Setup, profile: str) -> pd.DataFrame:
     """One row describing what the chapter ran: profile, data, pool, models, DP recipe, hardware."""
-    from ..training import describe_hardware
 
     plan, base = setup.plan, setup.plan.base
     return pd.DataFrame({
@@ -229,9 +230,6 @@ def train(setup: Setup, *, progress: bool = True) -> Trained:
     """Train (or load from the store) every setting and attack each model with the plan's attack."""
     from tqdm.auto import tqdm
 
-    from ..attacks import AttackInput, attack_scores
-    from ..dp import DPRunSpec, dp_shadow_run, run_privacy
-    from ..store import shadow_run
 
     runs = {}
     for label in tqdm(setup.settings, desc="settings", unit="setting", disable=not progress):
@@ -253,7 +251,6 @@ def _correct(run):
 
 def canary_memorization(setup: Setup, run) -> pd.DataFrame:
     """Mean memorization of the canaries and of the typical samples, intervals over models."""
-    from ..memorization import group_memorization
 
     groups = np.where(setup.is_canary, "canaries", "typical").tolist()
     return group_memorization(_correct(run), run.masks, groups, n_boot=setup.plan.n_boot, seed=setup.plan.base.seed)
@@ -262,7 +259,6 @@ def canary_memorization(setup: Setup, run) -> pd.DataFrame:
 def canary_memorization_draws(setup: Setup, run) -> np.ndarray:
     """Bootstrap draws (over models) of the canaries' mean memorization. The same seed for every
     run resamples the same model indices, so two runs' draws are paired by inclusion mask."""
-    from ..memorization import bootstrap_memorization
 
     draws = bootstrap_memorization(_correct(run), run.masks, n_boot=setup.plan.n_boot, seed=setup.plan.base.seed)
     return np.nanmean(draws[:, setup.is_canary], 1)
@@ -295,7 +291,6 @@ def summarize(setup: Setup, trained: Trained) -> Summary:
 
 
 def _summary_row(setup: Setup, trained: Trained, label: str) -> dict:
-    from ..attacks import evaluate
 
     run = trained.runs[label]
     accuracy = run.final_accuracy()["test_acc"].to_numpy()
@@ -364,7 +359,6 @@ class Variants:
 def attack_variants(setup: Setup, trained: Trained) -> Variants:
     """AUC of every attack on every setting; the smallest budget's online-vs-offline LiRA is the
     prose's example of why few shadow models call for the offline, fixed-variance variant."""
-    from ..attacks import AttackInput, attack_scores, evaluate
 
     def auc(run, attack):
         scores = attack_scores(AttackInput.from_run(run), attack, setup.targets)
@@ -454,7 +448,6 @@ def effect(setup: Setup, trained: Trained, summary: Summary, before: str, after:
     """The change from setting ``before`` to ``after``: attack metrics with independent bootstrap
     resamples of each setting's pairs, memorization and accuracy paired by inclusion mask (both
     settings share their masks)."""
-    from ..attacks import compare
 
     runs, targets, plan = trained.runs, setup.targets, setup.plan
     attack = compare(trained.scores[before], runs[before].masks[targets], trained.scores[after],
@@ -581,7 +574,6 @@ def headline_rows(setup: Setup, summary: Summary, found: Effects) -> Headlines:
 
 
 def _headline_row(setup: Setup, summary: Summary, change: Effect, column: str, reference: str):
-    from ..headlines import headline_row
 
     measure = f"{setup.plan.attack_name} AUC" if column == "auc" else "canary memorization"
     value, lo, hi = change.auc if column == "auc" else change.canary_mem
@@ -611,7 +603,6 @@ class Audit:
 def audit(setup: Setup, trained: Trained) -> Audit:
     """Empirical ε of every setting from its attack scores, at the plan's confidence and the DP
     runs' δ (threshold chosen on one half of the pairs, evaluated on the other)."""
-    from ..dp import empirical_epsilon
 
     rows = []
     for label in setup.settings:

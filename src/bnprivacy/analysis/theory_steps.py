@@ -21,6 +21,11 @@ from .. import headlines, theory
 from ..gradients import per_sample_grad_norms, probe_norms
 from ..reading import NO_CLEAR, fmt_bounds, fmt_interval, judge
 from ..stats import bootstrap_mean_ratio, t_interval
+from ..config import NORMS, norm_order, parse_canaries
+from ..headlines import headline_folder
+from ..models import build_model
+from ..runs.cache import train_cached
+from .family_steps import as_list
 
 # A far outlier's log-log slope is 0 where its influence is bounded and 1 where it grows like its
 # distance; an interval entirely on one side of 0.5 says which.
@@ -77,9 +82,6 @@ class LinearSetting:
 def check_norms(norms) -> list[str]:
     """The small network's norms as a list in the book's order: a scalar is a one-element list;
     raises ValueError unless they are known norms that include 'batch' and a reference."""
-    from ..config import NORMS
-    from ..plots import norm_order
-    from .sweep import as_list
 
     norms = as_list("norms", norms)
     unknown = [n for n in norms if n not in NORMS]
@@ -97,8 +99,6 @@ def check_chapter_parameters(*, profile, norms, features, classes, per_class, li
     dataset, arch, width, train_size, epochs, lr, device and the canaries' format when the chapter
     builds it), before anything trains: raise ValueError "name=value is not allowed; allowed values:
     ..." for the first bad one. :func:`check_pool` checks what needs the data."""
-    from ..config import parse_canaries
-    from ..headlines import headline_folder
 
     headline_folder(profile)  # the folder its headline rows go to: a plain name
     check_norms(norms)
@@ -156,7 +156,6 @@ def _check_real(name: str, value, ok, allowed: str) -> None:
 
 def _check_integers(name: str, values, least: int, most: int) -> list[int]:
     """A non-empty list (or one value) of ints between ``least`` and ``most``."""
-    from .sweep import as_list
 
     listed = as_list(name, values)
     if not listed or any(isinstance(v, bool) or not isinstance(v, int) or not least <= v <= most for v in listed):
@@ -166,7 +165,6 @@ def _check_integers(name: str, values, least: int, most: int) -> list[int]:
 
 def _check_distances(name: str, values, least_count: int) -> None:
     """At least ``least_count`` distances in (0, MAX_DISTANCE], increasing (a curve's far end is its last)."""
-    from .sweep import as_list
 
     listed = as_list(name, values)
     allowed = (f"a list of at least {least_count} increasing numbers above 0 and at most {MAX_DISTANCE:g} "
@@ -448,8 +446,6 @@ def read_batch_sizes(rows: pd.DataFrame) -> BatchSizeReading:
 
 def trained_networks(configs: dict, data, device, progress=_quiet) -> dict[str, torch.nn.Module]:
     """The chapters' small network per normalisation, trained (or loaded from results/)."""
-    from ..models import build_model
-    from ..store import train_cached
 
     models = {}
     for norm, cfg in progress(configs.items(), desc="small networks"):

@@ -11,7 +11,7 @@ import math
 import pandas as pd
 
 from .. import headlines
-from ..protocol import FAIR_SETTINGS, SAME_RUNS
+from ..protocol import FAIR_SETTINGS, SAME_RUNS, curves
 from ..reading import EQUIVALENT, INCONCLUSIVE, NOT_RESOLVABLE, NOT_RESOLVED, fmt_interval, markdown_text
 
 PRIVACY_CHAPTERS = ("02_canaries", "03_gradient_influence", "04_membership_inference")
@@ -314,7 +314,6 @@ def frontier_curves(curve_values: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per measure of the privacy chapters, each norm's curve against test accuracy
     (``protocol.curves``: mean over seeds with its t-interval at every budget), for the frontier
     figure."""
-    from ..protocol import curves
 
     privacy = curve_values[curve_values.chapter.isin(PRIVACY_CHAPTERS)]
     return {measure: curves(group) for measure, group in privacy.groupby("measure", sort=False)}

@@ -1,29 +1,58 @@
-"""Where a shadow run's chunks train: in this process (``local``) or as tasks on a Ray cluster (``ray``).
+"""The Ray executor: the missing chunks of one or more runs train as tasks on a Ray cluster.
 
-With Ray, the driver (the process that calls ``shadow_run``) submits one task per missing chunk.
-A task trains its chunk on one GPU (or ``cpus_per_task`` CPUs), computes the chunk's signals, and
+The driver (the process that calls ``shadow_run``) submits one task per missing chunk. A task
+trains its chunk on one GPU (or ``cpus_per_task`` CPUs), computes the chunk's signals, and
 returns every file of the sealed chunk as bytes; the driver writes them into the run folder, the
 manifest last, and checks their checksums. No shared disk is needed, and the run folder is the
 same as a local run's: resume, loading and every chapter work unchanged.
 
 Ray is an optional dependency (``pip install bnprivacy[ray]``); it is imported only here, and only
-when ``executor="ray"`` is asked for.
+when this executor runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import os
 import socket
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-EXECUTORS = ("local", "ray")
+from ..training import resolve_device
+from .chunks import (CHUNK_FILES, RunChunks, chunk_name, chunk_range, poll_until_sealed,
+                     train_seal_and_signal)
+from .disk import is_complete, reset, write_atomic
+from .executor import ChunkJob, ExecutorOptions
+from .locks import claim_chunk, release_chunk
+
+
+class RayExecutor:
+    """Trains as Ray tasks (:mod:`bnprivacy.runs.ray`)."""
+
+    name = "ray"
+
+    def check(self, options: ExecutorOptions) -> None:
+        if str(options.shard) != "0/1":
+            raise ValueError(f"executor='ray' schedules the whole run, so shard={options.shard!r} cannot go with it; "
+                             "drop --shard (Ray spreads the chunks over the cluster), or use --executor local "
+                             "with --shard to schedule shards by hand")
+        if options.address is not None:
+            _host_port(options.address)
+
+    def prepare(self, runs: list[RunChunks], options: ExecutorOptions) -> None:
+        """Join the cluster when a chunk is missing, before any run folder is written."""
+        if any(run.missing() for run in runs):
+            connect(options.address)
+
+    def train(self, runs: list[RunChunks], data, job: ChunkJob, options: ExecutorOptions) -> None:
+        train_on_ray(runs, data, job, cpus_per_task=options.cpus_per_task, max_retries=options.max_retries)
+
+
+EXECUTOR = RayExecutor()
+
 
 # Seconds to wait for a Ray head to accept a connection and answer, before calling it unreachable
 # (``ray.init`` itself retries an unreachable or silent address for minutes).
@@ -32,32 +61,6 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 
 class ChunksFailed(RuntimeError):
     """Chunks whose Ray tasks failed after every retry; the chunks that finished stay sealed."""
-
-
-def check_executor(executor: str, shard: str = "0/1", address: str | None = None,
-                   cpus_per_task: int | None = None, max_retries: int = 2) -> None:
-    """Refuse an unknown executor, Ray combined with a hand-made shard, an address without Ray, and
-    bad task options, before anything runs."""
-    if executor not in EXECUTORS:
-        raise ValueError(f"executor={executor!r} is not allowed; allowed values: {', '.join(EXECUTORS)}")
-    if executor == "ray" and str(shard) != "0/1":
-        raise ValueError(f"executor='ray' schedules the whole run, so shard={shard!r} cannot go with it; "
-                         "drop --shard (Ray spreads the chunks over the cluster), or use --executor local "
-                         "with --shard to schedule shards by hand")
-    if address is not None and executor != "ray":
-        raise ValueError(f"address={address!r} names a Ray cluster, but executor={executor!r}; "
-                         "add --executor ray, or drop --address")
-    if address is not None:
-        _host_port(address)
-    if cpus_per_task is not None and not _whole(cpus_per_task, 1):
-        raise ValueError(f"cpus_per_task={cpus_per_task!r} is not allowed; allowed values: an integer >= 1, "
-                         "or None for as many as this process's torch threads")
-    if not _whole(max_retries, 0):
-        raise ValueError(f"max_retries={max_retries!r} is not allowed; allowed values: an integer >= 0")
-
-
-def _whole(value, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
@@ -166,7 +169,7 @@ def chunk_resources(ray, cfg, threads: int) -> dict:
 @functools.cache
 def code_digest() -> str:
     """SHA-256 of this package's Python sources: a worker trains only for a driver with the same code."""
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parents[1]  # the whole package, not only runs/
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
@@ -178,9 +181,6 @@ def train_chunk_files(spec, data, masks, models: list[int], *, strategy: str, qu
     """Train one chunk, compute its signals, and return every file of the sealed chunk folder as
     bytes (what a Ray task sends back to the driver). Runs on a Ray worker; exactly the code of a
     local run, in a temporary folder. ``code`` is the driver's :func:`code_digest`."""
-    from . import store
-    from .training import resolve_device
-
     if code != code_digest():
         raise RuntimeError(f"the Ray worker on {socket.gethostname()} runs bnprivacy code that differs from the "
                            "driver's; install the driver's commit there (git checkout, then make venv) and "
@@ -188,9 +188,9 @@ def train_chunk_files(spec, data, masks, models: list[int], *, strategy: str, qu
     torch.set_num_threads(threads)  # CPU results depend on the thread count; fix it per task
     data = data.to(resolve_device(spec.config))
     with tempfile.TemporaryDirectory(prefix="bnprivacy-chunk-") as tmp:
-        chunk = Path(tmp) / store.chunk_name(models)
-        store.train_and_seal(spec, data, masks, models, chunk, strategy, progress=False)
-        store.chunk_signals(spec, chunk, data, queries, query_mode)
+        chunk = Path(tmp) / chunk_name(models)
+        train_seal_and_signal(spec, data, masks, models, chunk, strategy=strategy, queries=queries,
+                              query_mode=query_mode, progress=False)
         return {path.name: path.read_bytes() for path in sorted(chunk.iterdir()) if path.is_file()}
 
 
@@ -198,19 +198,17 @@ def write_chunk_files(chunk: Path, files: dict[str, bytes]) -> None:
     """Write a chunk that a task returned: every file atomically, the manifests last, then check
     that the chunk is complete (the checksums cover the transfer). A result that is not a dict of
     file names to bytes is refused with a ``RuntimeError`` naming the chunk."""
-    from . import store
-
     _check_returned_files(chunk, files)
     for name in files:
         if Path(name).name != name or name.startswith(".") or not name:
             raise RuntimeError(f"a Ray task returned a file named {name!r} for {chunk.name}; refused "
                                "(chunk files are plain names)")
-    store.reset(chunk)
+    reset(chunk)
     manifests = sorted(name for name in files if name.endswith(".json"))
     for name in [n for n in sorted(files) if n not in manifests] + manifests:
-        store.write_atomic(chunk / name, files[name])
-    if not store.is_complete(chunk, required=store.CHUNK_FILES):
-        store.reset(chunk)
+        write_atomic(chunk / name, files[name])
+    if not is_complete(chunk, required=CHUNK_FILES):
+        reset(chunk)
         raise RuntimeError(f"the files of {chunk.name} arrived incomplete or corrupt; run the same command "
                            "again to retrain that chunk")
 
@@ -229,50 +227,16 @@ def _check_returned_files(chunk: Path, files) -> None:
                        "the same command again to retrain that chunk")
 
 
-@dataclasses.dataclass
-class RunChunks:
-    """One run's share of the work: its spec, folder (already opened), masks and chunk size."""
-
-    spec: object
-    folder: Path
-    masks: torch.Tensor
-    chunk_size: int
-
-    def missing(self) -> list[list[int]]:
-        from . import store
-
-        return _contiguous(store.missing_chunks(self.folder, self.spec.n_models, self.chunk_size))
-
-
-def train_runs_on_ray(specs: list, data, chunk_size: int, *, address: str | None, cpus_per_task: int | None,
-                      max_retries: int, progress: bool, strategy: str = "batched", queries: int = 2,
-                      query_mode: str = "eval") -> list[RunChunks]:
-    """Plan the runs of ``specs`` (masks checked, nothing written), join the cluster when a chunk
-    is missing (so an unreachable cluster leaves no trace), write the runs' descriptions, and train
-    every missing chunk of all of them as Ray tasks at once (:func:`train_on_ray`)."""
-    from . import store
-
-    runs = [RunChunks(spec, *store.plan_run(spec, data), chunk_size) for spec in specs]
-    if any(run.missing() for run in runs):
-        connect(address)
-    for run in runs:
-        store.open_run(run.spec, run.folder, run.masks, chunk_size)
-    train_on_ray(runs, data, strategy=strategy, queries=queries, query_mode=query_mode,
-                 cpus_per_task=cpus_per_task, max_retries=max_retries, progress=progress)
-    return runs
-
-
-def train_on_ray(runs: list[RunChunks], data, *, strategy: str, queries: int, query_mode: str,
-                 cpus_per_task: int | None, max_retries: int, progress: bool) -> None:
+def train_on_ray(runs: list[RunChunks], data, job: ChunkJob, *, cpus_per_task: int | None,
+                 max_retries: int) -> None:
     """Train every missing chunk of ``runs`` as Ray tasks (all runs' chunks at once), writing each
     chunk as its task finishes. Chunks another process holds (their lock) are left to it and
     waited for. Tasks that fail after ``max_retries`` retries raise :class:`ChunksFailed` once the
     others finished; Ctrl-C cancels the outstanding tasks and keeps every chunk already written."""
-    from . import store
-
     ray = connect()
     threads = task_threads(ray, cpus_per_task)
-    options = dict(strategy=strategy, queries=queries, query_mode=query_mode, threads=threads, code=code_digest())
+    options = dict(strategy=job.strategy, queries=job.queries, query_mode=job.query_mode, threads=threads,
+                   code=code_digest())
     data_ref = ray.put(data.to("cpu"))
     tasks = {}  # one remote function per resource request
 
@@ -285,17 +249,11 @@ def train_on_ray(runs: list[RunChunks], data, *, strategy: str, queries: int, qu
         return ray.put(run.masks.cpu()), tasks[key]
 
     prepared = {id(run): prepare(run) for run in runs}  # a bad request fails here, before any lock is taken
-    reported: set = set()
-    while True:
-        missing = [(run, models) for run in runs for models in run.missing()]
-        if not missing:
-            return
-        mine = [(run, models) for run, models in missing
-                if store.claim_chunk(run.folder / store.chunk_name(models))]
-        if not mine:  # every missing chunk is held by another process
-            store.say_who_holds([run.folder / store.chunk_name(models) for run, models in missing], reported)
-            time.sleep(store.CHUNK_POLL_SECONDS)
-            continue
+
+    def train_missing(missing: list) -> list:
+        """Submit every chunk this process can claim, write them as they finish; the rest are held."""
+        claimed = [claim_chunk(run.chunk(models)) for run, models in missing]
+        mine = [pair for pair, ours in zip(missing, claimed) if ours]
         pending = {}
         try:
             for run, models in mine:
@@ -304,19 +262,10 @@ def train_on_ray(runs: list[RunChunks], data, *, strategy: str, queries: int, qu
         except BaseException:
             _abandon(ray, pending, mine)
             raise
-        _collect(ray, pending, progress)
+        _collect(ray, pending, job.progress)
+        return [pair for pair, ours in zip(missing, claimed) if not ours]
 
-
-def _contiguous(chunks: list[list[int]]) -> list[list[int]]:
-    """Split chunks into runs of consecutive models (a chunk folder names one range)."""
-    runs = []
-    for models in chunks:
-        start = 0
-        for i in range(1, len(models) + 1):
-            if i == len(models) or models[i] != models[i - 1] + 1:
-                runs.append(models[start:i])
-                start = i
-    return runs
+    poll_until_sealed(runs, train_missing)
 
 
 def submit_chunk(task, spec, data_ref, masks_ref, models: list[int], options: dict):
@@ -335,8 +284,6 @@ def _collect(ray, pending: dict, progress: bool) -> None:
     locks; report the tasks that failed."""
     from tqdm.auto import tqdm
 
-    from . import store
-
     failures = []
     bar = tqdm(total=len(pending), desc="chunks on Ray", unit="chunk", disable=not progress)
     try:
@@ -345,13 +292,13 @@ def _collect(ray, pending: dict, progress: bool) -> None:
             if not done:
                 continue  # back in Python between waits, so a Ctrl-C is raised here within a second
             run, models = pending.pop(done[0])
-            chunk = run.folder / store.chunk_name(models)
+            chunk = run.chunk(models)
             try:
                 write_chunk_files(chunk, ray.get(done[0]))
             except (ray.exceptions.RayError, RuntimeError) as error:  # the task failed, or its files
                 failures.append((chunk, error))
             finally:
-                store.chunk_lock(chunk).unlink(missing_ok=True)
+                release_chunk(chunk)
             bar.update()
     except BaseException:
         _abandon(ray, pending, list(pending.values()))
@@ -364,21 +311,17 @@ def _collect(ray, pending: dict, progress: bool) -> None:
 
 def _abandon(ray, pending: dict, claimed: list) -> None:
     """Cancel the submitted tasks and free the locks of the chunks claimed for them."""
-    from . import store
-
     for ref in pending:
         ray.cancel(ref, force=True)
     for run, models in claimed:
-        store.chunk_lock(run.folder / store.chunk_name(models)).unlink(missing_ok=True)
+        release_chunk(run.chunk(models))
 
 
 def _failure_report(failures: list) -> str:
     lines = [f"{len(failures)} chunk(s) failed on Ray after every retry (the other chunks are sealed and stay; "
              "run the same command again to retry only these):"]
-    from . import store
-
     for chunk, error in failures:
-        first, last = store.chunk_range(chunk)
+        first, last = chunk_range(chunk)
         cause = getattr(error, "cause", None) or error  # a RayTaskError carries the task's exception
         message = (str(cause).strip().splitlines() or [""])[-1]
         lines.append(f"  models {first}-{last} of {chunk.parent}: {type(cause).__name__}: {message}")

@@ -13,7 +13,7 @@ from .. import protocol
 from ..memorization import (canary_curves, epochs_to_memorize, mean_epochs_to_memorize, memorization_scores,
                             run_exposure, run_memorization)
 from ..reading import fmt_interval
-from .sweep import Family, Measured, measure_family, sentence_for
+from .family_steps import TrainedFamily, Measured, measure_family, sentence_for
 
 KIND_ORDER = ["typical", "noise", "mislabeled", "ood", "atypical"]
 
@@ -30,9 +30,9 @@ def mean_memorization(run, kinds=("noise", "mislabeled", "ood", "atypical")) -> 
     return float(np.nanmean(scores[chosen])) if chosen.any() else float("nan")
 
 
-def kinds_present(fam: Family) -> list[str]:
+def kinds_present(family: TrainedFamily) -> list[str]:
     """The kinds of pool sample in this family, typical first."""
-    present = set(fam.data.kinds or ["typical"])
+    present = set(family.data.kinds or ["typical"])
     return [k for k in KIND_ORDER if k in present]
 
 
@@ -57,7 +57,7 @@ MARGINS = {"canaries": (0.05, "one canary in twenty memorized more or less"),
            "epochs": (0.05, "a twentieth of the budget: half an epoch of a 10-epoch schedule")}
 
 
-def compare_memorization(fam: Family, margins: dict[str, float]) -> Measured:
+def compare_memorization(family: TrainedFamily, margins: dict[str, float]) -> Measured:
     """Mean memorization of the canaries (``values["canaries"]``) and of the typical samples
     (``values["typical"]``), and the canaries' epochs to memorize (``values["epochs"]``) of every
     run, compared BN vs the reference under the protocol and read at ``margins``
@@ -68,11 +68,11 @@ def compare_memorization(fam: Family, margins: dict[str, float]) -> Measured:
     parts = []
     for higher in dict.fromkeys(HIGHER_MEANS.values()):  # measure_family takes one meaning at a time
         keys = [k for k in measures if HIGHER_MEANS[k] == higher]
-        parts.append(measure_family(fam, {k: measures[k] for k in keys}, MEASURES, higher, lambda values, c: "",
+        parts.append(measure_family(family, {k: measures[k] for k in keys}, MEASURES, higher, lambda values, c: "",
                                     margins={k: margins[k] for k in keys}, claim_signs=CLAIM_SIGNS))
     merged = merge_measured(parts)
     merged.sentences = {c.setting: sentence_for(lambda values, c: setting_sentence(values, c, margins),
-                                                merged.values, c) for c in fam.comparisons}
+                                                merged.values, c) for c in family.comparisons}
     return merged
 
 
@@ -110,14 +110,14 @@ def fair_sentences(result: Measured) -> str:
                     if any(part in protocol.FAIR_SETTINGS for part in setting.split(protocol.SAME_RUNS)))
 
 
-def memorization_timing(fam: Family, c: protocol.Comparison) -> pd.DataFrame:
+def memorization_timing(family: TrainedFamily, c: protocol.Comparison) -> pd.DataFrame:
     """Per canary kind and norm, over the IN models of every seed of comparison ``c``'s two sides:
     mean fraction of the budget to memorize (censored at 1), the share memorized by the end, and
     the mean epoch of memorization among those memorized."""
     frames = []
     for norm, budget in (("batch", c.epochs_bn), (c.reference, c.epochs_ref)):
-        for seed in range(fam.protocol.seeds):
-            run = fam.run(norm, budget, seed)
+        for seed in range(family.protocol.seeds):
+            run = family.run(norm, budget, seed)
             pairs = epochs_to_memorize(run.canary_history, run.masks, budget=budget, kinds=run.kinds)
             frames.append(pairs.assign(kind=[run.kinds[i] for i in pairs["sample"]], norm=norm, budget=budget))
     pairs = pd.concat(frames, ignore_index=True)
@@ -128,15 +128,15 @@ def memorization_timing(fam: Family, c: protocol.Comparison) -> pd.DataFrame:
                                                      ["batch", c.reference]], names=["kind", "norm"]))
 
 
-def typical_gap(fam: Family, c: protocol.Comparison) -> pd.DataFrame:
+def typical_gap(family: TrainedFamily, c: protocol.Comparison) -> pd.DataFrame:
     """Typical-sample memorization beside the generalization gap, per side of comparison ``c``
     (mean over seeds): the typical samples' accuracy in their IN models (``in_acc``) and OUT models
     (``out_acc``), their difference ``mem`` (the memorization score averaged over typical samples),
     the test accuracy and the gap ``in_acc - test_acc``."""
     rows = []
     for norm, budget in (("batch", c.epochs_bn), (c.reference, c.epochs_ref)):
-        for seed in range(fam.protocol.seeds):
-            run = fam.run(norm, budget, seed)
+        for seed in range(family.protocol.seeds):
+            run = family.run(norm, budget, seed)
             typical = torch.from_numpy(np.asarray(run.kinds) == "typical") if run.kinds else \
                 torch.ones(run.masks.shape[1], dtype=torch.bool)
             correct, masks = correct_on_pool(run)[:, typical], run.masks[:, typical]
@@ -161,12 +161,12 @@ class SettingDetail:
     learning: pd.DataFrame
 
 
-def setting_detail(fam: Family, c: protocol.Comparison, *, n_boot: int = 200, exposure_bits: float | None = None) -> SettingDetail:
+def setting_detail(family: TrainedFamily, c: protocol.Comparison, *, n_boot: int = 200, exposure_bits: float | None = None) -> SettingDetail:
     """Detail of the two sides of comparison ``c``, over all seeds."""
     scores, groups, exposures, learning = [], [], [], []
     for norm, budget in (("batch", c.epochs_bn), (c.reference, c.epochs_ref)):
-        for seed in range(fam.protocol.seeds):
-            run = fam.run(norm, budget, seed)
+        for seed in range(family.protocol.seeds):
+            run = family.run(norm, budget, seed)
             s, g = run_memorization(run, n_boot=n_boot, seed=seed)
             tag = dict(norm=norm, seed=seed, budget=budget)
             scores.append(s.assign(**tag))

@@ -1,9 +1,10 @@
 """The family of shadow runs that chapters 01-04 share, built from their common parameters.
 
 Chapters 01-04 declare the same family parameters (dataset, architecture, pool, canaries, models,
-seeds, budgets, learning-rate grid, fit threshold, probes) and call :func:`family` with them, so
+seeds, budgets, learning-rate grid, fit threshold, probes; their defaults and meanings are declared
+once, in :class:`bnprivacy.analysis.parameters.FamilyParameters`) and call :func:`family_protocol` with them, so
 they name the same runs in the store: whichever chapter runs first trains them, the others load
-them. :func:`family` validates every parameter before anything is trained or written.
+them. :func:`family_protocol` validates every parameter before anything is trained or written.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import time
 
 import pandas as pd
 
-from .. import protocol
-from ..config import Config
+from .. import headlines, protocol
+from ..config import Config, norm_order
 from ..protocol import Comparison, Protocol, Sweep
-
-# The parameters that define the shared family; a chapter passes exactly these to ``family``.
-FAMILY_PARAMETERS = ("dataset", "arch", "width", "train_size", "norms", "canaries", "canary_references",
-                     "n_models", "seeds", "budgets", "equal_epochs", "lr", "lr_grid", "fit_threshold",
-                     "batch_size", "weight_decay", "augment", "probe_points", "probe_typical", "probe_models", "precision", "device")
+from .parameters import FAMILY_PARAMETERS  # declared once, with defaults and meanings: FamilyParameters
+from ..data import load_dataset
+from ..runs import shadow
+from ..runs.chunks import check_chunk_size, is_run_complete
+from ..runs.executor import ChunkJob, ExecutorOptions
+from ..runs.shadow import training_seconds as run_seconds
+from ..stats import check_margin
+from ..training import resolve_device
 
 
 # Chapter 01's equivalence margin (test accuracy in percent): the largest difference that counts as none.
@@ -37,25 +41,40 @@ def as_list(name: str, value) -> list:
     raise ValueError(f"{name}={value!r} is not allowed; allowed values: a list, e.g. '[batch, none]'")
 
 
-def family(*, dataset, arch, width, train_size, norms, canaries, canary_references, n_models, seeds,
-           budgets, equal_epochs, lr, lr_grid, fit_threshold, batch_size, weight_decay, augment, probe_points,
-           probe_typical, probe_models, precision, device) -> Protocol:
-    """The shared family's :class:`protocol.Protocol` from the chapters' parameters (validated:
-    a bad value raises ``ValueError`` naming it before any training)."""
-    from ..plots import norm_order
+def check_family_names(given) -> None:
+    """Refuse names that are not exactly :data:`FAMILY_PARAMETERS` (ValueError naming the
+    missing and the unknown ones): a family built from other names would not be the chapters' runs."""
+    missing = [name for name in FAMILY_PARAMETERS if name not in given]
+    unknown = sorted(set(given) - set(FAMILY_PARAMETERS))
+    problems = []
+    if missing:
+        problems.append(f"the family parameters {missing} are missing")
+    if unknown:
+        problems.append(f"{unknown} are not family parameters")
+    if problems:
+        raise ValueError(f"family_protocol(): {'; '.join(problems)}; pass exactly these names: {', '.join(FAMILY_PARAMETERS)} "
+                         "(their defaults: bnprivacy.analysis.parameters.defaults())")
 
-    norms = as_list("norms", norms)
-    base = Config(dataset=dataset, arch=arch, width=width, train_size=train_size, canaries=canaries,
-                  canary_references=canary_references, batch_size=batch_size, lr=lr,
-                  weight_decay=weight_decay, augment=augment, precision=precision, device=device)
-    return Protocol(base, norms=tuple(norm_order(norms)),
-                    budgets=tuple(as_list("budgets", budgets)), lr_grid=tuple(as_list("lr_grid", lr_grid)),
-                    fit_threshold=fit_threshold, seeds=seeds, n_models=n_models, equal_epochs=equal_epochs,
-                    probe_points=probe_points, probe_typical=probe_typical, probe_models=probe_models)
+
+def family_protocol(**values) -> Protocol:
+    """The shared family's :class:`protocol.Protocol` from exactly the family parameters by keyword,
+    as :class:`bnprivacy.analysis.parameters.FamilyParameters` declares them (e.g.
+    ``family_protocol(**parameters.defaults())``). Validated: a missing or unknown name, or a bad value,
+    raises ``ValueError`` naming it before any training."""
+
+    check_family_names(values)
+    norms = as_list("norms", values["norms"])  # checked first, as always: its error wins over Config's
+    config = {name: values[name] for name in ("dataset", "arch", "width", "train_size", "canaries", "canary_references",
+                                              "batch_size", "lr", "weight_decay", "augment", "precision", "device")}
+    protocol_only = {name: values[name] for name in ("fit_threshold", "seeds", "n_models", "equal_epochs",
+                                                     "probe_points", "probe_typical", "probe_models")}
+    return Protocol(Config(**config), norms=tuple(norm_order(norms)),
+                    budgets=tuple(as_list("budgets", values["budgets"])),
+                    lr_grid=tuple(as_list("lr_grid", values["lr_grid"])), **protocol_only)
 
 
 @dataclasses.dataclass
-class Family:
+class TrainedFamily:
     """The trained family: data, sweep, and the comparisons of BN with the reference."""
 
     protocol: Protocol
@@ -72,21 +91,19 @@ class Family:
         return self.sweep.run(norm, budget, seed)
 
 
-def train_family(p: Protocol, *, progress: bool = True) -> Family:
+def train_family(p: Protocol, *, progress: bool = True) -> TrainedFamily:
     """Load the data, choose each norm's learning rate, train (or load) every run of the family,
     and make the comparisons (``protocol.compare``)."""
-    from ..data import load_dataset
-    from ..training import resolve_device
 
     started = time.perf_counter()
     data = load_dataset(p.base, resolve_device(p.base))
     sweep = protocol.run_sweep(p, data, progress=progress)
-    return Family(p, data, sweep, protocol.compare(sweep), time.perf_counter() - started)
+    return TrainedFamily(p, data, sweep, protocol.compare(sweep), time.perf_counter() - started)
 
 
-def setting_table(fam: Family, *, profile: str, hardware: str) -> pd.DataFrame:
+def setting_table(family: TrainedFamily, *, profile: str, hardware: str) -> pd.DataFrame:
     """The one-row table at the top of a chapter: profile, data, pool, models, budgets, hardware."""
-    data, p = fam.data, fam.protocol
+    data, p = family.data, family.protocol
     canaries = sum(k != "typical" for k in (data.kinds or []))
     return pd.DataFrame({
         "profile": [profile], "dataset": [p.base.dataset],
@@ -96,9 +113,9 @@ def setting_table(fam: Family, *, profile: str, hardware: str) -> pd.DataFrame:
         "hardware": [hardware]})
 
 
-def sides_table(fam: Family) -> pd.DataFrame:
+def sides_table(family: TrainedFamily) -> pd.DataFrame:
     """Per norm and budget: the chosen learning rate, IN (train) and test accuracy, and fit."""
-    sides = fam.sweep.sides()
+    sides = family.sweep.sides()
     return sides[["norm", "budget", "lr", "train_acc", "test_acc", "test_acc_sd", "fit", "trained"]]
 
 
@@ -111,22 +128,21 @@ def comparison_sentence(c: Comparison) -> str:
     return f"{head}; {verdict}." + (f" {c.note[0].upper()}{c.note[1:]}." if c.note else "")
 
 
-def comparisons_markdown(fam: Family) -> str:
+def comparisons_markdown(family: TrainedFamily) -> str:
     """The comparisons as a Markdown list (glued into each chapter)."""
-    return "\n".join(f"- {comparison_sentence(c)}" for c in fam.comparisons)
+    return "\n".join(f"- {comparison_sentence(c)}" for c in family.comparisons)
 
 
-def training_seconds(fam: Family) -> float:
+def training_seconds(family: TrainedFamily) -> float:
     """Seconds the family's shadow models trained for when they were trained (the learning-rate
     choice not included), whether this call trained them or loaded them."""
-    from ..store import training_seconds as run_seconds
 
-    return sum(run_seconds(run) for run in fam.sweep.runs.values())
+    return sum(run_seconds(run) for run in family.sweep.runs.values())
 
 
-def epochs_to_fit(fam: Family) -> dict[str, float]:
+def epochs_to_fit(family: TrainedFamily) -> dict[str, float]:
     """Each norm's smallest budget that fits (NaN when none does)."""
-    sides = fam.sweep.sides()
+    sides = family.sweep.sides()
     out = {}
     for norm, group in sides.groupby("norm", sort=False):
         fitting = group[group.fit].budget
@@ -134,13 +150,15 @@ def epochs_to_fit(fam: Family) -> dict[str, float]:
     return out
 
 
-def family_from(parameters: dict) -> Protocol:
-    """:func:`family` from a chapter's namespace (``globals()``): takes exactly the family
+def protocol_from(parameters: dict) -> Protocol:
+    """:func:`family_protocol` from a chapter's namespace (``globals()``): takes exactly the family
     parameters, so chapters 01-04 cannot drift apart in what they pass."""
     missing = [name for name in FAMILY_PARAMETERS if name not in parameters]
     if missing:
-        raise ValueError(f"the chapter does not define the family parameters {missing}")
-    return family(**{name: parameters[name] for name in FAMILY_PARAMETERS})
+        raise ValueError(f"the chapter does not define the family parameters {missing}; declare them in its "
+                         "parameters cell with the defaults and meanings of "
+                         "bnprivacy.analysis.parameters.FamilyParameters")
+    return family_protocol(**{name: parameters[name] for name in FAMILY_PARAMETERS})
 
 
 def train_family_shard(p: Protocol, *, shard: str = "0/1", chunk_size: int = 16, progress: bool = True,
@@ -150,25 +168,17 @@ def train_family_shard(p: Protocol, *, shard: str = "0/1", chunk_size: int = 16,
     that share one results folder; returns (runs complete, runs in the family). The learning-rate
     choice is deterministic, so every shard chooses the same rates. ``executor="ray"`` chooses the
     rates here, then trains every missing chunk of every run as Ray tasks at once (the options of
-    :func:`bnprivacy.store.shadow_run`)."""
-    from .. import executors, store
-    from ..data import load_dataset
-    from ..training import resolve_device
+    :func:`bnprivacy.runs.shadow.shadow_run`)."""
 
-    store.parse_shard(shard)
-    executors.check_executor(executor, shard, address, cpus_per_task, max_retries)
-    store.check_chunk_size(chunk_size)
+    options = ExecutorOptions(shard, address, cpus_per_task, max_retries)
+    runner = shadow.executor_for(executor, options)
+    check_chunk_size(chunk_size)
     data = load_dataset(p.base, resolve_device(p.base))
     lrs = protocol.chosen_lr(protocol.choose_learning_rates(p, data, progress=progress))
     keys = [(n, b, s) for n in p.norms for b in p.budgets for s in range(p.seeds)]
     specs = [p.spec(norm, budget, lrs[norm], seed, len(data.y_train)) for norm, budget, seed in keys]
-    if executor == "ray":
-        runs = executors.train_runs_on_ray(specs, data, chunk_size, address=address, cpus_per_task=cpus_per_task,
-                                           max_retries=max_retries, progress=progress)
-        return sum(store.is_run_complete(run.folder, run.spec.n_models, chunk_size) for run in runs), len(keys)
-    complete = sum(store.shadow_run(spec, data, chunk_size=chunk_size, shard=shard, progress=progress) is not None
-                   for spec in specs)
-    return complete, len(keys)
+    runs = shadow.train_runs(specs, data, chunk_size, runner, options, ChunkJob(progress=progress))
+    return sum(is_run_complete(run.folder, run.spec.n_models, chunk_size) for run in runs), len(keys)
 
 
 @dataclasses.dataclass
@@ -194,7 +204,6 @@ def margins(defaults: dict[str, tuple[float, str]], given) -> dict[str, float]:
     """A chapter's equivalence margins: ``defaults`` (``{measure key: (margin, reason)}``) with the
     chapter's ``margins`` parameter (``{key: margin}``) overriding. Unknown keys and margins that
     are not numbers > 0 are refused before any work starts."""
-    from ..stats import check_margin
 
     if not isinstance(given, dict):
         raise ValueError(f"margins={given!r} is not allowed; allowed values: a mapping of measure to margin, "
@@ -215,29 +224,29 @@ def margins_markdown(defaults: dict[str, tuple[float, str]], chosen: dict[str, f
                       for k, (margin, reason) in defaults.items())
 
 
-def measure_family(fam: Family, measures: dict, names: dict[str, str], higher_means: str, sentence,
+def measure_family(family: TrainedFamily, measures: dict, names: dict[str, str], higher_means: str, sentence,
                    digits: int = 3, resolution: dict | None = None, *, margins: dict[str, float],
                    claim_signs: dict[str, int] | None = None) -> Measured:
     """Compute each ``measures[key](run) -> float`` on every run and read it through the
     protocol's comparisons; ``names[key]`` is the measure's name in the headline rows,
     ``margins[key]`` its equivalence margin (:func:`margins`), and ``sentence(values,
     comparison)`` says what one comparison finds. ``resolution[key]`` (optional,
-    ``protocol.headline_rows``) says when the measure cannot resolve a comparison, and
+    ``headlines.headline_rows``) says when the measure cannot resolve a comparison, and
     ``claim_signs[key]`` (default +1) which sign of BN − reference the claim predicts."""
     resolution = resolution or {}
     claim_signs = claim_signs or {}
-    values = {key: protocol.measure_table(fam.sweep, fn) for key, fn in measures.items()}
-    pairings = {key: protocol.fitting_pairings(fam.sweep, v, fam.protocol.reference) for key, v in values.items()}
+    values = {key: protocol.measure_table(family.sweep, fn) for key, fn in measures.items()}
+    pairings = {key: protocol.fitting_pairings(family.sweep, v, family.protocol.reference) for key, v in values.items()}
     robust = {key: protocol.robustness(table) for key, table in pairings.items()}
     rows = [row for key in measures
-            for row in protocol.headline_rows(values[key], fam.comparisons, names[key], higher_means, robust[key],
+            for row in headlines.headline_rows(values[key], family.comparisons, names[key], higher_means, robust[key],
                                               resolution.get(key), margin=margins[key],
                                               claim_sign=claim_signs.get(key, 1))]
     return Measured(values, {k: protocol.curves(v) for k, v in values.items()},
-                    {k: protocol.comparison_table(v, fam.comparisons, margin=margins[k], digits=digits,
+                    {k: protocol.comparison_table(v, family.comparisons, margin=margins[k], digits=digits,
                                                   resolution=resolution.get(k))
                      for k, v in values.items()},
-                    rows, {c.setting: sentence_for(sentence, values, c) for c in fam.comparisons}, pairings, robust)
+                    rows, {c.setting: sentence_for(sentence, values, c) for c in family.comparisons}, pairings, robust)
 
 
 def sentence_for(sentence, values: dict[str, pd.DataFrame], c: Comparison) -> str:

@@ -1,0 +1,222 @@
+"""A shadow run's chunks: the grid of models trained together, planning and opening a run,
+training and sealing a chunk, its signals, and the claim-and-poll loop every executor runs.
+
+A run folder holds ``spec.json``, ``masks.pt``, ``chunking.json`` and one folder
+``models-FIRST-LAST`` per chunk of consecutive models, complete when its manifest is (``disk``).
+The grid splits models ``0 .. n-1`` into chunks of ``chunk_size``; a chunk of the grid that is
+partly done is trained as its missing consecutive ranges (:func:`contiguous_parts`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..checks import check_whole
+from ..ensemble import check_masks
+from ..signals import collect_logits
+from .disk import is_complete, load_torch, read_csv_or_empty, reset, save_json, save_torch, seal, write_atomic
+from .locks import say_who_holds
+from .spec import ShadowSpec, run_folder
+
+
+@dataclasses.dataclass(eq=False)
+class RunChunks:
+    """One run's share of the work: its spec, folder, masks and chunk size."""
+
+    spec: ShadowSpec
+    folder: Path
+    masks: torch.Tensor
+    chunk_size: int
+
+    def missing(self) -> list[list[int]]:
+        """The missing models, as consecutive ranges within the chunks of the grid."""
+        return [part for models in missing_chunks(self.folder, self.spec.n_models, self.chunk_size)
+                for part in contiguous_parts(models)]
+
+    def chunk(self, models: list[int]) -> Path:
+        """The folder of the chunk that holds the consecutive models ``models``."""
+        return self.folder / chunk_name(models)
+
+
+CHUNK_FILES = ("states.pt", "history.csv")
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    """A chunk holds a whole number >= 1 of models."""
+    check_whole("chunk_size", chunk_size)
+
+
+def plan_run(spec: ShadowSpec, data) -> tuple[Path, torch.Tensor]:
+    """The run's folder and its checked masks; nothing is written yet."""
+    masks = spec.masks(len(data.y_train))
+    check_masks(masks, len(data.y_train), spec.config.batch_size)
+    return run_folder(spec), masks
+
+
+def open_run(spec: ShadowSpec, folder: Path, masks: torch.Tensor, chunk_size: int) -> None:
+    """Write the run's description (spec, masks, chunk size) before any chunk trains."""
+    if missing_chunks(folder, spec.n_models, chunk_size):
+        _pin_chunk_size(folder, chunk_size)
+    _write_masks(spec, folder, masks)
+
+
+def is_run_complete(folder: Path, n_models: int, chunk_size: int) -> bool:
+    """Whether every model of the run in ``folder`` is in a sealed chunk."""
+    return not missing_chunks(folder, n_models, chunk_size)
+
+
+def _pin_chunk_size(folder: Path, chunk_size: int) -> None:
+    """The chunk size is part of a run's identity while it trains: shards with different sizes
+    would each wait for models that the other's grid assigns to nobody."""
+    path = folder / "chunking.json"
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())["chunk_size"]
+        except (ValueError, KeyError, TypeError):
+            stored = None
+        if stored is not None and stored != chunk_size:
+            raise ValueError(f"the run in {folder} trains in chunks of {stored} models; pass --chunk-size "
+                             f"{stored} (chunk_size={stored}) to every process of this run, not {chunk_size}")
+        if stored is not None:
+            return
+    save_json(path, {"chunk_size": chunk_size})
+
+
+def _write_masks(spec: ShadowSpec, folder: Path, masks: torch.Tensor) -> None:
+    path = folder / "masks.pt"
+    if not (folder / "spec.json").is_file():
+        save_json(folder / "spec.json", spec.to_dict())
+    if path.is_file():
+        try:
+            if torch.equal(load_torch(path), masks):
+                return
+        except Exception:
+            pass
+    save_torch(path, masks)
+
+
+def chunk_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("models-*") if p.is_dir())
+
+
+def chunk_range(chunk: Path) -> tuple[int, int]:
+    """The first and last model of the chunk folder ``chunk``."""
+    first, last = chunk.name.split("-")[1:3]
+    return int(first), int(last)
+
+
+def missing_chunks(folder: Path, n_models: int, chunk_size: int) -> list[list[int]]:
+    """Models without a complete chunk, grouped into chunks of the run's grid."""
+    done = set()
+    for chunk in chunk_folders(folder):
+        if is_complete(chunk, required=CHUNK_FILES):
+            first, last = chunk_range(chunk)
+            done.update(range(first, last + 1))
+    chunks = []
+    for start in range(0, n_models, chunk_size):
+        models = [m for m in range(start, min(start + chunk_size, n_models)) if m not in done]
+        if models:
+            chunks.append(models)
+    return chunks
+
+
+def chunk_name(models: list[int]) -> str:
+    """The folder name of the chunk that holds the consecutive models ``models``."""
+    return f"models-{models[0]:05d}-{models[-1]:05d}"
+
+
+def train_and_seal(spec: ShadowSpec, data, masks, models: list[int], chunk: Path, strategy: str,
+                   progress: bool) -> None:
+    """Train the models ``models`` and write them into ``chunk`` with their tables, sealed last."""
+    reset(chunk)
+    result = spec.train(data, masks, models, strategy=strategy, progress=progress)
+    save_torch(chunk / "states.pt", {str(m): s for m, s in zip(models, result.states)})
+    write_atomic(chunk / "history.csv", result.history.to_csv(index=False).encode())
+    tables = {"canaries": result.canary_history, "probes": result.probe_history, **result.tables}
+    for name, table in tables.items():
+        write_atomic(chunk / f"{name}.csv", table.to_csv(index=False).encode())
+    seal(chunk, ["states.pt", "history.csv", *(f"{name}.csv" for name in tables)])
+
+
+def chunk_signals(spec: ShadowSpec, chunk: Path, data, queries: int, query_mode: str) -> dict:
+    """The logits of ``chunk``'s models on every pool, test (and reference) sample, computed once
+    and sealed in the chunk."""
+    name = f"signals-{query_mode}-q{queries}"
+    if is_complete(chunk, f"{name}.json"):
+        return load_torch(chunk / f"{name}.pt")
+    states = load_torch(chunk / "states.pt")
+    ordered = [states[k] for k in sorted(states, key=int)]
+    sets = {"pool": data.x_train, "test": data.x_test}
+    if data.x_ref is not None:
+        sets["ref"] = data.x_ref
+    signals = {name: collect_logits(spec.config, data, ordered, x, queries=queries, mode=query_mode)
+               for name, x in sets.items()}
+    save_torch(chunk / f"{name}.pt", signals)
+    seal(chunk, [f"{name}.pt"], manifest=f"{name}.json")
+    return signals
+
+
+def chunk_table(run, name: str) -> pd.DataFrame:
+    """A table every chunk of a finished run recorded (e.g. ``"privacy"`` of a DP run), concatenated
+    over the run's chunks in model order."""
+    tables = [read_csv_or_empty(chunk / f"{name}.csv") for chunk in sealed_chunks(run.folder)]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def sealed_chunks(folder: Path) -> list[Path]:
+    """The complete chunks that make up a run, in model order, without overlaps."""
+    chunks = sorted((c for c in chunk_folders(folder) if is_complete(c, required=CHUNK_FILES)), key=chunk_range)
+    kept, covered = [], -1
+    for chunk in chunks:
+        first, last = chunk_range(chunk)
+        if first <= covered:
+            continue  # an overlapping chunk left by an earlier grid: the first one wins
+        kept.append(chunk)
+        covered = last
+    return kept
+
+
+# Seconds between looks at a chunk that another process is training.
+CHUNK_POLL_SECONDS = 2.0
+
+
+
+def contiguous_parts(models: list[int]) -> list[list[int]]:
+    """``models`` (ascending) split into runs of consecutive models: a chunk folder names one range."""
+    parts, start = [], 0
+    for i in range(1, len(models) + 1):
+        if i == len(models) or models[i] != models[i - 1] + 1:
+            parts.append(models[start:i])
+            start = i
+    return parts
+
+
+def train_seal_and_signal(spec: ShadowSpec, data, masks, models: list[int], chunk: Path, *, strategy: str,
+                          queries: int, query_mode: str, progress: bool) -> None:
+    """Train the chunk ``models`` into ``chunk`` and compute its signals: what every executor does
+    with a chunk it holds."""
+    train_and_seal(spec, data, masks, models, chunk, strategy, progress)
+    chunk_signals(spec, chunk, data, queries, query_mode)
+
+
+def poll_until_sealed(runs: list[RunChunks], train_missing, *, select=None) -> None:
+    """The loop every executor runs: ``train_missing([(run, models), ...])`` trains the missing
+    chunks it can claim and returns those another process holds; while any is held, say once who
+    holds it (:func:`locks.say_who_holds`), wait ``CHUNK_POLL_SECONDS``, and look again, until every
+    chunk (that ``select(run, models)`` keeps) is sealed, by this process or another."""
+    reported: set = set()
+    while True:
+        missing = [(run, models) for run in runs for models in run.missing()
+                   if select is None or select(run, models)]
+        if not missing:
+            return
+        held = train_missing(missing)
+        if held:
+            say_who_holds([run.chunk(models) for run, models in held], reported)
+            time.sleep(CHUNK_POLL_SECONDS)
