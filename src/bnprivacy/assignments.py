@@ -192,7 +192,6 @@ def write_assignments(root: Path, chapters: list[str], out: Path) -> dict[str, l
     import jupytext
     import nbformat
 
-
     written = {"teacher": [], "student": []}
     for chapter in chapters:
         notebook = jupytext.read(root / f"{chapter_page(root, chapter)}.md")

@@ -294,7 +294,6 @@ class _Trainer:
     def probe_gradients(self, wide: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int,
                         epoch: int) -> list[dict]:
         """Gradient norms of the probe samples inserted into each probed model's current batch."""
-
         n, rows = len(self.models), []
         states = split_state(wide.state_dict(), n)
         samples = self.probe_samples.to(self.device)

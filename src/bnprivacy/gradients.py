@@ -153,7 +153,6 @@ def _hook_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
     from one backward pass of the summed loss."""
     from opacus.grad_sample import GradSampleModule
 
-
     if has_batchnorm(model):
         # Opacus would swap BatchNorm for GroupNorm, measuring another model.
         raise ValueError("method='hooks' does not apply to a model with BatchNorm; use method='vmap'")

@@ -96,7 +96,6 @@ def paired_headline(measure: str, setting: str, batch_values, ref_values, higher
     ``comparison``, ``margin`` and ``claim_sign`` as in :func:`headline_row`."""
     import numpy as np
 
-
     batch_values, ref_values = np.asarray(batch_values, float), np.asarray(ref_values, float)
     if batch_values.shape != ref_values.shape:
         raise ValueError(f"paired values need one per seed on both sides; got {batch_values.shape} "

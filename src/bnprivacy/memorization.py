@@ -161,7 +161,6 @@ def run_exposure(run, resolution_bits: float | None = None) -> pd.DataFrame:
 
     Each canary is ranked against the reference candidates of its own kind (identity query).
     """
-
     if run.logits_ref is None or not run.ref_kinds:
         raise ValueError("this run has no reference candidates; set Config.canary_references > 0")
     pool_losses = losses(run.logits_pool[:, 0], run.y_pool)

@@ -104,7 +104,6 @@ def memorization_boxes(scores: pd.DataFrame, kinds: list[str], title: str = ""):
 def roc_panels(attacked, attacks, title: str = ""):
     """Log-log ROC curves of ``attacks`` (one panel each) for every norm of an
     ``analysis.membership.Attacked``; the dashed diagonal is a guessing attacker."""
-
     fig, axes = plt.subplots(1, len(attacks), figsize=(4 * len(attacks), 3.7), sharey=True, squeeze=False)
     for ax, attack in zip(axes[0], attacks):
         for norm, run in attacked.runs.items():

@@ -61,7 +61,6 @@ class RecordedSetting:
     def label(self) -> str:
         """"recorded on <date>, <hardware>, commit <sha>; rerun with <command>" in Markdown, every
         recorded text escaped."""
-
         p = self.provenance
         dirty = " (with uncommitted changes)" if p["dirty"] else ""
         trained = (f"; its shadow models trained for {p['training_seconds'] / 60:.0f} min"
@@ -125,7 +124,6 @@ def check_model_count(profile: str, parameters: dict[str, dict]) -> None:
 def record(root: Path, profile: str, name: str, overrides: dict | None = None,
            chapters: tuple[str, ...] = RECORDED_CHAPTERS, command: str | None = None) -> Path:
     """Execute ``chapters`` under ``profile`` (with ``overrides``) and write ``recorded/<name>/``."""
-
     name = check_name(name)
     overrides = dict(overrides or {})
     unknown = [c for c in chapters if c not in chapter_names(root)]
@@ -156,7 +154,6 @@ def record(root: Path, profile: str, name: str, overrides: dict | None = None,
 def hardware() -> str:
     """The device a recording ran on, in words."""
     import torch
-
 
     return describe_hardware(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 

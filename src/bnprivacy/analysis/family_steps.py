@@ -61,7 +61,6 @@ def family_protocol(**values) -> Protocol:
     as :class:`bnprivacy.analysis.parameters.FamilyParameters` declares them (e.g.
     ``family_protocol(**parameters.defaults())``). Validated: a missing or unknown name, or a bad value,
     raises ``ValueError`` naming it before any training."""
-
     check_family_names(values)
     norms = as_list("norms", values["norms"])  # checked first, as always: its error wins over Config's
     config = {name: values[name] for name in ("dataset", "arch", "width", "train_size", "canaries", "canary_references",
@@ -94,7 +93,6 @@ class TrainedFamily:
 def train_family(p: Protocol, *, progress: bool = True) -> TrainedFamily:
     """Load the data, choose each norm's learning rate, train (or load) every run of the family,
     and make the comparisons (``protocol.compare``)."""
-
     started = time.perf_counter()
     data = load_dataset(p.base, resolve_device(p.base))
     sweep = protocol.run_sweep(p, data, progress=progress)
@@ -136,7 +134,6 @@ def comparisons_markdown(family: TrainedFamily) -> str:
 def training_seconds(family: TrainedFamily) -> float:
     """Seconds the family's shadow models trained for when they were trained (the learning-rate
     choice not included), whether this call trained them or loaded them."""
-
     return sum(run_seconds(run) for run in family.sweep.runs.values())
 
 
@@ -169,7 +166,6 @@ def train_family_shard(p: Protocol, *, shard: str = "0/1", chunk_size: int = 16,
     choice is deterministic, so every shard chooses the same rates. ``executor="ray"`` chooses the
     rates here, then trains every missing chunk of every run as Ray tasks at once (the options of
     :func:`bnprivacy.runs.shadow.shadow_run`)."""
-
     options = ExecutorOptions(shard, address, cpus_per_task, max_retries)
     runner = shadow.executor_for(executor, options)
     check_chunk_size(chunk_size)
@@ -204,7 +200,6 @@ def margins(defaults: dict[str, tuple[float, str]], given) -> dict[str, float]:
     """A chapter's equivalence margins: ``defaults`` (``{measure key: (margin, reason)}``) with the
     chapter's ``margins`` parameter (``{key: margin}``) overriding. Unknown keys and margins that
     are not numbers > 0 are refused before any work starts."""
-
     if not isinstance(given, dict):
         raise ValueError(f"margins={given!r} is not allowed; allowed values: a mapping of measure to margin, "
                          f"e.g. '{{{next(iter(defaults))}: {next(iter(defaults.values()))[0]}}}'")

@@ -80,7 +80,6 @@ def compare_ratios(family: TrainedFamily, margins: dict[str, float]) -> Measured
 def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison, margins: dict[str, float],
                      exploratory_words: str = "") -> str:
     """What one comparison says about both ratios, in words."""
-
     parts = []
     for column, name in (("own ratio", "own gradient (a)"), ("loo ratio", "leave-one-out influence (b)")):
         d = protocol.difference(values[column], c)

@@ -175,7 +175,6 @@ def attack_setting(family: TrainedFamily, c: protocol.Comparison, targets: list[
     """Score every shown attack on seed ``seed`` of both sides of comparison ``c`` (or of ``norms``),
     and calibrate each on the same runs (``null_draws`` shuffled-mask draws). ``query_mode="train"``
     queries BN with the query batch's statistics (the LiRA reference code)."""
-
     runs, scores, nulls = {}, {}, []
     for norm, budget in (("batch", c.epochs_bn), (c.reference, c.epochs_ref)):
         if norms is not None and norm not in norms:

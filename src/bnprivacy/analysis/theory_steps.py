@@ -82,7 +82,6 @@ class LinearSetting:
 def check_norms(norms) -> list[str]:
     """The small network's norms as a list in the book's order: a scalar is a one-element list;
     raises ValueError unless they are known norms that include 'batch' and a reference."""
-
     norms = as_list("norms", norms)
     unknown = [n for n in norms if n not in NORMS]
     if unknown or "batch" not in norms or len(set(norms)) < 2:
@@ -99,7 +98,6 @@ def check_chapter_parameters(*, profile, norms, features, classes, per_class, li
     dataset, arch, width, train_size, epochs, lr, device and the canaries' format when the chapter
     builds it), before anything trains: raise ValueError "name=value is not allowed; allowed values:
     ..." for the first bad one. :func:`check_pool` checks what needs the data."""
-
     headline_folder(profile)  # the folder its headline rows go to: a plain name
     check_norms(norms)
     for name, value, least in (("features", features, 1), ("classes", classes, 2), ("per_class", per_class, 1),
@@ -156,7 +154,6 @@ def _check_real(name: str, value, ok, allowed: str) -> None:
 
 def _check_integers(name: str, values, least: int, most: int) -> list[int]:
     """A non-empty list (or one value) of ints between ``least`` and ``most``."""
-
     listed = as_list(name, values)
     if not listed or any(isinstance(v, bool) or not isinstance(v, int) or not least <= v <= most for v in listed):
         _fail(name, values, f"a list of integers from {least} to classes * per_class = {most}")
@@ -165,7 +162,6 @@ def _check_integers(name: str, values, least: int, most: int) -> list[int]:
 
 def _check_distances(name: str, values, least_count: int) -> None:
     """At least ``least_count`` distances in (0, MAX_DISTANCE], increasing (a curve's far end is its last)."""
-
     listed = as_list(name, values)
     allowed = (f"a list of at least {least_count} increasing numbers above 0 and at most {MAX_DISTANCE:g} "
                "(typical distances)")
@@ -446,7 +442,6 @@ def read_batch_sizes(rows: pd.DataFrame) -> BatchSizeReading:
 
 def trained_networks(configs: dict, data, device, progress=_quiet) -> dict[str, torch.nn.Module]:
     """The chapters' small network per normalisation, trained (or loaded from results/)."""
-
     models = {}
     for norm, cfg in progress(configs.items(), desc="small networks"):
         record = train_cached(cfg, data, progress=False)

@@ -314,7 +314,6 @@ def frontier_curves(curve_values: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per measure of the privacy chapters, each norm's curve against test accuracy
     (``protocol.curves``: mean over seeds with its t-interval at every budget), for the frontier
     figure."""
-
     privacy = curve_values[curve_values.chapter.isin(PRIVACY_CHAPTERS)]
     return {measure: curves(group) for measure, group in privacy.groupby("measure", sort=False)}
 
