@@ -26,13 +26,23 @@ def steps(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BNPRIVACY_RESULTS", str(tmp_path_factory.mktemp("results")))
         patch.setenv("BNPRIVACY_DATA", str(tmp_path_factory.mktemp("data")))
+        told = tmp_path_factory.mktemp("progress") / "06.log"
+        patch.setenv("BNPRIVACY_PROGRESS", str(told))
         setup = mitigation.prepare(PLAN)
         trained = mitigation.train(setup, progress=False)
         summary = mitigation.summarize(setup, trained)
         found = mitigation.effects(setup, trained, summary)
         return {"setup": setup, "trained": trained, "summary": summary, "found": found,
                 "headline": mitigation.headline_rows(setup, summary, found),
-                "audit": mitigation.audit(setup, trained)}
+                "audit": mitigation.audit(setup, trained), "told": told.read_text().splitlines()}
+
+
+def test_the_reader_is_told_the_plan_then_each_setting_as_it_trains(steps):
+    told = steps["told"]
+    assert told[0].startswith("settings of the mitigation: 4 runs to train: 24 models, ")
+    trained = [line for line in told[1:] if line.startswith("settings of the mitigation: run ")]
+    assert [line.split(" trained ")[0][-3:] for line in trained] == ["1/4", "2/4", "3/4", "4/4"]
+    assert "(BN, no DP)" in trained[0] and "training done in" in trained[-1]
 
 
 def side(norm, train_acc, test_acc, budget=2, lr=0.05):

@@ -221,9 +221,12 @@ def test_the_validation_split_holds_only_typical_samples_and_is_fixed():
     assert len(first) == round(0.2 * sum(k == "typical" for k in data.kinds))
 
 
-def test_a_tiny_real_sweep_fits_shares_its_runs_and_loads_them_again(isolated_store):
+def test_a_tiny_real_sweep_fits_shares_its_runs_and_loads_them_again(isolated_store, capsys, monkeypatch):
     import torch
     from bnprivacy.data import load_dataset
+    from bnprivacy.progress import PROGRESS_ENV
+
+    monkeypatch.delenv(PROGRESS_ENV, raising=False)
 
     base = BASE.replace(train_size=256, canaries="noise:2")
     p = Protocol(base, budgets=(1, 3), lr_grid=(1.0,), seeds=2, n_models=2, probe_points=2, probe_typical=2,
@@ -236,8 +239,19 @@ def test_a_tiny_real_sweep_fits_shares_its_runs_and_loads_them_again(isolated_st
     # longer budgets fit better: the complete 3-epoch schedule beats the 1-epoch one on IN accuracy
     sides = sweep.sides().set_index(["norm", "budget"])
     assert sides.loc[("batch", 3), "train_acc"] > sides.loc[("batch", 1), "train_acc"]
+    # the reader saw the plan before training and every run as it finished (2 norms x 2 budgets x 2 seeds)
+    told = capsys.readouterr().err.splitlines()
+    assert told[0].startswith("learning-rate candidates: 2 runs to train: 4 models")
+    plan = next(line for line in told if line.startswith("shadow runs of the family: 8 runs to train"))
+    assert "16 models" in plan and "image-epochs" in plan
+    trained = [line for line in told if line.startswith("shadow runs of the family: run ")]
+    assert len(trained) == 8 and "about" in trained[0] and trained[-1].endswith(trained[-1].split(";")[-1])
+    assert "training done in" in trained[-1]
     folders = sorted((isolated_store / "results" / "runs").iterdir())
     again = protocol.run_sweep(p, data, progress=False)
+    told = capsys.readouterr().err
+    assert "shadow runs of the family: all 8 runs are in the results store; nothing to train" in told
+    assert "learning-rate candidates: all 2 runs are in the results store" in told
     assert sorted((isolated_store / "results" / "runs").iterdir()) == folders
     assert again.run("batch", 3, 1).folder == run.folder
     assert torch.equal(again.run("none", 1, 0).logits_pool, sweep.run("none", 1, 0).logits_pool)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from .progress import relayed
 from .values import as_plain, check_literal, parse_value, read_yaml
 
 BUILD = Path("_build")
@@ -257,11 +258,13 @@ def execute_chapter(root: Path, chapter: str, profile: str = "quick",
     check_literal(params)  # the injected cell assigns these values and runs nothing else
     check_results_writable()
     started = time.perf_counter()
+    print(f"executing {chapter} ({profile}); its training progress follows", flush=True)
     try:
-        papermill.execute_notebook(
-            str(staged_input), str(output), parameters=params, kernel_name=KERNEL,
-            cwd=str(root), progress_bar=False, log_output=log_output,
-        )
+        with relayed(root / BUILD / "progress" / f"{chapter}.log", f"  {chapter}: "):
+            papermill.execute_notebook(
+                str(staged_input), str(output), parameters=params, kernel_name=KERNEL,
+                cwd=str(root), progress_bar=False, log_output=log_output,
+            )
     except papermill.PapermillExecutionError as error:
         raise ChapterFailed(_failure_message(chapter, error, output)) from None
     _collapse_injected_parameters(output)

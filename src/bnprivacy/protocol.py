@@ -29,20 +29,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .checks import check_whole
-from .config import Config, NORMS
-from .reading import decide, fmt_interval, judge, not_comparable
-from .stats import (difference_p, equivalence_p, paired_difference, standard_error,
-                    t_interval)
-from .runs.disk import results_folder, save_json
-from .runs.shadow import ShadowRun, shadow_run
-from .runs.spec import RunSpec
+from .config import NORMS, Config
 from .ensemble import build_ensemble, evaluate_ensemble, train_ensemble
+from .progress import PlannedRun, TrainingClock
+from .reading import decide, fmt_interval, judge, not_comparable
+from .runs.disk import results_folder, save_json
+from .runs.shadow import ShadowRun, planned_run, shadow_run
+from .runs.spec import RunSpec
+from .stats import difference_p, equivalence_p, paired_difference, standard_error, t_interval
 from .training import TrainingDiverged
 
 SETTINGS = ("equal epochs", "equal epochs, both fit", "matched fit", "matched accuracy, interpolated")
@@ -56,6 +58,9 @@ FRONTIER_POINTS = 5
 FIELDS = ("epochs_bn", "epochs_ref", "lr_bn", "lr_ref", "train_acc_bn", "train_acc_ref", "test_acc_bn",
           "test_acc_ref", "fit_bn", "fit_ref", "comparable", "reason")
 VALIDATION_MODELS = 2
+# The family parameters that make its training smaller, named when an estimate exceeds an hour.
+LR_GRID_SHRINK = "lr_grid (fewer multipliers), the first of the budgets or train_size"
+FAMILY_SHRINK = "n_models, seeds, budgets (fewer or smaller), train_size or width (e.g. -p n_models 8 -p seeds 2)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +117,6 @@ class Protocol:
 
 def check_protocol(p: Protocol) -> None:
     """Raise ``ValueError`` naming the bad field of a protocol, before anything trains."""
-
     if not isinstance(p.base, Config):
         raise ValueError(f"base must be a Config, got {type(p.base).__name__}")
     if not p.budgets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in p.budgets):
@@ -171,7 +175,6 @@ def validation_split(data, fraction: float, seed: int = 0) -> torch.Tensor:
 def validation_accuracy(cfg: Config, data, held_out: torch.Tensor, models: int = VALIDATION_MODELS) -> float:
     """Mean accuracy on ``held_out`` pool samples of ``models`` models of ``cfg`` trained on the rest
     of the pool; 0 when training diverges (a learning rate that diverges is not chosen)."""
-
     masks = torch.ones(models, len(data.y_train), dtype=torch.bool)
     masks[:, held_out] = False
     try:
@@ -196,10 +199,21 @@ def choose_learning_rates(protocol: Protocol, data, *, progress: bool = False) -
     held_out = validation_split(data, protocol.validation_fraction)
     rows = []
     grid = [(n, m) for n in protocol.norms for m in protocol.lr_grid]
+    configs = {key: protocol.config(key[0], protocol.budgets[0], protocol.base.lr * key[1], 0) for key in grid}
+    images = float(len(data.y_train) - len(held_out))
+    planned = {key: PlannedRun(f"{key[0]}, lr x{key[1]:g}", VALIDATION_MODELS, images, protocol.budgets[0])
+               for key, cfg in configs.items()
+               if not _validation_path(cfg, protocol.validation_fraction).is_file()}
+    clock = TrainingClock("learning-rate candidates", list(planned.values()), loaded=len(grid) - len(planned),
+                          shrink=LR_GRID_SHRINK)
+    clock.start()
     for norm, multiplier in tqdm(grid, desc="learning-rate grid", disable=not progress):
-        cfg = protocol.config(norm, protocol.budgets[0], protocol.base.lr * multiplier, 0)
-        rows.append({"norm": norm, "multiplier": float(multiplier), "lr": cfg.lr,
-                     "val_acc": _cached_validation(cfg, data, held_out, protocol.validation_fraction)})
+        cfg = configs[norm, multiplier]
+        started = time.perf_counter()
+        accuracy = _cached_validation(cfg, data, held_out, protocol.validation_fraction)
+        if (norm, multiplier) in planned:
+            clock.run_trained(planned[norm, multiplier], time.perf_counter() - started)
+        rows.append({"norm": norm, "multiplier": float(multiplier), "lr": cfg.lr, "val_acc": accuracy})
     table = pd.DataFrame(rows)
     table["chosen"] = False
     for norm, group in table.groupby("norm", sort=False):
@@ -209,10 +223,14 @@ def choose_learning_rates(protocol: Protocol, data, *, progress: bool = False) -
     return table
 
 
+def _validation_path(cfg: Config, fraction: float) -> Path:
+    return results_folder("validation") / f"{cfg.key()}-{fraction:g}-{VALIDATION_MODELS}.json"
+
+
 def _cached_validation(cfg: Config, data, held_out: torch.Tensor, fraction: float) -> float:
     import json
 
-    path = results_folder("validation") / f"{cfg.key()}-{fraction:g}-{VALIDATION_MODELS}.json"
+    path = _validation_path(cfg, fraction)
     if path.is_file():
         try:
             return float(json.loads(path.read_text())["val_acc"])
@@ -273,14 +291,23 @@ def run_sweep(protocol: Protocol, data, *, lr_table: pd.DataFrame | None = None,
     if lr_table is None:
         lr_table = choose_learning_rates(protocol, data, progress=progress)
     lrs = chosen_lr(lr_table)
+    specs = {(norm, budget, seed): protocol.spec(norm, budget, lrs[norm], seed, len(data.y_train))
+             for norm in protocol.norms for budget in protocol.budgets for seed in range(protocol.seeds)}
+    planned = {key: planned_run(f"{key[0]}, {key[1]} epochs, seed {key[2]}", spec, len(data.y_train))
+               for key, spec in specs.items()}
+    planned = {key: run for key, run in planned.items() if run.models}
+    clock = TrainingClock("shadow runs of the family", list(planned.values()), loaded=len(specs) - len(planned),
+                          shrink=FAMILY_SHRINK)
+    clock.start()
     runs, rows = {}, []
-    for norm in protocol.norms:
-        for budget in protocol.budgets:
-            for seed in range(protocol.seeds):
-                spec = protocol.spec(norm, budget, lrs[norm], seed, len(data.y_train))
-                run = shadow_run(spec, data, query_mode=query_mode, progress=progress)
-                runs[norm, budget, seed] = run
-                rows.append({"norm": norm, "budget": budget, "seed": seed, "lr": lrs[norm], **run_summary(run)})
+    for key, spec in specs.items():
+        started = time.perf_counter()
+        run = shadow_run(spec, data, query_mode=query_mode, progress=progress)
+        if key in planned:
+            clock.run_trained(planned[key], time.perf_counter() - started)
+        runs[key] = run
+        norm, budget, seed = key
+        rows.append({"norm": norm, "budget": budget, "seed": seed, "lr": lrs[norm], **run_summary(run)})
     return Sweep(protocol, lr_table, runs, pd.DataFrame(rows), data.num_classes)
 
 
@@ -639,7 +666,6 @@ def comparison_table(values: pd.DataFrame, comparisons: list[Comparison], *, mar
     """The comparisons of one measure as a table for a chapter: the runs each reads and their
     state, BN, reference, BN − reference with its interval, and the reading at ``margin``
     (unadjusted; the verdict adjusts across its rows)."""
-
     nan = float("nan")
     rows = []
     for c in comparisons:

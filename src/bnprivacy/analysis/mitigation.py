@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import numpy as np
 import pandas as pd
@@ -27,20 +28,23 @@ import pandas as pd
 from .. import protocol
 from ..attacks import ATTACK_NAMES, AttackInput, attack_scores, compare, evaluate, min_nonmembers, resolvable
 from ..config import Config
-from ..reading import NOT_RESOLVABLE, fmt_interval, fmt_rate, not_comparable
-from ..stats import paired_difference, percentile_interval
 from ..data import load_dataset
 from ..ensemble import check_masks
 from ..headlines import headline_row
 from ..memorization import bootstrap_memorization, group_memorization
 from ..privacy.accounting import ACCOUNTANTS, check_epsilon, check_max_grad_norm, empirical_epsilon
 from ..privacy.training import DPRunSpec, dp_shadow_run, planned_noise, run_privacy
-from ..runs.shadow import shadow_run
+from ..progress import TrainingClock
+from ..reading import NOT_RESOLVABLE, fmt_interval, fmt_rate, not_comparable
+from ..runs.shadow import planned_run, shadow_run
 from ..runs.spec import RunSpec
+from ..stats import paired_difference, percentile_interval
 from ..training import describe_hardware, resolve_device
 from .family_steps import as_list
 
 BN, GN = "BN, no DP", "GN, no DP"
+# The chapter parameters that make its training smaller, named when an estimate exceeds an hour.
+MITIGATION_SHRINK = "n_models, epochs, train_size or the epsilons (fewer budgets)"
 # Words for a change "before → after": risks are read as before − after, accuracy as after − before.
 RISK_WORDS = ("less risk after the change", "more risk after the change")
 ACCURACY_WORDS = ("accuracy gain", "accuracy loss")
@@ -133,7 +137,6 @@ class Plan:
 
     def specs(self) -> dict:
         """Every setting's run spec, by label: BN, GN, then DP at ∞ and each budget."""
-
         specs = {BN: RunSpec(self.base.replace(norm="batch"), self.n_models, mask_seed=self.base.seed),
                  GN: RunSpec(self.base.replace(norm="group"), self.n_models, mask_seed=self.base.seed)}
         for epsilon in [math.inf] + self.budgets:
@@ -182,7 +185,6 @@ def prepare(plan: Plan) -> Setup:
     """Load the data and check every setting's masks, batch and δ, and find the noise multiplier
     of every DP model (cached for its training), so a bad parameter or an ε out of the
     accountant's reach fails before any training starts."""
-
     specs = plan.specs()
     device = resolve_device(plan.base)
     data = load_dataset(plan.base, device)
@@ -200,7 +202,6 @@ def prepare(plan: Plan) -> Setup:
 
 def overview(setup: Setup, profile: str) -> pd.DataFrame:
     """One row describing what the chapter ran: profile, data, pool, models, DP recipe, hardware."""
-
     plan, base = setup.plan, setup.plan.base
     return pd.DataFrame({
         "profile": [profile], "dataset": [base.dataset],
@@ -230,12 +231,20 @@ def train(setup: Setup, *, progress: bool = True) -> Trained:
     """Train (or load from the store) every setting and attack each model with the plan's attack."""
     from tqdm.auto import tqdm
 
-
+    pool = len(setup.data.y_train)
+    planned = {label: planned_run(label, setup.specs[label], pool) for label in setup.settings}
+    planned = {label: run for label, run in planned.items() if run.models}
+    clock = TrainingClock("settings of the mitigation", list(planned.values()),
+                          loaded=len(setup.settings) - len(planned), shrink=MITIGATION_SHRINK)
+    clock.start()
     runs = {}
     for label in tqdm(setup.settings, desc="settings", unit="setting", disable=not progress):
         spec = setup.specs[label]
         train_run = dp_shadow_run if isinstance(spec, DPRunSpec) else shadow_run
+        started = time.perf_counter()
         runs[label] = train_run(spec, setup.data, progress=progress)
+        if label in planned:
+            clock.run_trained(planned[label], time.perf_counter() - started)
     scores = {label: attack_scores(AttackInput.from_run(run), setup.plan.attack, setup.targets)
               for label, run in runs.items()}
     privacy = {label: run_privacy(runs[label]) for label in setup.dp_settings}
@@ -251,7 +260,6 @@ def _correct(run):
 
 def canary_memorization(setup: Setup, run) -> pd.DataFrame:
     """Mean memorization of the canaries and of the typical samples, intervals over models."""
-
     groups = np.where(setup.is_canary, "canaries", "typical").tolist()
     return group_memorization(_correct(run), run.masks, groups, n_boot=setup.plan.n_boot, seed=setup.plan.base.seed)
 
@@ -259,7 +267,6 @@ def canary_memorization(setup: Setup, run) -> pd.DataFrame:
 def canary_memorization_draws(setup: Setup, run) -> np.ndarray:
     """Bootstrap draws (over models) of the canaries' mean memorization. The same seed for every
     run resamples the same model indices, so two runs' draws are paired by inclusion mask."""
-
     draws = bootstrap_memorization(_correct(run), run.masks, n_boot=setup.plan.n_boot, seed=setup.plan.base.seed)
     return np.nanmean(draws[:, setup.is_canary], 1)
 
@@ -448,7 +455,6 @@ def effect(setup: Setup, trained: Trained, summary: Summary, before: str, after:
     """The change from setting ``before`` to ``after``: attack metrics with independent bootstrap
     resamples of each setting's pairs, memorization and accuracy paired by inclusion mask (both
     settings share their masks)."""
-
     runs, targets, plan = trained.runs, setup.targets, setup.plan
     attack = compare(trained.scores[before], runs[before].masks[targets], trained.scores[after],
                      runs[after].masks[targets], n_boot=plan.n_boot, seed=plan.base.seed)
@@ -603,7 +609,6 @@ class Audit:
 def audit(setup: Setup, trained: Trained) -> Audit:
     """Empirical ε of every setting from its attack scores, at the plan's confidence and the DP
     runs' δ (threshold chosen on one half of the pairs, evaluated on the other)."""
-
     rows = []
     for label in setup.settings:
         for group, select in (("all samples", None), ("canaries", setup.is_canary)):

@@ -11,16 +11,18 @@ import pandas as pd
 import torch
 
 from ..data import load_dataset
+from ..progress import PlannedRun
 from ..training import resolve_device
 from . import local, ray
 from .chunks import (RunChunks, check_chunk_size, chunk_folders, chunk_range, chunk_signals, is_run_complete,
-                     open_run, plan_run, sealed_chunks)
+                     missing_chunks, open_run, plan_run, sealed_chunks)
 from .disk import load_torch, read_csv_or_empty
 from .executor import ChunkJob, Executor, ExecutorOptions, parse_shard
-from .spec import ShadowSpec
+from .spec import ShadowSpec, run_folder
 
 # Every executor, by name: a new one is a module with an ``EXECUTOR`` and a line here.
 EXECUTORS: dict[str, Executor] = {executor.name: executor for executor in (local.EXECUTOR, ray.EXECUTOR)}
+DEFAULT_CHUNK_SIZE = 16
 
 
 @dataclasses.dataclass
@@ -92,6 +94,17 @@ def load_run(spec: ShadowSpec, folder: Path, data, masks, queries: int, query_mo
     )
 
 
+def planned_run(label: str, spec: ShadowSpec, pool_size: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> PlannedRun:
+    """What training ``spec`` still costs, for a progress estimate: its models that are not yet in
+    a sealed chunk of the store (none for a finished run) and the images each trains on."""
+    folder = run_folder(spec)
+    missing = spec.n_models
+    if folder.is_dir():
+        missing = sum(len(models) for models in missing_chunks(folder, spec.n_models, chunk_size))
+    images = float(spec.masks(pool_size).sum(1).float().mean())
+    return PlannedRun(label, missing, images, int(spec.config.epochs))
+
+
 def training_seconds(run: ShadowRun) -> float:
     """Wall time the run's models trained for, when they were trained (each chunk's history
     records every epoch's seconds, the same for all models of the chunk): the cost of the run even
@@ -129,7 +142,7 @@ def train_runs(specs: list[ShadowSpec], data, chunk_size: int, executor: Executo
     return runs
 
 
-def shadow_run(spec: ShadowSpec, data=None, *, chunk_size: int = 16, shard: str = "0/1",
+def shadow_run(spec: ShadowSpec, data=None, *, chunk_size: int = DEFAULT_CHUNK_SIZE, shard: str = "0/1",
                queries: int = 2, query_mode: str = "eval", strategy: str = "batched",
                progress: bool = True, executor: str = "local", address: str | None = None,
                cpus_per_task: int | None = None, max_retries: int = 2) -> ShadowRun | None:
