@@ -124,8 +124,10 @@ def test_parameter_tables_list_every_parameter_with_its_meaning():
     for chapter in book.chapter_names(REPO):
         assert f"### {chapter}" in tables
         for name, spec in book.chapter_parameters(REPO, chapter).items():
-            assert f"| `{name}` | `{spec['default']}` |" in tables
-    assert "| `n_models` | `16` | `6` |" in tables  # chapter 04: quick default, then the smoke profile
+            assert f"| `{name}` | `{spec['default']}` | {spec['help'].split('|')[0].strip()[:20]}" in tables
+    chapter_04 = tables.split("### 04_membership_inference")[1].split("### ")[0]
+    assert "| `n_models` | `16` |" in chapter_04  # the quick default
+    assert "- `smoke`: " in chapter_04 and "`n_models` = `6`" in chapter_04.split("- `smoke`: ")[1].splitlines()[0]
 
 
 @pytest.mark.slow

@@ -163,8 +163,9 @@ def test_the_verdict_concludes_from_the_fair_rows_and_names_the_excluded_ones(fa
     text = verdict_steps.conclusion(table)
     assert "fair comparisons that are evidence" in text
     assert "equal-epochs setting is **not comparable**" in text
-    shown = verdict_steps.shown_table(table)
-    assert list(shown["runs"])[:2] == ["batch@1 vs group@1", "batch@30 vs group@30"]
+    shown, basis = verdict_steps.shown_table(table), verdict_steps.basis_table(table)
+    assert list(basis["runs"])[:2] == ["batch@1 vs group@1", "batch@30 vs group@30"]
+    assert list(basis["setting"]) == list(shown["setting"])  # one row of each table per headline row
     assert set(shown["reading"]) <= {"BN higher", "BN lower", "equivalent within ±margin", "inconclusive",
                                      "not comparable"}
 

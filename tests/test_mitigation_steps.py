@@ -202,8 +202,10 @@ def test_every_change_is_guarded_and_shown_in_the_comparability_table(steps):
     assert list(found.effects) == list(mitigation.effect_pairs(PLAN))
     table = found.comparability
     assert list(table.index) == list(found.effects)
-    for column in ("setting", "epochs", "lr", "IN acc", "test acc", "fit", "comparable", "reason"):
-        assert column in table.columns
+    assert list(table.columns) == ["setting", "epochs", "lr", "IN acc %", "test acc %", "fit", "comparable"]
+    for name, change in found.effects.items():
+        c = change.comparison
+        assert table.loc[name, "comparable"] == ("yes" if c.comparable else f"no: {c.reason}")
     assert table.loc["GroupNorm alone (BN → GN)", "setting"] == "equal epochs"
     assert (table.drop(index="GroupNorm alone (BN → GN)")["setting"] == "mitigation").all()
     for name, change in found.effects.items():

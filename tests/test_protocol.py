@@ -283,5 +283,5 @@ def test_a_frontier_with_nothing_to_read_says_so_instead_of_printing_nan():
     assert not interpolated.measurable and interpolated.where().endswith("no common test accuracy to read")
     table = protocol.comparison_table(sweep.table.assign(value=1.0), comparisons, margin=0.05)
     row = table.loc["matched accuracy, interpolated"]
-    assert row["BN"] == "n/a" and row["BN − ref [95% CI]"] == "n/a" and row["reading"].startswith("not comparable")
+    assert row["BN / ref"] == "n/a" and row["BN − ref [95% CI]"] == "n/a" and row["reading"].startswith("not comparable")
     assert "nan" not in " ".join(table.astype(str).to_numpy().ravel())

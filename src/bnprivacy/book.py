@@ -375,23 +375,24 @@ def build_book(root: Path, profile: str = "quick", chapters: list[str] | None = 
 
 
 def parameter_tables(root: Path) -> str:
-    """Markdown: per chapter, a table of its parameters with their default (the chapter's value),
-    the value each profile sets instead, and the meaning (the parameters cell's inline comment)."""
+    """Markdown: per chapter, a table of its parameters with their default (the chapter's value)
+    and meaning (the parameters cell's inline comment), then what each profile sets instead, as
+    a list (a column per profile made the table three times wider than the page)."""
     profiles = [p for p in load_profiles(root)]
     sections = []
     for chapter in chapter_names(root):
         params = chapter_parameters(root, chapter)
-        per_profile = {p: profile_parameters(root, p, chapter) for p in profiles}
-        header = ["parameter", "default", *[f"`{p}`" for p in profiles], "meaning"]
-        rows = [header, ["---"] * len(header)]
-        for name, spec in params.items():
-            overrides = []
-            for profile in profiles:
-                value = per_profile[profile].get(name)
-                overrides.append("" if value is None or name == "profile" else f"`{_yaml_inline(value)}`")
-            rows.append([f"`{name}`", f"`{spec['default']}`", *overrides, _escape_cell(spec["help"])])
+        rows = [["parameter", "default", "meaning"], ["---"] * 3]
+        rows += [[f"`{name}`", f"`{spec['default']}`", _escape_cell(spec["help"])] for name, spec in params.items()]
         table = "\n".join("| " + " | ".join(row) + " |" for row in rows)
-        sections.append(f"### {chapter}\n\n`make chapter CH={chapter} ARGS=\"-p NAME VALUE\"`\n\n{table}\n")
+        sets = []
+        for profile in profiles:
+            values = profile_parameters(root, profile, chapter)
+            changed = [f"`{name}` = `{_yaml_inline(values[name])}`" for name in params
+                       if name != "profile" and name in values]
+            sets.append(f"- `{profile}`: {', '.join(changed) if changed else 'the defaults'}")
+        sections.append(f"### {chapter}\n\n`make chapter CH={chapter} ARGS=\"-p NAME VALUE\"`\n\n{table}\n\n"
+                        "The profiles set instead:\n\n" + "\n".join(sets) + "\n")
     return "\n".join(sections)
 
 

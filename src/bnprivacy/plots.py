@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import NullLocator
 
 from .config import norm_order
 from .attacks import ATTACK_NAMES, roc
@@ -35,6 +36,25 @@ def training_curves(history: pd.DataFrame, metrics=("test_acc", "train_loss"), t
     return fig
 
 
+def budget_axis(ax, budgets) -> None:
+    """An x axis of epoch budgets: log scale (budgets grow geometrically), ticked and labelled at
+    the budgets themselves (10, 20, 40), not at powers of two."""
+    budgets = sorted({int(b) for b in budgets})
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.set_xlabel("epoch budget (complete schedule)")
+
+
+# What a measure reads with no signal: an AUC of 0.5, a TPR equal to its FPR.
+CHANCE = {"auc": 0.5, "tpr@0.01": 0.01, "tpr@0.001": 0.001}
+
+
+def chance_line(ax, metric: str) -> None:
+    """A dashed grey line at the chance level of ``metric`` (a key of :data:`CHANCE`)."""
+    ax.axhline(CHANCE[metric], color="0.5", lw=0.8, ls="--", zorder=0)
+
+
 def protocol_curves(curve: pd.DataFrame, ylabel: str, comparisons=None, null: tuple[float, float] | None = None):
     """A measure against epoch budget (left) and against test accuracy (right), per norm, with the
     95% interval over seeds; markers ring the budgets the comparisons use. ``null`` = (mean, sd)
@@ -59,7 +79,7 @@ def protocol_curves(curve: pd.DataFrame, ylabel: str, comparisons=None, null: tu
             axes[0].scatter(point.budget, point["mean"], s=160, facecolors="none", edgecolors="black",
                             label="matched fit" if norm == "batch" else None)
     if np.isfinite(curve["mean"].to_numpy(dtype=float)).any():
-        axes[0].set_xscale("log", base=2)
+        budget_axis(axes[0], curve["budget"].unique())
     else:  # e.g. a TPR that no run's pooled non-members can resolve: say so instead of an empty plot
         for ax in axes:
             ax.text(0.5, 0.5, "not resolvable at this pool size", ha="center", va="center", transform=ax.transAxes)
@@ -143,7 +163,7 @@ def frontier(per_measure: dict[str, pd.DataFrame], title: str = ""):
         return fig
     ncols = min(3, len(measures))
     nrows = -(-len(measures) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False)
     for ax, measure in zip(axes.flat, measures):
         curve = per_measure[measure]
         for norm in norm_order(curve["norm"].unique()):

@@ -40,7 +40,7 @@ from .checks import check_whole
 from .config import NORMS, Config
 from .ensemble import build_ensemble, evaluate_ensemble, train_ensemble
 from .progress import PlannedRun, TrainingClock
-from .reading import decide, fmt_interval, judge, not_comparable
+from .reading import NOT_AVAILABLE, decide, fmt_interval, judge, not_comparable
 from .runs.disk import results_folder, save_json
 from .runs.shadow import ShadowRun, planned_run, shadow_run
 from .runs.spec import RunSpec
@@ -662,25 +662,38 @@ def interval_words(d: dict) -> str:
 
 
 def comparison_table(values: pd.DataFrame, comparisons: list[Comparison], *, margin: float, digits: int = 3,
-                     scale: float = 1.0, resolution=None) -> pd.DataFrame:
+                     scale: float = 1.0, unit: str = "", resolution=None) -> pd.DataFrame:
     """The comparisons of one measure as a table for a chapter: the runs each reads and their
-    state, BN, reference, BN − reference with its interval, and the reading at ``margin``
-    (unadjusted; the verdict adjusts across its rows)."""
-    nan = float("nan")
+    state, the measure for BN and the reference, BN − reference with its interval, and the reading
+    at ``margin`` (unadjusted; the verdict adjusts across its rows). ``scale`` and ``unit`` print a
+    rate in percent (100, "%"), so that a TPR of 0.0007 reads 0.07%, not 0.000."""
     rows = []
     for c in comparisons:
         d = difference(values, c)
-        rows.append({"setting": c.setting, "runs": c.runs,
-                     "test acc (BN / ref)": f"{c.test_acc_bn:.3f} / {c.test_acc_ref:.3f}",
-                     "IN acc (BN / ref)": f"{c.train_acc_bn:.3f} / {c.train_acc_ref:.3f}",
-                     "BN": fmt_interval(d["batch"], nan, nan, digits=digits, scale=scale, signed=False),
-                     c.reference: fmt_interval(d["ref"], nan, nan, digits=digits, scale=scale, signed=False),
-                     "BN − ref [95% CI]": fmt_interval(d["diff"], d["lo"], d["hi"], digits=digits, scale=scale),
+        both = [fmt_interval(d[side], math.nan, math.nan, digits=digits, scale=scale, signed=False, unit=unit)
+                for side in ("batch", "ref")]
+        rows.append({"setting": c.setting, "runs": c.runs.replace(",", ", "),  # wraps on a narrow page
+                     "test accuracy % (BN / ref)": percent_pair(c.test_acc_bn, c.test_acc_ref),
+                     "IN accuracy % (BN / ref)": percent_pair(c.train_acc_bn, c.train_acc_ref),
+                     "BN / ref": NOT_AVAILABLE if NOT_AVAILABLE in both else " / ".join(both),
+                     "BN − ref [95% CI]": fmt_interval(d["diff"], d["lo"], d["hi"], digits=digits, scale=scale,
+                                                       unit=unit),
                      "reading": reading(c, d, margin, resolution=resolution(c, d) if resolution else "",
                                         scale=scale)})
     return pd.DataFrame(rows).set_index("setting")
 
 
-def comparisons_frame(comparisons: list[Comparison]) -> pd.DataFrame:
-    """The comparisons' sides as a table (one row per setting), with the guard's verdict and note."""
-    return pd.DataFrame([{**c.fields(), "setting": c.setting, "note": c.note} for c in comparisons]).set_index("setting")
+def percent_pair(a: float, b: float) -> str:
+    """Two accuracies as a reader compares them: ``"99.8 / 58.2"`` (percent, one decimal)."""
+    return f"{100 * a:.1f} / {100 * b:.1f}"
+
+
+def comparisons_overview(comparisons: list[Comparison]) -> pd.DataFrame:
+    """The comparisons for a chapter page, in words and percent: the runs each reads, their
+    learning rates, IN and test accuracy (BN / reference), and whether it is evidence."""
+    return pd.DataFrame([{
+        "setting": c.setting, "runs (BN vs reference)": c.runs,
+        "learning rate (BN / ref)": f"{c.lr_bn:g} / {c.lr_ref:g}",
+        "IN accuracy % (BN / ref)": percent_pair(c.train_acc_bn, c.train_acc_ref),
+        "test accuracy % (BN / ref)": percent_pair(c.test_acc_bn, c.test_acc_ref),
+        "comparable": "yes" if c.comparable else "no"} for c in comparisons])

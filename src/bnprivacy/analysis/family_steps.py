@@ -117,11 +117,23 @@ def sides_table(family: TrainedFamily) -> pd.DataFrame:
     return sides[["norm", "budget", "lr", "train_acc", "test_acc", "test_acc_sd", "fit", "trained"]]
 
 
+def sides_shown(family: TrainedFamily) -> pd.DataFrame:
+    """:func:`sides_table` for a reader: words for columns, accuracies in percent."""
+    sides = sides_table(family)
+    return pd.DataFrame({
+        "norm": sides["norm"], "epochs": sides["budget"], "learning rate": sides["lr"].map("{:g}".format),
+        "IN accuracy %": (100 * sides["train_acc"]).map("{:.1f}".format),
+        "test accuracy % (sd over seeds)": [f"{100 * m:.1f} ({100 * sd:.1f})" if sd == sd else f"{100 * m:.1f}"
+                                            for m, sd in zip(sides["test_acc"], sides["test_acc_sd"])],
+        "fits": sides["fit"].map({True: "yes", False: "no"}),
+        "trained": sides["trained"].map({True: "yes", False: "no"})})
+
+
 def comparison_sentence(c: Comparison) -> str:
     """One sentence per comparison: the runs it reads, both sides' state, and whether it is evidence."""
-    head = (f"**{c.setting}**: {c.where()}; BN at lr {c.lr_bn:g} (IN accuracy {c.train_acc_bn:.3f}, test "
-            f"{c.test_acc_bn:.3f}) against {c.reference} at lr {c.lr_ref:g} (IN {c.train_acc_ref:.3f}, test "
-            f"{c.test_acc_ref:.3f})")
+    head = (f"**{c.setting}**: {c.where()}; BN at lr {c.lr_bn:g} (IN accuracy {100 * c.train_acc_bn:.1f}%, test "
+            f"{100 * c.test_acc_bn:.1f}%) against {c.reference} at lr {c.lr_ref:g} (IN {100 * c.train_acc_ref:.1f}%, "
+            f"test {100 * c.test_acc_ref:.1f}%)")
     verdict = "comparable" if c.comparable else f"**not comparable**: {c.reason}"
     return f"{head}; {verdict}." + (f" {c.note[0].upper()}{c.note[1:]}." if c.note else "")
 
@@ -221,13 +233,15 @@ def margins_markdown(defaults: dict[str, tuple[float, str]], chosen: dict[str, f
 
 def measure_family(family: TrainedFamily, measures: dict, names: dict[str, str], higher_means: str, sentence,
                    digits: int = 3, resolution: dict | None = None, *, margins: dict[str, float],
-                   claim_signs: dict[str, int] | None = None) -> Measured:
+                   claim_signs: dict[str, int] | None = None, printed: dict[str, dict] | None = None) -> Measured:
     """Compute each ``measures[key](run) -> float`` on every run and read it through the
     protocol's comparisons; ``names[key]`` is the measure's name in the headline rows,
     ``margins[key]`` its equivalence margin (:func:`margins`), and ``sentence(values,
     comparison)`` says what one comparison finds. ``resolution[key]`` (optional,
     ``headlines.headline_rows``) says when the measure cannot resolve a comparison, and
-    ``claim_signs[key]`` (default +1) which sign of BN − reference the claim predicts."""
+    ``claim_signs[key]`` (default +1) which sign of BN − reference the claim predicts.
+    ``printed[key]`` (optional) changes how the chapter's table prints a measure: ``digits``,
+    ``scale`` and ``unit`` of ``protocol.comparison_table`` (a rate in percent, say)."""
     resolution = resolution or {}
     claim_signs = claim_signs or {}
     values = {key: protocol.measure_table(family.sweep, fn) for key, fn in measures.items()}
@@ -238,8 +252,8 @@ def measure_family(family: TrainedFamily, measures: dict, names: dict[str, str],
                                               resolution.get(key), margin=margins[key],
                                               claim_sign=claim_signs.get(key, 1))]
     return Measured(values, {k: protocol.curves(v) for k, v in values.items()},
-                    {k: protocol.comparison_table(v, family.comparisons, margin=margins[k], digits=digits,
-                                                  resolution=resolution.get(k))
+                    {k: protocol.comparison_table(v, family.comparisons, margin=margins[k], resolution=resolution.get(k),
+                                                  **{"digits": digits, **(printed or {}).get(k, {})})
                      for k, v in values.items()},
                     rows, {c.setting: sentence_for(sentence, values, c) for c in family.comparisons}, pairings, robust)
 

@@ -12,7 +12,7 @@ from .. import protocol
 from ..attacks import (ATTACK_NAMES, HEADLINE_PREFERENCE, AttackInput, LiraOptions, attack_scores, calibrate, evaluate,
                        headline_attack, null_summary, resolvable, shuffled_masks, summarize, vulnerability)
 from ..memorization import run_memorization
-from ..reading import fmt_interval, fmt_rate, not_resolvable, not_resolved
+from ..reading import NOT_AVAILABLE, fmt_interval, fmt_rate, not_resolvable, not_resolved
 from .family_steps import TrainedFamily, Measured, measure_family
 from ..runs.shadow import shadow_run
 
@@ -127,8 +127,10 @@ def compare_attacks(family: TrainedFamily, targets: list[int], calibration: Cali
     def sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:
         return setting_sentence(values, c, names, rules, margins)
 
+    # A TPR prints in percent with 2 decimals: 0.0007 reads 0.07%, where 3 decimals would show 0.001.
+    printed = {m: {"scale": 100.0, "unit": "%", "digits": 2} for m in METRICS if m.startswith("tpr@")}
     return measure_family(family, measures, names, "BN models are more vulnerable", sentence, resolution=rules,
-                          margins=margins)
+                          margins=margins, printed=printed)
 
 
 def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison, names: dict, rules: dict,
@@ -204,7 +206,8 @@ def interval_table(table: pd.DataFrame, columns=("auc", "tpr@0.01", "tpr@0.001")
             out[c] = [fmt_interval(v, lo, hi, signed=False) for v, lo, hi in
                       zip(shown[c], shown[f"{c}_lo"], shown[f"{c}_hi"])]
         if f"null {c} mean" in shown:
-            out[f"null {c}"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(shown[f"null {c} mean"], shown[f"null {c} std"])]
+            out[f"null {c}"] = [f"{m:.3f} ± {s:.3f}" if np.isfinite(m) and np.isfinite(s) else NOT_AVAILABLE
+                                for m, s in zip(shown[f"null {c} mean"], shown[f"null {c} std"])]
     return out.sort_index(level=0, sort_remaining=False)
 
 

@@ -510,19 +510,21 @@ def effects_table(found: dict) -> pd.DataFrame:
 
 def comparability_table(found: dict) -> pd.DataFrame:
     """The guard of every change, "before / after" per column: epochs, learning rate, IN and test
-    accuracy, whether each side fits; whether the change is comparable and why not."""
+    accuracy (percent), whether each side fits; whether the change is comparable, and why not."""
     def pair(c, name, spec):
         return f"{getattr(c, name + '_bn'):{spec}} / {getattr(c, name + '_ref'):{spec}}"
 
     rows = {}
     for name, e in found.items():
         c = e.comparison
-        rows[name] = {"setting": c.setting, "before → after": f"{e.before} → {e.after}",
-                      "epochs": pair(c, "epochs", "d"), "lr": pair(c, "lr", "g"),
-                      "IN acc": pair(c, "train_acc", ".3f"), "test acc": pair(c, "test_acc", ".3f"),
+        rows[name] = {"setting": c.setting, "epochs": pair(c, "epochs", "d"), "lr": pair(c, "lr", "g"),
+                      "IN acc %": protocol.percent_pair(c.train_acc_bn, c.train_acc_ref),
+                      "test acc %": protocol.percent_pair(c.test_acc_bn, c.test_acc_ref),
                       "fit": f"{'yes' if c.fit_bn else 'no'} / {'yes' if c.fit_ref else 'no'}",
-                      "comparable": "yes" if c.comparable else "no", "reason": c.reason}
-    return pd.DataFrame(rows).T
+                      "comparable": "yes" if c.comparable else f"no: {c.reason}"}
+    table = pd.DataFrame(rows).T
+    table.index.name = "change (before / after)"
+    return table
 
 
 def _caveat(*changes: Effect) -> str:
@@ -574,13 +576,15 @@ def headline_rows(setup: Setup, summary: Summary, found: Effects) -> Headlines:
             row, words = _headline_row(setup, summary, found.effects[name], column, reference)
             rows.append(row)
             readings.append(words)
-    table = pd.DataFrame(rows)[["measure", "setting", "reference", "batch", "ref", "diff", "lo", "hi", "comparable"]]
-    table = table.rename(columns={"ref": "reference value"}).assign(reading=readings)
+    table = pd.DataFrame({
+        "measure": [row["measure"] for row in rows], "reference": [row["reference"] for row in rows],
+        "BN": [f"{row['batch']:.3f}" for row in rows], "reference's value": [f"{row['ref']:.3f}" for row in rows],
+        "BN − reference [95% interval]": [fmt_interval(row["diff"], row["lo"], row["hi"]) for row in rows],
+        "reading": readings})
     return Headlines(rows, table)
 
 
 def _headline_row(setup: Setup, summary: Summary, change: Effect, column: str, reference: str):
-
     measure = f"{setup.plan.attack_name} AUC" if column == "auc" else "canary memorization"
     value, lo, hi = change.auc if column == "auc" else change.canary_mem
     higher, lower = HEADLINE_WORDS[column]

@@ -527,7 +527,7 @@ def read_network_sweep(net: pd.DataFrame, arch: str) -> NetworkReading:
     """Slopes per curve with intervals over seeds, their readings and the BN / no-BN comparison."""
     slopes = {curve: Interval.over(values) for curve, values in _curve_slopes(net, "norm_value").items()}
     readings = {curve: slope_reading(s) for curve, s in slopes.items()}
-    table = pd.DataFrame([{"curve": curve, "predicted slope": PREDICTED_SLOPE[curve], "measured slope": s.text()}
+    table = pd.DataFrame([{"curve": curve, "predicted slope": f"{PREDICTED_SLOPE[curve]:g}", "measured slope": s.text()}
                           for curve, s in slopes.items()])
     near_distance = min(net["distance"].unique(), key=lambda d: abs(d - 1))
     if not {"batch own", "none"} <= set(slopes):

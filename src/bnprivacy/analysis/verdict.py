@@ -11,7 +11,7 @@ import math
 import pandas as pd
 
 from .. import headlines
-from ..protocol import FAIR_SETTINGS, SAME_RUNS, curves
+from ..protocol import FAIR_SETTINGS, SAME_RUNS, curves, percent_pair
 from ..reading import EQUIVALENT, INCONCLUSIVE, NOT_RESOLVABLE, NOT_RESOLVED, fmt_interval, markdown_text
 
 PRIVACY_CHAPTERS = ("02_canaries", "03_gradient_influence", "04_membership_inference")
@@ -51,29 +51,61 @@ def readable_rows(table: pd.DataFrame) -> pd.DataFrame:
     return fair[fair.comparable & (fair["resolution"].fillna("") == "")]
 
 
-def _number(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
+def is_rate(measure: str) -> bool:
+    """Whether a measure is a rate a reader wants in percent (a TPR at a fixed FPR)."""
+    return "TPR" in measure
 
 
-def _pair(a, b, digits=3) -> str:
+def _number(value, rate: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if rate:
+        return f"{100 * value:.2g}%"
+    # 3 significant digits, but never more than 4 decimals (.3g prints -0.000656): 4 decimals
+    # below 0.01, scientific notation below 0.0001
+    if value == 0:
+        return "0"
+    if abs(value) < 1e-4:
+        return f"{value:.2e}"
+    return f"{value:.4f}" if abs(value) < 1e-2 else f"{value:.3g}"
+
+
+def _pair(a, b) -> str:
     if a is None or (isinstance(a, float) and math.isnan(a)):
         return ""
-    return f"{a:.{digits}g} / {b:.{digits}g}"
+    return percent_pair(a, b)
+
+
+def _difference(measure: str, d, lo, hi) -> str:
+    # A TPR difference in percentage points, 2 decimals: 3 decimals of a rate show 0.07% as +0.001.
+    if is_rate(measure):
+        return fmt_interval(d, lo, hi, digits=2, scale=100.0, unit=" points")
+    return fmt_interval(d, lo, hi, digits=3)
 
 
 def shown_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The verdict's main table: values, difference with interval, the runs compared and their IN
-    accuracy, the margin, the Holm-adjusted p-values and the reading."""
+    """The verdict's main table: BN's value, the reference and its value, the difference with its
+    interval, and the reading (what each row rests on is :func:`basis_table`; together they were
+    one table too wide for the page)."""
+    rates = table["measure"].map(is_rate)
     return pd.DataFrame({
         "ch.": table["chapter"].str[:2], "measure": table["measure"], "setting": table["setting"],
-        "BN": table["batch"].map(_number), "vs": table["reference"], "its value": table["ref"].map(_number),
-        "BN − it [95% interval]": [fmt_interval(d, lo, hi, digits=3)
-                                   for d, lo, hi in zip(table["diff"], table["lo"], table["hi"])],
-        "runs": table["runs"].fillna(""),
-        "IN acc BN / ref": [_pair(a, b) for a, b in zip(table["train_acc_bn"], table["train_acc_ref"])],
-        "margin": table["margin"].map(_number), "p (Holm)": table["p_holm"].map(_number),
-        "p equiv. (Holm)": table["p_equivalence_holm"].map(_number),
+        "BN": [_number(v, r) for v, r in zip(table["batch"], rates)], "vs": table["reference"],
+        "its value": [_number(v, r) for v, r in zip(table["ref"], rates)],
+        "BN − it [95% interval]": [_difference(m, d, lo, hi) for m, d, lo, hi
+                                   in zip(table["measure"], table["diff"], table["lo"], table["hi"])],
         "reading": table["reading"].map(_kind)})
+
+
+def basis_table(table: pd.DataFrame) -> pd.DataFrame:
+    """What each row of :func:`shown_table` rests on: the runs compared and their IN accuracy, the
+    equivalence margin and the Holm-adjusted p-values of both tests."""
+    return pd.DataFrame({
+        "ch.": table["chapter"].str[:2], "measure": table["measure"], "setting": table["setting"],
+        "runs": table["runs"].fillna("").str.replace(",", ", "),
+        "IN accuracy % (BN / ref)": [_pair(a, b) for a, b in zip(table["train_acc_bn"], table["train_acc_ref"])],
+        "margin": table["margin"].map(_number), "p (Holm)": table["p_holm"].map(_number),
+        "p equiv. (Holm)": table["p_equivalence_holm"].map(_number)})
 
 
 def styled(shown: pd.DataFrame):
@@ -322,12 +354,13 @@ def frontier_curves(curve_values: pd.DataFrame) -> dict[str, pd.DataFrame]:
 class RecordedSection:
     """What the verdict shows of one recorded setting: a heading with its provenance (and
     "recorded under the previous protocol" for rows without margins), the conclusion, the table of
-    its rows, its curve values per measure, and its adjusted rows (for the overall sentence)."""
+    its rows and what they rest on, its curve values per measure, and its adjusted rows (for the overall sentence)."""
 
     name: str
     heading: str
     conclusion: str
     table: pd.DataFrame
+    basis: pd.DataFrame
     curves: dict[str, pd.DataFrame]
     rows: pd.DataFrame
 
@@ -342,6 +375,6 @@ def recorded_sections(settings) -> list[RecordedSection]:
         previous = (f" **{PREVIOUS_PROTOCOL}** (no equivalence margins, no interpolated or both-fit rows; "
                     "re-record it to read it by the current rules).") if headlines.from_previous_protocol(rows) else ""
         heading = f"**{markdown_text(s.name)}** ({', '.join(data)}): {s.label()}.{previous}"
-        sections.append(RecordedSection(s.name, heading, conclusion(rows), shown_table(rows),
+        sections.append(RecordedSection(s.name, heading, conclusion(rows), shown_table(rows), basis_table(rows),
                                         frontier_curves(s.curves), rows))
     return sections
