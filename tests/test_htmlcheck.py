@@ -95,3 +95,73 @@ def test_chromium_finds_every_kind_of_problem_and_passes_a_clean_site(tmp_path):
     reports = htmlcheck.check_site(site, tmp_path / "shots", progress=False)
     assert [r.page for r in reports] == ["book/good.html", "index.html"]
     assert all(r.screenshot.stat().st_size > 0 for r in reports)
+
+
+def test_numbers_a_reader_should_not_meet_are_found_in_output_text():
+    assert htmlcheck.number_problems("AUC 0.5933, TPR 1.2%, torch 2.14.1, 1e-05") == []
+    found = htmlcheck.number_problems("AUC 0.593283 and a nan cell")
+    assert [p.split(":")[0] for p in found] == ["an output cell prints nan",
+                                                "an output cell prints a number with more than 4 decimals"]
+    assert htmlcheck.number_problems("NaN") and not htmlcheck.number_problems("nanoseconds, banana")
+
+
+def png(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), "white").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_layout_site(root: Path) -> Path:
+    """A page with each layout problem in a 676 px column, a clean one, and a page 20,000 px tall."""
+    (root / "_static").mkdir(parents=True)
+    (root / "_static" / "wide.png").write_bytes(png(1500, 300))
+    (root / "_static" / "small.png").write_bytes(png(600, 200))
+    head = '<head><link rel="icon" href="data:,"></head>'
+
+    def page(body):
+        return f'<html>{head}<body><article class="bd-article" style="width:676px">{body}</article></body></html>'
+
+    (root / "index.html").write_text(page(
+        '<table><tr><td>fits</td></tr></table><img src="_static/small.png">'
+        '<div class="cell_output">AUC 0.593 [0.501, 0.688]</div>'
+        '<div style="height:20000px">tall</div>'))
+    (root / "crowded.html").write_text(page(
+        '<section id="results"><table style="width:1000px"><tr><td>wide</td></tr></table></section>'
+        '<table><tr><td style="max-width:40px;overflow:hidden;white-space:nowrap">BN higher than the reference</td>'
+        '</tr></table>'
+        '<img src="_static/wide.png" style="width:660px">'
+        '<div class="cell_output">predicted slope 0.000000 and nan</div>'))
+    return root
+
+
+@pytest.mark.skipif(not htmlcheck.browser_available(), reason="needs Debian's chromium and chromium-driver")
+def test_chromium_finds_wide_tables_clipped_cells_squeezed_figures_and_raw_numbers(tmp_path):
+    site = make_layout_site(tmp_path / "site")
+    with pytest.raises(htmlcheck.HtmlCheckFailed) as failure:
+        htmlcheck.check_site(site, tmp_path / "shots", progress=False)
+    message = str(failure.value)
+    assert message.startswith("1 of 2 pages have problems:\ncrowded.html:")
+    for problem in ("table 1000 px wide in a 676 px column (results)",
+                    "table cell clips its text: 'BN higher than the reference'",
+                    "figure _static/wide.png shown at 660 px, less than half its 1500 px",
+                    "an output cell prints nan", "an output cell prints a number with more than 4 decimals"):
+        assert problem in message, problem
+    # the tall page is captured whole, in tiles
+    tiles = sorted(p.name for p in (tmp_path / "shots").iterdir() if p.name.startswith("index"))
+    assert tiles == ["index-1.png", "index-2.png", "index-3.png"]
+    from PIL import Image
+    sizes = [Image.open(tmp_path / "shots" / name).size for name in tiles]
+    assert all(width == htmlcheck.WINDOW_WIDTH for width, _ in sizes) and sum(h for _, h in sizes) >= 20000
+
+
+def test_the_verdict_prints_numbers_a_reader_can_read():
+    from bnprivacy.analysis.verdict import _number
+
+    printed = [_number(v) for v in (-0.000656, -0.00459, 0.0437, 98.0, 5e-6, 0.0, float("nan"))]
+    assert printed == ["-0.0007", "-0.0046", "0.0437", "98", "5.00e-06", "0", "n/a"]
+    assert _number(0.0064, rate=True) == "0.64%"
+    assert not any(htmlcheck.number_problems(text) for text in printed)

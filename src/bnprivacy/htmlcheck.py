@@ -7,9 +7,13 @@
 - an image that the browser could not decode, or a figure that holds no image,
 - an internal link to a missing page or a missing ``#anchor``,
 - an executed cell whose output is a traceback,
+- a table wider than the content column, or a table cell that clips its text,
+- a figure shown at less than half its natural width (its labels unreadable),
+- an output cell that prints ``nan`` or a number with more than 4 decimals (numbers are for people),
 
-and saves a screenshot of every page. External links are not followed (the book is checked
-offline).
+and saves screenshots that cover every page whole (in tiles of at most ``TILE_HEIGHT`` pixels).
+The window is 1280 px wide, as a reader's laptop. External links are not followed (the book is
+checked offline).
 """
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urldefrag, urljoin, urlparse
 
+WINDOW_WIDTH = 1280
+TILE_HEIGHT = 8000  # Chromium captures at most about 16k px at once; longer pages come in tiles
+SMALLEST_FIGURE_SCALE = 0.5
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 DRIVER_CANDIDATES = ("/usr/bin/chromedriver",)
 INSTALL_HINT = ("install Debian's packages with `apt-get install chromium chromium-driver` (or set "
@@ -34,7 +41,7 @@ INSTALL_HINT = ("install Debian's packages with `apt-get install chromium chromi
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                   "--disable-quic", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-extensions",
-                  "--window-size=1280,900")
+                  f"--window-size={WINDOW_WIDTH},900")
 # Pages that Sphinx generates for every site and that carry no book content of ours.
 SKIPPED_PAGES = {"genindex.html", "search.html", "py-modindex.html"}
 
@@ -48,7 +55,8 @@ class PageReport:
     """What the browser found on one page."""
     page: str
     problems: list[str] = field(default_factory=list)
-    screenshot: Path | None = None
+    screenshot: Path | None = None  # the first (top) of ``screenshots``
+    screenshots: list[Path] = field(default_factory=list)
 
 
 def find_executable(env: str, candidates: tuple[str, ...]) -> str:
@@ -128,8 +136,58 @@ const emptyFigures = Array.from(document.querySelectorAll('figure, div.figure'))
     .map(f => (f.id || (f.querySelector('[id]') || {}).id || f.textContent.trim().slice(0, 60)));
 const links = Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'));
 const tracebacks = document.querySelectorAll('.output.traceback, .output_error, div.cell_output .traceback').length;
-return {broken, emptyFigures, links, tracebacks, height: document.documentElement.scrollHeight};
-"""
+const column = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+const columnWidth = column.getBoundingClientRect().width;
+const visible = el => el.getBoundingClientRect().width > 0;
+const nameOf = el => {
+  const holder = el.closest('figure, div.cell, section');
+  const caption = el.querySelector && el.querySelector('caption');
+  return (caption && caption.textContent.trim().slice(0, 50)) || (holder && holder.id) ||
+         (el.closest('section') || {}).id || '';
+};
+const wideTables = Array.from(column.querySelectorAll('table')).filter(visible)
+    .filter(t => t.getBoundingClientRect().width > columnWidth + 1)
+    .map(t => ({width: Math.round(t.getBoundingClientRect().width), where: nameOf(t)}));
+const clippedCells = Array.from(column.querySelectorAll('td, th')).filter(visible)
+    .filter(c => c.scrollWidth > c.clientWidth + 1).map(c => c.textContent.trim().slice(0, 40));
+const smallFigures = Array.from(column.querySelectorAll('img')).filter(visible)
+    .filter(img => img.naturalWidth > 0 && img.getBoundingClientRect().width < __SCALE__ * img.naturalWidth)
+    .map(img => ({src: img.getAttribute('src'), natural: img.naturalWidth,
+                  shown: Math.round(img.getBoundingClientRect().width)}));
+const outputs = Array.from(document.querySelectorAll('div.cell_output')).map(o => o.innerText);
+return {broken, emptyFigures, links, tracebacks, height: document.documentElement.scrollHeight,
+        columnWidth: Math.round(columnWidth), wideTables, clippedCells, smallFigures, outputs};
+""".replace("__SCALE__", str(SMALLEST_FIGURE_SCALE))
+
+# A printed "nan" and a number with 5 or more decimals: raw floats a reader should not meet.
+NAN_PATTERN = re.compile(r"(?<![\w.])(nan|NaN)(?![\w])")
+LONG_FLOAT_PATTERN = re.compile(r"(?<![\w.])[-+]?\d+\.\d{5,}(?![\w])")
+
+
+def number_problems(output: str) -> list[str]:
+    """What an output cell's text prints that a reader should not meet: ``nan``, or a number with
+    more than 4 decimals (each with a little context)."""
+    problems = []
+    for pattern, what in ((NAN_PATTERN, "prints nan"), (LONG_FLOAT_PATTERN, "prints a number with more than 4 decimals")):
+        match = pattern.search(output)
+        if match:
+            context = " ".join(output[max(0, match.start() - 30): match.end() + 10].split())
+            problems.append(f"an output cell {what}: ...{context}...")
+    return problems
+
+
+def layout_problems(found: dict) -> list[str]:
+    """The page's tables, figures and output numbers as a reader at 1280 px would meet them."""
+    column = found["columnWidth"]
+    problems = [f"table {t['width']} px wide in a {column} px column{' (' + t['where'] + ')' if t['where'] else ''}"
+                for t in found["wideTables"]]
+    problems += [f"table cell clips its text: {text!r}" for text in dict.fromkeys(found["clippedCells"])]
+    problems += [f"figure {f['src']} shown at {f['shown']} px, less than half its {f['natural']} px"
+                 for f in found["smallFigures"]]
+    for output in found["outputs"]:
+        problems += number_problems(output)
+    return list(dict.fromkeys(problems))
+
 
 
 def site_pages(site: Path) -> list[str]:
@@ -153,7 +211,7 @@ def browser_available() -> bool:
     return True
 
 
-def make_driver(profile_dir: str, width: int = 1280, height: int = 900):
+def make_driver(profile_dir: str, width: int = WINDOW_WIDTH, height: int = 900):
     """Headless Chromium under Selenium with a fresh profile in ``profile_dir`` and the browser's
     console log switched on."""
     from selenium import webdriver
@@ -187,16 +245,37 @@ def check_page(driver, server, site: Path, base_url: str, page: str, screenshots
     report.problems += [f"file not found on the site: {path}" for path in sorted(set(server.missing))]
     if found["tracebacks"]:
         report.problems.append(f"{found['tracebacks']} cell output(s) show a traceback")
+    report.problems += layout_problems(found)
     for href in sorted(set(found["links"])):
         problem = broken_internal_link(site, base_url, url, href)
         if problem:
             report.problems.append(problem)
     if screenshots is not None:
-        report.screenshot = screenshots / (re.sub(r"[^\w.-]+", "_", page.removesuffix(".html")) + ".png")
-        driver.set_window_size(1280, min(max(int(found["height"]), 900), 12000))
-        driver.save_screenshot(str(report.screenshot))
-        driver.set_window_size(1280, 900)
+        name = re.sub(r"[^\w.-]+", "_", page.removesuffix(".html"))
+        report.screenshots = save_whole_page(driver, screenshots, name, int(found["height"]))
+        report.screenshot = report.screenshots[0]
     return report
+
+
+def save_whole_page(driver, folder: Path, name: str, height: int) -> list[Path]:
+    """Screenshots of the whole page, top to bottom, in tiles of at most :data:`TILE_HEIGHT` px
+    (the window grows to one tile and scrolls; the last tile ends at the page's bottom and may
+    overlap the one before): ``NAME.png`` for a page that fits one tile, else ``NAME-1.png``, ..."""
+    height = max(height, 1)
+    tile = min(max(height, 900), TILE_HEIGHT)
+    tops = list(range(0, height, TILE_HEIGHT))
+    driver.set_window_size(WINDOW_WIDTH, tile)
+    paths = []
+    try:
+        for number, top in enumerate(tops, 1):
+            driver.execute_script("window.scrollTo(0, arguments[0]);", top)
+            path = folder / (f"{name}.png" if len(tops) == 1 else f"{name}-{number}.png")
+            driver.save_screenshot(str(path))
+            paths.append(path)
+    finally:
+        driver.execute_script("window.scrollTo(0, 0);")
+        driver.set_window_size(WINDOW_WIDTH, 900)
+    return paths
 
 
 def check_site(site: Path, screenshots: Path | None = None, *, progress: bool = True) -> list[PageReport]:
