@@ -132,6 +132,15 @@ def test_attack_rows_pool_the_targets_of_each_run_and_say_what_they_cannot_resol
         attack_steps.check_draws(1)
 
 
+def test_attack_tables_name_their_metrics_in_words():
+    table = pd.DataFrame({"attack": ["LiRA online"], "norm": ["batch"], "auc": [0.61], "auc_lo": [0.6], "auc_hi": [0.62],
+                          "tpr@0.01": [0.02], "tpr@0.01_lo": [0.01], "tpr@0.01_hi": [0.03], "nonmembers": [5000],
+                          "null auc mean": [0.5], "null auc std": [0.01]})
+    shown = attack_steps.in_words(attack_steps.interval_table(table, columns=("auc", "tpr@0.01")))
+    assert list(shown.columns) == ["AUC", "null AUC", "TPR at 1% FPR"]
+    assert shown.iloc[0]["AUC"].startswith("0.610 [0.600, 0.620]")
+
+
 def test_a_difference_within_the_null_spread_reads_not_resolved():
     # Null AUCs of the headline attack: sd 0.01 on each side, 2 seeds -> spread 2 * sqrt(2e-4 / 2) = 0.02.
     rows = [{"attack": "lira_online", "norm": norm, "budget": 10, "seed": seed, "draw": draw,

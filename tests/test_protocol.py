@@ -274,6 +274,10 @@ def test_fitting_pairings_show_when_the_answer_depends_on_the_budgets():
                                                    "(differences +0.1 to +0.12)")
     never = _sweep({k: ((0.9, 0.9) if k[0] == "none" else v) for k, v in DIGITS.items()})
     assert protocol.robustness(protocol.fitting_pairings(never, values)) == "no pair of budgets at which both sides fit"
+    shown = protocol.pairings_shown(pairs)
+    assert list(shown.columns) == ["BN epochs", "reference epochs", "BN", "reference", "BN − reference [95% CI]",
+                                   "reading"]
+    assert shown["BN − reference [95% CI]"].iloc[0].startswith("-0.200 [") and shown["reference"].iloc[0] == "0.805"
 
 
 def test_a_frontier_with_nothing_to_read_says_so_instead_of_printing_nan():

@@ -641,6 +641,18 @@ def fitting_pairings(sweep: Sweep, values: pd.DataFrame, reference: str | None =
     return pd.DataFrame(rows, columns=["epochs_bn", "epochs_ref", "batch", "ref", "diff", "lo", "hi", "reading"])
 
 
+def pairings_shown(pairings: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """:func:`fitting_pairings` for a chapter page: column names in words, the difference as
+    "value [lo, hi]"."""
+    return pd.DataFrame({
+        "BN epochs": pairings["epochs_bn"], "reference epochs": pairings["epochs_ref"],
+        "BN": pairings["batch"].map(lambda v: fmt_interval(v, math.nan, math.nan, digits=digits, signed=False)),
+        "reference": pairings["ref"].map(lambda v: fmt_interval(v, math.nan, math.nan, digits=digits, signed=False)),
+        "BN − reference [95% CI]": [fmt_interval(d, lo, hi, digits=digits)
+                                    for d, lo, hi in zip(pairings["diff"], pairings["lo"], pairings["hi"])],
+        "reading": pairings["reading"]})
+
+
 def robustness(pairings: pd.DataFrame) -> str:
     """One line on whether the sign of BN − reference holds at every pair of fitting budgets, with
     the range of the differences (a sign that holds from +0.01 to +0.08 is not one effect)."""

@@ -211,6 +211,16 @@ def interval_table(table: pd.DataFrame, columns=("auc", "tpr@0.01", "tpr@0.001")
     return out.sort_index(level=0, sort_remaining=False)
 
 
+METRIC_WORDS = {"auc": "AUC", "tpr@0.01": "TPR at 1% FPR", "tpr@0.001": "TPR at 0.1% FPR"}
+
+
+def in_words(shown: pd.DataFrame) -> pd.DataFrame:
+    """:func:`interval_table` with its metric columns named for a reader ("null tpr@0.01" reads
+    "null TPR at 1% FPR")."""
+    words = {**METRIC_WORDS, **{f"null {c}": f"null {w}" for c, w in METRIC_WORDS.items()}}
+    return shown.rename(columns=words)
+
+
 def by_group(attacked: Attacked, is_canary: np.ndarray, attack: str, n_boot: int = 200) -> pd.DataFrame:
     """``attack`` on canaries and on typical samples separately, per norm (AUC only: a few dozen
     canaries per target cannot resolve a TPR at low FPR)."""
