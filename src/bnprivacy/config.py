@@ -44,6 +44,9 @@ _REMOVED_WHY = ("The stop-at-target-accuracy mode (target_accuracy, max_epochs) 
 # Fields that say where a run executes, not what it computes: left out of the cache key so that a
 # run trained on a GPU is found again on a laptop.
 _NOT_IN_KEY = ("device",)
+# Fields added after runs were first stored, with the value that computes what the code computed
+# before them: at that value they stay out of the cache key, so every earlier run keeps its key.
+_IN_KEY_ONLY_WHEN_SET = {"imbalance": 1.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +55,8 @@ class Config:
 
     ``width=0`` takes the architecture's default width (see ``models.DEFAULT_WIDTH``). Every model
     trains exactly ``epochs`` epochs, with the learning-rate schedule laid over them.
-    ``train_size=0`` uses the whole training split. ``canaries`` injects outliers
+    ``train_size=0`` uses the whole training split; ``imbalance > 1`` makes the pool long-tailed
+    (``longtail.long_tail_pool``: class 0 ``imbalance`` times as frequent as the last). ``canaries`` injects outliers
     into the training pool, e.g. ``"noise:10,mislabeled:10"`` (see ``canaries.py``), with
     ``canary_references`` never-trained reference candidates per kind for exposure.
     """
@@ -70,6 +74,7 @@ class Config:
     schedule: str = "cosine"
     augment: str = "auto"
     train_size: int = 0
+    imbalance: float = 1.0
     image_size: int = 0
     canaries: str = ""
     canary_references: int = 0
@@ -91,7 +96,10 @@ class Config:
     def key(self) -> str:
         """Stable 16-hex-digit cache key of every field that changes what is computed, and of the
         content of an ``imagefolder:`` dataset's images (:func:`imagefolder.imagefolder_fingerprint`)."""
-        fields = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY}
+        fields = {k: v for k, v in self.to_dict().items()
+                  if k not in _NOT_IN_KEY and not (k in _IN_KEY_ONLY_WHEN_SET and v == _IN_KEY_ONLY_WHEN_SET[k])}
+        if "imbalance" in fields:
+            fields["imbalance"] = float(fields["imbalance"])  # 10 and 10.0 are one pool
         fields["results_version"] = RESULTS_VERSION
         if self.dataset.startswith(IMAGEFOLDER_PREFIX):
             fields["images"] = imagefolder_fingerprint(self.dataset[len(IMAGEFOLDER_PREFIX):])
@@ -151,6 +159,7 @@ def _validate(cfg: Config) -> None:
     _check_number("label_smoothing", cfg.label_smoothing, kind=real, low=0, high=1, high_open=True)
     _check_number("train_size", cfg.train_size, kind=int, low=0)
     _check_number("image_size", cfg.image_size, kind=int, low=0)
+    _check_number("imbalance", cfg.imbalance, kind=real, low=1)
     _check_number("seed", cfg.seed, kind=int, low=0)
     _check_number("canary_references", cfg.canary_references, kind=int, low=0)
     _check_number("canary_seed", cfg.canary_seed, kind=int, low=0)

@@ -27,6 +27,7 @@ from .config import IMAGEFOLDER_PREFIX, Config
 from .imagefolder import class_folders, image_files, remember_fingerprint
 from .runs.disk import save_torch
 from .canaries import inject_canaries
+from .longtail import long_tail_pool
 
 DATA_DIR_ENV = "BNPRIVACY_DATA"
 NATURAL_IMAGE_DATASETS = ("cifar10", "cifar100")
@@ -84,7 +85,9 @@ def data_dir() -> Path:
 
 
 def load_dataset(cfg: Config, device: torch.device | str = "cpu", *, download: bool = True) -> Dataset:
-    """Load ``cfg.dataset`` as normalised tensors on ``device`` (``cfg.train_size`` honoured).
+    """Load ``cfg.dataset`` as normalised tensors on ``device`` (``cfg.train_size`` honoured; with
+    ``cfg.imbalance > 1`` the pool is long-tailed, :func:`longtail.long_tail_pool`, and the test
+    split stays balanced, as in the long-tail literature).
 
     With ``cfg.canaries`` the training split becomes the pool of ``canaries.inject_canaries``:
     ``data.kinds`` flags every training sample (``"typical"`` or its canary kind) and
@@ -96,7 +99,9 @@ def load_dataset(cfg: Config, device: torch.device | str = "cpu", *, download: b
     """
     raw = _load_raw(cfg, download=download)
     x_train, y_train, x_test, y_test, classes = raw
-    if cfg.train_size:
+    if cfg.imbalance > 1:
+        x_train, y_train = long_tail_pool(x_train, y_train, len(classes), cfg.imbalance, cfg.train_size, seed=cfg.seed)
+    elif cfg.train_size:
         x_train, y_train = _subsample(x_train, y_train, cfg.train_size, seed=cfg.seed)
     mean, std = _channel_stats(x_train)
     natural = cfg.dataset in NATURAL_IMAGE_DATASETS or cfg.dataset.startswith(IMAGEFOLDER_PREFIX)

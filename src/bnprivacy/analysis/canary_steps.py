@@ -10,9 +10,11 @@ import pandas as pd
 import torch
 
 from .. import protocol
+from ..longtail import BUCKETS, CANARY, frequency_buckets
 from ..memorization import (canary_curves, epochs_to_memorize, mean_epochs_to_memorize, memorization_scores,
                             run_exposure, run_memorization)
-from ..reading import fmt_interval
+from ..reading import NOT_RESOLVED, fmt_interval, judge
+from ..stats import paired_difference
 from .family_steps import TrainedFamily, Measured, measure_family, sentence_for
 
 KIND_ORDER = ["typical", "noise", "mislabeled", "ood", "atypical"]
@@ -192,6 +194,42 @@ def exposure_table(detail: SettingDetail, kinds: list[str], norms: list[str]) ->
              .reindex(pd.MultiIndex.from_product([kinds, norms], names=["kind", "norm"])))
     table["IN - OUT"] = table["exposure_in"] - table["exposure_out"]
     return table
+
+
+def frequency_table(detail: SettingDetail, reference: str) -> pd.DataFrame:
+    """Memorization of the typical samples of each class-frequency bucket
+    (:func:`longtail.frequency_buckets`: the frequent, middle and rare third of the classes), with
+    BN and with ``reference``, and BN − reference over seeds (paired by seed, Student-t 95% interval)
+    with its reading. Canaries are left out: their class is not a natural frequency."""
+    # Every run scores the whole pool, so the class counts of all rows rank the classes as the pool's do.
+    scores = detail.scores.assign(bucket=frequency_buckets(detail.scores["label"], detail.scores["kind"]))
+    scores = scores[scores.bucket != CANARY]
+    per_seed = scores.groupby(["bucket", "norm", "seed"])["mem"].mean().unstack("norm")
+    rows = []
+    for bucket in [b for b in BUCKETS if b in per_seed.index.get_level_values("bucket")]:
+        seeds = per_seed.loc[bucket]
+        d = paired_difference(seeds["batch"], seeds[reference])
+        in_bucket = scores[(scores.bucket == bucket) & (scores.norm == "batch") & (scores.seed == scores.seed.min())]
+        rows.append({"class frequency": bucket, "classes": ", ".join(str(c) for c in sorted(in_bucket["label"].unique())),
+                     "samples": len(in_bucket), "BN": seeds["batch"].mean(), reference: seeds[reference].mean(),
+                     "BN − reference [95% CI]": fmt_interval(d["diff"], d["lo"], d["hi"]),
+                     "reading": _seed_reading(d)})
+    return pd.DataFrame(rows)
+
+
+def _seed_reading(d: dict) -> str:
+    """The reading of a paired difference over seeds; fewer than 3 seeds, or seeds that all agree
+    to rounding (a zero-width interval), resolve nothing."""
+    if d["n"] < 3 or not d["hi"] - d["lo"] > 1e-9:
+        return f"{NOT_RESOLVED} ({d['n']} seeds)"
+    return judge(d["lo"], d["hi"])
+
+
+def frequency_sentence(table: pd.DataFrame, reference: str) -> str:
+    """:func:`frequency_table` in one sentence, rare classes first."""
+    parts = [f"{row['class frequency']} (classes {row['classes']}): {row['BN − reference [95% CI]']}, "
+             f"{row['reading']}" for _, row in table.iloc[::-1].iterrows()]
+    return f"Memorization, BN − {reference} over seeds: " + "; ".join(parts) + "."
 
 
 def most_memorized(detail: SettingDetail, norm: str, count: int = 10) -> pd.DataFrame:

@@ -63,8 +63,9 @@ def family_protocol(**values) -> Protocol:
     raises ``ValueError`` naming it before any training."""
     check_family_names(values)
     norms = as_list("norms", values["norms"])  # checked first, as always: its error wins over Config's
-    config = {name: values[name] for name in ("dataset", "arch", "width", "train_size", "canaries", "canary_references",
-                                              "batch_size", "lr", "weight_decay", "augment", "precision", "device")}
+    config = {name: values[name] for name in ("dataset", "arch", "width", "train_size", "imbalance", "canaries",
+                                              "canary_references", "batch_size", "lr", "weight_decay",
+                                              "label_smoothing", "augment", "precision", "device")}
     protocol_only = {name: values[name] for name in ("fit_threshold", "seeds", "n_models", "equal_epochs",
                                                      "probe_points", "probe_typical", "probe_models")}
     return Protocol(Config(**config), norms=tuple(norm_order(norms)),

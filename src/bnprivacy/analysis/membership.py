@@ -221,15 +221,34 @@ def in_words(shown: pd.DataFrame) -> pd.DataFrame:
     return shown.rename(columns=words)
 
 
-def by_group(attacked: Attacked, is_canary: np.ndarray, attack: str, n_boot: int = 200) -> pd.DataFrame:
-    """``attack`` on canaries and on typical samples separately, per norm (AUC only: a few dozen
-    canaries per target cannot resolve a TPR at low FPR)."""
+def by_group(attacked: Attacked, groups, attack: str, n_boot: int = 200, *, order=None) -> pd.DataFrame:
+    """``attack`` on each group of pool samples separately, per norm: ``groups[p]`` names the group
+    of pool sample p (canaries and typical samples; class-frequency buckets), ``order`` the groups
+    shown, in that order (default: every group, sorted). AUC only, with its 95% bootstrap interval:
+    a few dozen samples per target cannot resolve a TPR at low FPR."""
+    groups = np.asarray(groups)
+    order = list(order) if order is not None else sorted(set(groups.tolist()))
     rows = []
     for norm, run in attacked.runs.items():
-        for group, select in (("canaries", is_canary), ("typical", ~is_canary)):
-            r = evaluate(attacked.scores[norm, attack], run.masks[attacked.targets], n_boot=n_boot, select=select)
+        for group in order:
+            r = evaluate(attacked.scores[norm, attack], run.masks[attacked.targets], n_boot=n_boot,
+                         select=groups == group)
             rows.append({"norm": norm, "samples": group, "auc": r["auc"], "auc_lo": r["auc_lo"], "auc_hi": r["auc_hi"]})
-    return pd.DataFrame(rows).set_index(["samples", "norm"]).sort_index()
+    index = pd.MultiIndex.from_product([order, list(attacked.runs)], names=["samples", "norm"])
+    return pd.DataFrame(rows).set_index(["samples", "norm"]).reindex(index)
+
+
+def group_sentence(table: pd.DataFrame, attack: str, reference: str) -> str:
+    """One sentence per group of :func:`by_group`: the AUC of ``attack`` with BN and with
+    ``reference``, each with its interval; intervals that overlap are said to."""
+    parts = []
+    for group in table.index.unique("samples"):
+        bn, ref = table.loc[(group, "batch")], table.loc[(group, reference)]
+        overlap = bn["auc_lo"] <= ref["auc_hi"] and ref["auc_lo"] <= bn["auc_hi"]
+        parts.append(f"on {group}, {fmt_interval(bn['auc'], bn['auc_lo'], bn['auc_hi'], signed=False)} with BN "
+                     f"against {fmt_interval(ref['auc'], ref['auc_lo'], ref['auc_hi'], signed=False)} with {reference}"
+                     + (" (the intervals overlap)" if overlap else ""))
+    return f"AUC of {attack}: " + "; ".join(parts) + "."
 
 
 GROWTH_ATTACKS = ("lira_online", "lira_offline", "rmia_online", "rmia", "loss")

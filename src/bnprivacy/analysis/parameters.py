@@ -32,6 +32,7 @@ class FamilyParameters:
     arch: str = _parameter("cnn", "mlp | cnn | resnet18 | vgg11 | densenet")
     width: int = _parameter(16, "channels of the first layer, 0 for the default of the architecture")
     train_size: int = _parameter(0, "pool size (a random subsample of the training split), 0 for all of it")
+    imbalance: float = _parameter(1.0, "long-tailed pool: the most frequent class this many times the rarest (10-50 in the literature), 1.0 as drawn")
     norms: list[str] = _parameter(["batch", "none"], "normalisation layers: batch and at least one reference")
     canaries: str = _parameter("noise:10,mislabeled:10,ood:10,atypical:10",
                                "outliers injected into the pool (chapter 2)")
@@ -46,6 +47,7 @@ class FamilyParameters:
     fit_threshold: float = _parameter(0.99, "a model has fit when its accuracy on its IN samples reaches this")
     batch_size: int = _parameter(64, "training batch size")
     weight_decay: float = _parameter(5e-4, "L2 penalty on weights (not on norm gains or biases)")
+    label_smoothing: float = _parameter(0.0, "label smoothing of the training loss, 0.0 for none")
     augment: str = _parameter("auto", "auto | none | flip-crop (auto: flip-crop on natural images, none on digits)")
     probe_points: int = _parameter(8, "gradient probes per run (chapter 3); part of the runs' identity")
     probe_typical: int = _parameter(20, "typical samples probed beside the canaries")
