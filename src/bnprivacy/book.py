@@ -255,6 +255,7 @@ def execute_chapter(root: Path, chapter: str, profile: str = "quick",
     params = profile_parameters(root, profile, chapter)
     params.update(overrides or {})
     params = as_plain(params)
+    check_gpu(chapter, profile, params)
     check_literal(params)  # the injected cell assigns these values and runs nothing else
     check_results_writable()
     started = time.perf_counter()
@@ -270,6 +271,20 @@ def execute_chapter(root: Path, chapter: str, profile: str = "quick",
     _collapse_injected_parameters(output)
     print(f"executed {chapter} ({profile}) in {time.perf_counter() - started:.0f} s -> {output}")
     return output
+
+
+def check_gpu(chapter: str, profile: str, params: dict) -> None:
+    """Stop a chapter that is to run on ``device: cuda`` (the ``gpu`` profile) when no CUDA GPU is
+    visible, before any kernel starts (``ValueError`` saying what to do)."""
+    if params.get("device") != "cuda":
+        return
+    import torch  # only here: the command line starts without torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"{chapter} under profile {profile!r} runs on device 'cuda', but no CUDA GPU is visible here. Run "
+            "it on a machine with an NVIDIA GPU, or pass -p device auto (or cpu) to run it on this CPU anyway "
+            "(at this profile's scale that takes days: see BENCHMARKS.md).")
 
 
 def check_results_writable(folder: Path | None = None) -> None:
@@ -367,7 +382,9 @@ def build_book(root: Path, profile: str = "quick", chapters: list[str] | None = 
     overrides = overrides or {}
     check_overrides(root, chapters, overrides)
     for chapter in chapters:
-        profile_parameters(root, profile, chapter)
+        declared = chapter_parameters(root, chapter)
+        params = {**profile_parameters(root, profile, chapter), **{k: v for k, v in overrides.items() if k in declared}}
+        check_gpu(chapter, profile, params)  # before the first chapter: a GPU book must not die hours in
     for chapter in chapters:
         declared = chapter_parameters(root, chapter)
         execute_chapter(root, chapter, profile, {k: v for k, v in overrides.items() if k in declared})

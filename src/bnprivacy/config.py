@@ -16,7 +16,7 @@ from .imagefolder import imagefolder_fingerprint
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
 IMAGEFOLDER_PREFIX = "imagefolder:"
-ARCHS = ("mlp", "cnn", "resnet18", "vgg11", "densenet")
+ARCHS = ("mlp", "cnn", "resnet18", "vgg11", "densenet", "airbench")
 NORMS = ("batch", "group", "layer", "none")
 
 

@@ -29,7 +29,7 @@ class FamilyParameters:
     :func:`bnprivacy.analysis.sweep.family` has always taken them."""
 
     dataset: str = _parameter("digits", "digits | mnist | fashion-mnist | cifar10 | cifar100 | imagefolder:ROOT")
-    arch: str = _parameter("cnn", "mlp | cnn | resnet18 | vgg11 | densenet")
+    arch: str = _parameter("cnn", "mlp | cnn | resnet18 | vgg11 | densenet | airbench")
     width: int = _parameter(16, "channels of the first layer, 0 for the default of the architecture")
     train_size: int = _parameter(0, "pool size (a random subsample of the training split), 0 for all of it")
     imbalance: float = _parameter(1.0, "long-tailed pool: the most frequent class this many times the rarest (10-50 in the literature), 1.0 as drawn")
