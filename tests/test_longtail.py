@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bnprivacy import protocol
 from bnprivacy.analysis import canary_steps
 from bnprivacy.analysis import membership as attack_steps
 from bnprivacy.config import Config
@@ -90,6 +91,15 @@ def test_classes_are_bucketed_by_their_count_in_the_pool_and_canaries_apart():
         frequency_buckets([0, 0, 1], ["typical"] * 3)
 
 
+def _comparison(comparable: bool = True) -> protocol.Comparison:
+    reason = "" if comparable else "none did not fit (IN accuracy 0.984 < 0.99, at 56 epochs)"
+    return protocol.Comparison("matched fit", "none", 20, 56, 0.05, 0.05, 1.0, 0.984, 0.9, 0.88, True, comparable,
+                               comparable, reason)
+
+
+FAIR = _comparison()
+
+
 def _detail(effect_on_rare: float, seed: int = 0) -> canary_steps.SettingDetail:
     """Per-sample memorization of a long-tailed pool, 3 seeds per norm; BN adds ``effect_on_rare``
     on the rare classes only; everything else is noise of one distribution for both norms."""
@@ -111,27 +121,32 @@ def _detail(effect_on_rare: float, seed: int = 0) -> canary_steps.SettingDetail:
 
 def test_memorization_by_class_frequency_reads_no_difference_where_there_is_none():
     for seed in range(3):
-        table = canary_steps.frequency_table(_detail(0.0, seed), "none")
+        table = canary_steps.frequency_table(_detail(0.0, seed), FAIR)
         assert list(table["class frequency"]) == list(BUCKETS)
         assert (table["reading"] == "inconclusive").all(), table
 
 
 def test_memorization_by_class_frequency_finds_an_effect_on_rare_classes_only():
-    table = canary_steps.frequency_table(_detail(0.2), "none").set_index("class frequency")
+    table = canary_steps.frequency_table(_detail(0.2), FAIR).set_index("class frequency")
     assert table.loc["rare classes", "reading"] == "BN higher"
     assert table.loc["rare classes", "classes"] == "7, 8, 9" and table.loc["frequent classes", "classes"] == "0, 1, 2, 3"
     assert table.loc["rare classes", "BN"] - table.loc["rare classes", "none"] == pytest.approx(0.2, abs=0.02)
     assert table.loc["rare classes", "samples"] == sum(long_tail_sizes(10, 10, 300)[7:])
     assert (table.loc[["frequent classes", "middle classes"], "reading"] == "inconclusive").all()
+    # A side that did not fit makes no bucket evidence, however clear its interval.
+    unfair = canary_steps.frequency_table(_detail(0.2), _comparison(False))
+    assert (unfair["reading"] == "not comparable: none did not fit (IN accuracy 0.984 < 0.99, at 56 epochs)").all()
+    sentence = canary_steps.frequency_sentence(unfair, _comparison(False))
+    assert sentence.startswith("These runs are not evidence (not comparable: none did not fit") and "BN higher" not in sentence
 
 
 def test_two_seeds_or_seeds_that_agree_exactly_resolve_nothing():
     detail = _detail(0.2)
     two = canary_steps.SettingDetail(detail.scores[detail.scores.seed < 2], *([pd.DataFrame()] * 3))
-    assert (canary_steps.frequency_table(two, "none")["reading"] == "not resolved (2 seeds)").all()
+    assert (canary_steps.frequency_table(two, FAIR)["reading"] == "not resolved (2 seeds)").all()
     scores = detail.scores.copy()
     scores.loc[scores.norm == "batch", "mem"] = scores.loc[scores.norm == "none", "mem"].to_numpy() + 0.1
-    flat = canary_steps.frequency_table(canary_steps.SettingDetail(scores, *([pd.DataFrame()] * 3)), "none")
+    flat = canary_steps.frequency_table(canary_steps.SettingDetail(scores, *([pd.DataFrame()] * 3)), FAIR)
     assert (flat["reading"] == "not resolved (3 seeds)").all()
 
 
@@ -160,8 +175,10 @@ def test_membership_by_group_reads_chance_on_scores_without_signal_at_the_books_
     assert list(tables[0].index.unique("samples")) == list(BUCKETS)
     assert abs(null["auc"].mean() - 0.5) < 0.005
     assert ((null["auc_lo"] > 0.5) | (null["auc_hi"] < 0.5)).sum() < 8
-    sentence = attack_steps.group_sentence(tables[0], "LiRA", "none")
+    sentence = attack_steps.group_sentence(tables[0], "LiRA", FAIR)
     assert sentence.startswith("AUC of LiRA: on frequent classes, 0.") and "with BN against" in sentence
+    unfair = attack_steps.group_sentence(tables[0], "LiRA", _comparison(False))
+    assert unfair.startswith("These runs are not evidence (not comparable: none did not fit (IN accuracy 0.984")
     attacked = _attacked_without_signal(0)
     runs, scores = attacked.runs, attacked.scores
     # A signal on the rare classes only is found there and nowhere else.

@@ -13,7 +13,7 @@ from .. import protocol
 from ..longtail import BUCKETS, CANARY, frequency_buckets
 from ..memorization import (canary_curves, epochs_to_memorize, mean_epochs_to_memorize, memorization_scores,
                             run_exposure, run_memorization)
-from ..reading import NOT_RESOLVED, fmt_interval, judge
+from ..reading import NOT_RESOLVED, fmt_interval, judge, not_comparable
 from ..stats import paired_difference
 from .family_steps import TrainedFamily, Measured, measure_family, sentence_for
 
@@ -196,11 +196,13 @@ def exposure_table(detail: SettingDetail, kinds: list[str], norms: list[str]) ->
     return table
 
 
-def frequency_table(detail: SettingDetail, reference: str) -> pd.DataFrame:
+def frequency_table(detail: SettingDetail, c: protocol.Comparison) -> pd.DataFrame:
     """Memorization of the typical samples of each class-frequency bucket
     (:func:`longtail.frequency_buckets`: the frequent, middle and rare third of the classes), with
-    BN and with ``reference``, and BN − reference over seeds (paired by seed, Student-t 95% interval)
-    with its reading. Canaries are left out: their class is not a natural frequency."""
+    BN and with ``c.reference`` at comparison ``c``'s budgets, and BN − reference over seeds (paired
+    by seed, Student-t 95% interval) with its reading: "not comparable: <reason>" when ``c`` is not
+    evidence (a side that did not fit). Canaries are left out: their class is not a natural frequency."""
+    reference = c.reference
     # Every run scores the whole pool, so the class counts of all rows rank the classes as the pool's do.
     scores = detail.scores.assign(bucket=frequency_buckets(detail.scores["label"], detail.scores["kind"]))
     scores = scores[scores.bucket != CANARY]
@@ -213,7 +215,7 @@ def frequency_table(detail: SettingDetail, reference: str) -> pd.DataFrame:
         rows.append({"class frequency": bucket, "classes": ", ".join(str(c) for c in sorted(in_bucket["label"].unique())),
                      "samples": len(in_bucket), "BN": seeds["batch"].mean(), reference: seeds[reference].mean(),
                      "BN − reference [95% CI]": fmt_interval(d["diff"], d["lo"], d["hi"]),
-                     "reading": _seed_reading(d)})
+                     "reading": _seed_reading(d) if c.comparable else not_comparable(c.reason)})
     return pd.DataFrame(rows)
 
 
@@ -225,11 +227,13 @@ def _seed_reading(d: dict) -> str:
     return judge(d["lo"], d["hi"])
 
 
-def frequency_sentence(table: pd.DataFrame, reference: str) -> str:
-    """:func:`frequency_table` in one sentence, rare classes first."""
-    parts = [f"{row['class frequency']} (classes {row['classes']}): {row['BN − reference [95% CI]']}, "
-             f"{row['reading']}" for _, row in table.iloc[::-1].iterrows()]
-    return f"Memorization, BN − {reference} over seeds: " + "; ".join(parts) + "."
+def frequency_sentence(table: pd.DataFrame, c: protocol.Comparison) -> str:
+    """:func:`frequency_table` in one sentence, rare classes first; a comparison that is not
+    evidence says so once, first, and its buckets give only their numbers."""
+    guard = "" if c.comparable else f"These runs are not evidence ({not_comparable(c.reason)}). "
+    parts = [f"{row['class frequency']} (classes {row['classes']}): {row['BN − reference [95% CI]']}"
+             + (f", {row['reading']}" if c.comparable else "") for _, row in table.iloc[::-1].iterrows()]
+    return guard + f"Memorization, BN − {c.reference} over seeds: " + "; ".join(parts) + "."
 
 
 def most_memorized(detail: SettingDetail, norm: str, count: int = 10) -> pd.DataFrame:

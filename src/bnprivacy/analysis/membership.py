@@ -12,7 +12,7 @@ from .. import protocol
 from ..attacks import (ATTACK_NAMES, HEADLINE_PREFERENCE, AttackInput, LiraOptions, attack_scores, calibrate, evaluate,
                        headline_attack, null_summary, resolvable, shuffled_masks, summarize, vulnerability)
 from ..memorization import run_memorization
-from ..reading import NOT_AVAILABLE, fmt_interval, fmt_rate, not_resolvable, not_resolved
+from ..reading import NOT_AVAILABLE, fmt_interval, fmt_rate, not_comparable, not_resolvable, not_resolved
 from .family_steps import TrainedFamily, Measured, measure_family
 from ..runs.shadow import shadow_run
 
@@ -238,9 +238,12 @@ def by_group(attacked: Attacked, groups, attack: str, n_boot: int = 200, *, orde
     return pd.DataFrame(rows).set_index(["samples", "norm"]).reindex(index)
 
 
-def group_sentence(table: pd.DataFrame, attack: str, reference: str) -> str:
+def group_sentence(table: pd.DataFrame, attack: str, c: protocol.Comparison) -> str:
     """One sentence per group of :func:`by_group`: the AUC of ``attack`` with BN and with
-    ``reference``, each with its interval; intervals that overlap are said to."""
+    ``c.reference``, each with its interval; intervals that overlap are said to. A comparison that
+    is not evidence (a side that did not fit) says so first."""
+    reference = c.reference
+    guard = "" if c.comparable else f"These runs are not evidence ({not_comparable(c.reason)}). "
     parts = []
     for group in table.index.unique("samples"):
         bn, ref = table.loc[(group, "batch")], table.loc[(group, reference)]
@@ -248,7 +251,7 @@ def group_sentence(table: pd.DataFrame, attack: str, reference: str) -> str:
         parts.append(f"on {group}, {fmt_interval(bn['auc'], bn['auc_lo'], bn['auc_hi'], signed=False)} with BN "
                      f"against {fmt_interval(ref['auc'], ref['auc_lo'], ref['auc_hi'], signed=False)} with {reference}"
                      + (" (the intervals overlap)" if overlap else ""))
-    return f"AUC of {attack}: " + "; ".join(parts) + "."
+    return guard + f"AUC of {attack}: " + "; ".join(parts) + "."
 
 
 GROWTH_ATTACKS = ("lira_online", "lira_offline", "rmia_online", "rmia", "loss")
