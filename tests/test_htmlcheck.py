@@ -79,12 +79,17 @@ def test_repeated_scripts_are_dropped_once_per_page():
 
 
 
+def check_failure(site, shots) -> str:
+    """The message with which the browser check fails on ``site`` (the test fails if it passes)."""
+    with pytest.raises(htmlcheck.HtmlCheckFailed) as failure:
+        htmlcheck.check_site(site, shots, progress=False)
+    return str(failure.value)
+
+
 @pytest.mark.skipif(not htmlcheck.browser_available(), reason="needs Debian's chromium and chromium-driver")
 def test_chromium_finds_every_kind_of_problem_and_passes_a_clean_site(tmp_path):
     site = make_site(tmp_path / "site")
-    with pytest.raises(htmlcheck.HtmlCheckFailed) as failure:
-        htmlcheck.check_site(site, tmp_path / "shots", progress=False)
-    message = str(failure.value)
+    message = check_failure(site, tmp_path / "shots")
     assert message.startswith("1 of 3 pages have problems")
     for problem in ("console error", "undefinedFunction", "image not loaded: ../_static/missing.png",
                     "file not found on the site: /_static/missing.png", "figure without an image",
@@ -141,9 +146,7 @@ def make_layout_site(root: Path) -> Path:
 @pytest.mark.skipif(not htmlcheck.browser_available(), reason="needs Debian's chromium and chromium-driver")
 def test_chromium_finds_wide_tables_clipped_cells_squeezed_figures_and_raw_numbers(tmp_path):
     site = make_layout_site(tmp_path / "site")
-    with pytest.raises(htmlcheck.HtmlCheckFailed) as failure:
-        htmlcheck.check_site(site, tmp_path / "shots", progress=False)
-    message = str(failure.value)
+    message = check_failure(site, tmp_path / "shots")
     assert message.startswith("1 of 2 pages have problems:\ncrowded.html:")
     for problem in ("table 1000 px wide in a 676 px column (results)",
                     "table cell clips its text: 'BN higher than the reference'",
