@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bnprivacy.config import Config  # noqa: E402
+from bnprivacy.cost import flops_per_image  # noqa: E402
 from bnprivacy.data import load_dataset  # noqa: E402
 from bnprivacy.ensemble import balanced_masks, train_ensemble  # noqa: E402
 from timing import timed  # noqa: E402
@@ -68,17 +69,8 @@ def synthetic_cifar(pool: int = 5000, test: int = 10000):
 
 
 def train_flops_per_image(cfg: Config, data) -> float:
-    """Forward + backward FLOPs of one training image through one model (the wide network does the
-    same arithmetic for each of its models; FlopCounterMode over-counts the backward pass of
-    grouped convolutions, so the single model is counted)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from bnprivacy.models import build_model
-
-    model = build_model(cfg.arch, cfg.norm, cfg.width, data.input_shape, data.num_classes)
-    with FlopCounterMode(display=False) as counter:
-        model(data.x_train[: cfg.batch_size]).sum().backward()
-    return counter.get_total_flops() / cfg.batch_size
+    """Forward + backward FLOPs of one training image through one model (``bnprivacy.cost``)."""
+    return flops_per_image(cfg, data.input_shape, data.num_classes)[0]
 
 
 def cpu_peak_gflops(bf16: bool) -> float:

@@ -66,7 +66,7 @@ def test_the_airbench_network_costs_its_closed_form():
              (256, 256, 16)]
     forward = sum(2 * a * b * 9 * pixels for a, b, pixels in convs) + 2 * 256 * 10
     p = family_steps.protocol_from({**family_values(REPO, "gpu", {"device": "cpu"}), "margins": {}})
-    train, measured = flops_per_image(p, (3, 32, 32), 10)
+    train, measured = flops_per_image(p.base, (3, 32, 32), 10)
     # Backward: each layer's weight gradient and input gradient (as much as its forward), except
     # the stem's input gradient, which nothing needs.
     assert measured == forward and train == 3 * forward - 2 * 3 * 24 * 9 * 1024

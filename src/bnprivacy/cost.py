@@ -11,6 +11,7 @@ import dataclasses
 
 import torch
 
+from .config import Config
 from .models import build_model
 from .protocol import VALIDATION_MODELS, Protocol
 
@@ -51,13 +52,13 @@ def image_passes(p: Protocol, pool: int, test: int, references: int) -> tuple[in
     return lr_grid, shadow, signals
 
 
-def flops_per_image(p: Protocol, input_shape: tuple[int, int, int], num_classes: int) -> tuple[float, float]:
-    """``(train, forward)`` FLOPs of one image through one BN model of ``p`` (torch.utils.flop_counter;
-    the other norms' layers cost the same to within a fraction of a percent). One model, not the
-    wide N-model network: the counter over-counts the backward pass of grouped convolutions."""
+def flops_per_image(cfg: Config, input_shape: tuple[int, int, int], num_classes: int) -> tuple[float, float]:
+    """``(train, forward)`` FLOPs of one image through one model of ``cfg`` (torch.utils.flop_counter).
+    One model, not the wide N-model network: the counter over-counts the backward pass of grouped
+    convolutions, and the wide network does the same arithmetic for each of its models."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build_model(p.base.arch, "batch", p.base.width, input_shape, num_classes)
+    model = build_model(cfg.arch, cfg.norm, cfg.width, input_shape, num_classes)
     x = torch.randn(2, *input_shape)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()
@@ -72,5 +73,6 @@ def family_cost(p: Protocol, pool: int, test: int, references: int, input_shape:
     """The cost of the family of ``p`` on a pool of ``pool`` images (canaries included), a test split
     of ``test`` and ``references`` never-trained canary references."""
     lr_grid, shadow, signals = image_passes(p, pool, test, references)
-    train, forward = flops_per_image(p, input_shape, num_classes)
+    # BN's model: the other norms' layers cost the same to within a fraction of a percent.
+    train, forward = flops_per_image(p.base.replace(norm="batch"), input_shape, num_classes)
     return FamilyCost(lr_grid, shadow, signals, train, forward)
