@@ -196,3 +196,27 @@ def test_settings_recorded_before_margins_still_load_and_say_so():
             assert not keys[section.rows.runs.astype(bool)].duplicated().any()
             assert set(section.rows.reading.map(verdict_steps._kind)) <= {
                 *verdict_steps.READING_ORDER} - {verdict_steps.EQUIVALENT_KIND}
+
+
+def _fit_curves(none_in_accuracy):
+    """Chapter 01's accuracy curve: BN fits at both budgets, none reaches ``none_in_accuracy`` (per budget)."""
+    rows = [("batch", b, s, 0.995) for b in (16, 24) for s in (0, 1, 2)]
+    rows += [("none", b, s, none_in_accuracy[b]) for b in (16, 24) for s in (0, 1, 2)]
+    return pd.DataFrame([{"chapter": "01_training", "measure": "test accuracy (%)", "norm": n, "budget": b, "seed": s,
+                          "value": 50.0, "test_acc": 0.5, "train_acc": acc} for n, b, s, acc in rows])
+
+
+def test_a_recording_whose_reference_never_fits_says_which_norm_and_what_it_reached():
+    lines = record.fit_lines(_fit_curves({16: 0.9, 24: 0.985}), 0.99)
+    assert lines[0] == "batch fits its pool at [16, 24] epochs (mean IN accuracy 0.995 at 16, 0.995 at 24)"
+    assert lines[1].startswith("none never fits its pool within the ladder [16, 24]: mean IN accuracy 0.900 at 16, "
+                               "0.985 at 24 epochs, below 0.99")
+
+
+def test_the_fit_report_reads_the_threshold_the_setting_was_recorded_with(tmp_path):
+    provenance = dict(_provenance(), parameters={"01_training": {"fit_threshold": 0.99}}, overrides={"fit_threshold": 0.98})
+    folder = record.write_setting(tmp_path / "recorded" / "x", _rows(), _fit_curves({16: 0.9, 24: 0.985}), provenance)
+    assert record.fit_report(folder)[1] == ("none fits its pool at [24] epochs "
+                                            "(mean IN accuracy 0.900 at 16, 0.985 at 24)")
+    assert record.fit_lines(_curves(), 0.99) == [
+        "no chapter 01 accuracy curve was recorded: the fit of each norm is unknown"]

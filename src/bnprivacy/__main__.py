@@ -139,10 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "family":
             _family(root, args)
         elif args.command == "record":
-            from .record import record
+            from .record import fit_report, record
 
             folder = record(root, args.profile, args.name, book.parse_overrides(args.param))
             print(f"recorded {folder}")
+            for line in fit_report(folder):
+                print(f"  {line}")
         elif args.command == "params":
             for name, spec in book.chapter_parameters(root, args.chapter).items():
                 print(f"{name:18} = {spec['default']:<24} # {spec['help']}")

@@ -217,6 +217,39 @@ def load_setting(folder: Path) -> RecordedSetting:
     return RecordedSetting(folder.name, folder, rows, curves, provenance)
 
 
+# The curve rows that carry each run's mean IN (train) accuracy: one per norm, budget and seed.
+FIT_CURVE = ("01_training", "test accuracy (%)")
+
+
+def fit_lines(curves: pd.DataFrame, fit_threshold: float) -> list[str]:
+    """One line per norm of a recording: the budgets at which its models fit (mean IN accuracy over
+    seeds at least ``fit_threshold``), or, when it fits at none, the norm and the IN accuracy it
+    reached at each budget, so that a recipe unable to fit within its ladder says so."""
+    rows = curves[(curves["chapter"] == FIT_CURVE[0]) & (curves["measure"] == FIT_CURVE[1])]
+    if rows.empty:
+        return ["no chapter 01 accuracy curve was recorded: the fit of each norm is unknown"]
+    lines = []
+    for norm, by_budget in rows.groupby("norm", sort=False):
+        reached = by_budget.groupby("budget")["train_acc"].mean().sort_index()
+        fitting = [int(b) for b, acc in reached.items() if acc >= fit_threshold]
+        accuracies = ", ".join(f"{acc:.3f} at {int(b)}" for b, acc in reached.items())
+        if fitting:
+            lines.append(f"{norm} fits its pool at {fitting} epochs (mean IN accuracy {accuracies})")
+        else:
+            lines.append(f"{norm} never fits its pool within the ladder {[int(b) for b in reached.index]}: mean IN "
+                         f"accuracy {accuracies} epochs, below {fit_threshold:g}; its comparisons read "
+                         "\"not comparable\". Give it longer budgets or a smaller pool")
+    return lines
+
+
+def fit_report(folder: Path) -> list[str]:
+    """:func:`fit_lines` of a recorded folder, at the fit threshold it was recorded with."""
+    setting = load_setting(folder)
+    p = setting.provenance
+    threshold = {**p["parameters"].get("01_training", {}), **p["overrides"]}.get("fit_threshold", 0.99)
+    return fit_lines(setting.curves, float(threshold))
+
+
 PROVENANCE_TYPES = {"name": str, "commit": str, "dirty": bool, "changed_files": list, "command": str,
                     "profile": str, "parameters": dict, "overrides": dict, "versions": dict, "hardware": str,
                     "chapter_seconds": dict, "date": str}
