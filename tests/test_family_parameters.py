@@ -141,6 +141,23 @@ def test_every_profile_names_a_valid_family():
         assert isinstance(family_steps.protocol_from(family_values(REPO, profile, {})), family_steps.Protocol), profile
 
 
+def test_cifar_lt_is_the_cifar_recipe_on_a_long_tailed_pool():
+    """The two recorded CIFAR settings are a controlled pair: comparing their rare-class readings is
+    fair only if the long tail is all that differs between them."""
+    balanced, long_tailed = (family_values(REPO, name, {}) for name in ("cifar", "cifar-lt"))
+    assert {k for k in balanced if balanced[k] != long_tailed[k]} == {"imbalance"}
+    assert balanced["imbalance"] == 1.0 and 10 <= long_tailed["imbalance"] <= 50  # the long-tail literature's range
+
+
+@pytest.mark.parametrize("profile", ["cifar", "cifar-lt"])
+def test_the_recorded_cifar_profiles_meet_the_recording_rules(profile):
+    from bnprivacy.record import MIN_RECORDED_MODELS
+
+    values = family_values(REPO, profile, {})
+    assert values["n_models"] >= MIN_RECORDED_MODELS and values["seeds"] >= 3
+    assert values["equal_epochs"] in values["budgets"] and len(values["budgets"]) >= 2
+
+
 # --- family_protocol() and the family command -------------------------------------------------------------
 
 def test_family_takes_exactly_the_family_parameters():
