@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ from bnprivacy.config import Config  # noqa: E402
 from bnprivacy.ensemble import balanced_masks, train_ensemble  # noqa: E402
 from bnprivacy.training import cpu_supports_bf16  # noqa: E402
 from engine import synthetic_cifar  # noqa: E402
+from timing import timed  # noqa: E402
 
 
 def rate(cfg: Config, n_models: int, pool: int) -> float:
@@ -35,9 +35,7 @@ def rate(cfg: Config, n_models: int, pool: int) -> float:
     data = synthetic_cifar(pool, 1024)  # a small test split: the rate of training, not of the final evaluation
     masks = balanced_masks(n_models, pool, seed=0)
     train_ensemble(cfg.replace(epochs=1), data, masks)
-    started = time.perf_counter()
-    train_ensemble(cfg, data, masks)
-    seconds = time.perf_counter() - started
+    seconds = timed(lambda: train_ensemble(cfg, data, masks))
     return n_models * (pool // 2 // cfg.batch_size) * cfg.batch_size * cfg.epochs / seconds
 
 

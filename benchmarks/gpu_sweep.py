@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,17 +28,13 @@ from bnprivacy.config import Config  # noqa: E402
 from bnprivacy.cost import flops_per_image  # noqa: E402
 from bnprivacy.ensemble import balanced_masks, train_ensemble  # noqa: E402
 from engine import synthetic_cifar  # noqa: E402
+from timing import timed  # noqa: E402
 
 MEASURED_PEAK_TFLOPS = 790.0
 # (arch, width, models per wide network, batch per model, pool): the cifar profile's setting first.
 CASES = (("airbench", 32, 16, 64, 4000), ("airbench", 32, 48, 64, 4000), ("airbench", 32, 16, 256, 4000),
          ("airbench", 64, 16, 512, 50000), ("cnn", 32, 16, 64, 4000))
 TINY = (("airbench", 4, 2, 8, 64), ("cnn", 4, 2, 8, 64))
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def warmed_up(arch: str, width: int, n_models: int, batch: int, pool: int, device: str):
@@ -49,16 +44,12 @@ def warmed_up(arch: str, width: int, n_models: int, batch: int, pool: int, devic
                  augment="flip-crop", label_smoothing=0.2, lr=0.05)
     masks = balanced_masks(n_models, pool, seed=0)
     train_ensemble(cfg, data, masks)
-    sync(device)
     return cfg, data, masks
 
 
 def case(arch: str, width: int, n_models: int, batch: int, pool: int, device: str, epochs: int) -> None:
     cfg, data, masks = warmed_up(arch, width, n_models, batch, pool, device)
-    started = time.perf_counter()
-    train_ensemble(cfg.replace(epochs=epochs), data, masks)
-    sync(device)
-    seconds = time.perf_counter() - started
+    seconds = timed(lambda: train_ensemble(cfg.replace(epochs=epochs), data, masks))
     images = n_models * (pool // 2 // batch) * batch * epochs
     tflops = images / seconds * flops_per_image(cfg, (3, 32, 32), 10)[0] / 1e12
     print(f"{arch:8} width {width:3}  N {n_models:3}  batch {batch:4}  pool {pool:6,}: {images / seconds:10,.0f} "
@@ -71,11 +62,8 @@ def profile(arch: str, width: int, n_models: int, batch: int, pool: int, device:
 
     cfg, data, masks = warmed_up(arch, width, n_models, batch, pool, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    started = time.perf_counter()
     with torch_profile(activities=activities) as prof:
-        train_ensemble(cfg, data, masks)
-        sync(device)
-    wall = time.perf_counter() - started
+        wall = timed(lambda: train_ensemble(cfg, data, masks))
     averages = prof.key_averages()
     sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
     print(averages.table(sort_by=sort, row_limit=15, max_name_column_width=60))
