@@ -217,3 +217,17 @@ def test_training_seconds_sum_every_epoch_of_every_chunk_and_survive_loading(dat
     monkeypatch.setattr(local, "train_chunk", lambda *a, **k: pytest.fail("a finished run retrained"))
     reloaded_total = shadow.training_seconds(shadow_run(SPEC, data, chunk_size=2, progress=False))
     assert reloaded_total == total
+
+
+def test_a_large_test_split_is_queried_on_a_fixed_population_subset(data, monkeypatch):
+    whole = shadow_run(SPEC, data, chunk_size=4, progress=False)
+    assert whole.logits_test.shape[2] == len(data.y_test) == 500  # no larger than the cap: all of it
+    monkeypatch.setattr(chunks, "POPULATION_SAMPLES", 120)
+    subset = shadow_run(SPEC, data, chunk_size=4, progress=False)
+    index = chunks.population_index(len(data.y_test))
+    assert len(index) == 120 and torch.equal(index, chunks.population_index(500))  # fixed across runs
+    assert (run_folder(SPEC) / "models-00000-00003" / "signals-eval-q2-z120.pt").is_file()
+    assert torch.allclose(subset.logits_test, whole.logits_test[:, :, index], atol=1e-5)
+    assert torch.equal(subset.y_test, data.y_test.cpu()[index])
+    # accuracy on the whole split still comes from training's last epoch, untouched by the subset
+    assert subset.final_accuracy().equals(whole.final_accuracy())

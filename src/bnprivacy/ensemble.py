@@ -365,10 +365,16 @@ class _Trainer:
 def epoch_eval_subset(test_size: int) -> torch.Tensor:
     """Sorted test indices measured after every epoch but the last: all of a small split, else a
     fixed random EPOCH_EVAL_SAMPLES of it (the same for every run)."""
-    if test_size <= EPOCH_EVAL_SAMPLES:
+    return fixed_test_subset(test_size, EPOCH_EVAL_SAMPLES)
+
+
+def fixed_test_subset(test_size: int, samples: int) -> torch.Tensor:
+    """Sorted indices of ``samples`` test samples drawn at random once (the same for every run and
+    every caller), or all of a split that holds no more than ``samples``."""
+    if test_size <= samples:
         return torch.arange(test_size)
     order = torch.randperm(test_size, generator=torch.Generator().manual_seed(0))
-    return order[:EPOCH_EVAL_SAMPLES].sort().values
+    return order[:samples].sort().values
 
 
 @torch.no_grad()

@@ -142,7 +142,7 @@ def typical_gap(family: TrainedFamily, c: protocol.Comparison) -> pd.DataFrame:
             typical = torch.from_numpy(np.asarray(run.kinds) == "typical") if run.kinds else \
                 torch.ones(run.masks.shape[1], dtype=torch.bool)
             correct, masks = correct_on_pool(run)[:, typical], run.masks[:, typical]
-            test_acc = float((run.logits_test[:, 0].argmax(-1) == run.y_test).double().mean())
+            test_acc = float(run.final_accuracy().test_acc.mean())
             rows.append(dict(norm=norm, budget=budget, seed=seed, mem=mean_memorization(run, ("typical",)),
                              in_acc=float(correct[masks].double().mean()),
                              out_acc=float(correct[~masks].double().mean()), test_acc=test_acc))

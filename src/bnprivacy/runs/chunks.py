@@ -18,11 +18,18 @@ import pandas as pd
 import torch
 
 from ..checks import check_whole
-from ..ensemble import check_masks
+from ..ensemble import check_masks, fixed_test_subset
 from ..signals import collect_logits
 from .disk import is_complete, load_torch, read_csv_or_empty, reset, save_json, save_torch, seal, write_atomic
 from .locks import say_who_holds
 from .spec import ShadowSpec, run_folder
+
+
+# Test samples a run's signals cover, for RMIA's population. On CIFAR-10, querying all 10,000 test
+# images took three quarters of the signals' time (BENCHMARKS.md); RMIA's population needs a few
+# thousand (its paper: AUC flat from about 1,000 z samples), and test accuracy is measured on the
+# whole split by the training's last epoch.
+POPULATION_SAMPLES = 2500
 
 
 @dataclasses.dataclass(eq=False)
@@ -144,15 +151,30 @@ def train_and_seal(spec: ShadowSpec, data, masks, models: list[int], chunk: Path
     seal(chunk, ["states.pt", "history.csv", *(f"{name}.csv" for name in tables)])
 
 
+def population_index(test_size: int) -> torch.Tensor:
+    """The test samples a run's signals cover (RMIA's population): the whole test split up to
+    POPULATION_SAMPLES, else a fixed random POPULATION_SAMPLES of it, the same for every run."""
+    return fixed_test_subset(test_size, POPULATION_SAMPLES)
+
+
+def signals_name(query_mode: str, queries: int, test_size: int) -> str:
+    """The chunk file of the signals: it names the population's size where that is a subset, so a
+    different POPULATION_SAMPLES is computed afresh rather than read."""
+    population = len(population_index(test_size))
+    subset = f"-z{population}" if population < test_size else ""
+    return f"signals-{query_mode}-q{queries}{subset}"
+
+
 def chunk_signals(spec: ShadowSpec, chunk: Path, data, queries: int, query_mode: str) -> dict:
-    """The logits of ``chunk``'s models on every pool, test (and reference) sample, computed once
-    and sealed in the chunk."""
-    name = f"signals-{query_mode}-q{queries}"
+    """The logits of ``chunk``'s models on every pool sample, the population's test samples
+    (:func:`population_index`) and every reference sample, computed once and sealed in the chunk."""
+    name = signals_name(query_mode, queries, len(data.y_test))
     if is_complete(chunk, f"{name}.json"):
         return load_torch(chunk / f"{name}.pt")
     states = load_torch(chunk / "states.pt")
     ordered = [states[k] for k in sorted(states, key=int)]
-    sets = {"pool": data.x_train, "test": data.x_test}
+    population = population_index(len(data.y_test)).to(data.x_test.device)
+    sets = {"pool": data.x_train, "test": data.x_test[population]}
     if data.x_ref is not None:
         sets["ref"] = data.x_ref
     signals = {name: collect_logits(spec.config, data, ordered, x, queries=queries, mode=query_mode)

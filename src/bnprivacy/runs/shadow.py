@@ -15,7 +15,7 @@ from ..progress import PlannedRun
 from ..training import resolve_device
 from . import local, ray
 from .chunks import (RunChunks, check_chunk_size, chunk_folders, chunk_range, chunk_signals, is_run_complete,
-                     missing_chunks, open_run, plan_run, sealed_chunks)
+                     missing_chunks, open_run, plan_run, population_index, sealed_chunks)
 from .disk import load_torch, read_csv_or_empty
 from .executor import ChunkJob, Executor, ExecutorOptions, parse_shard
 from .spec import ShadowSpec, run_folder
@@ -30,7 +30,10 @@ class ShadowRun:
     """A finished shadow run: masks, histories and the signals of every model on every sample.
 
     ``logits_pool [N, Q, P, K]`` and ``logits_test [N, Q, T, K]`` hold the logits of model n under
-    query view q (0 identity, 1 mirror, ...) on pool sample p or test sample t. With canaries,
+    query view q (0 identity, 1 mirror, ...) on pool sample p or test sample t of the run's
+    population (:func:`chunks.population_index`: the test split, or a fixed subset of a large one;
+    ``y_test`` holds its labels). Test accuracy on the whole split is in ``history``
+    (:meth:`final_accuracy`). With canaries,
     ``kinds[p]`` flags pool sample p, ``logits_ref [N, Q, R, K]`` covers the never-trained reference
     candidates, and ``canary_history`` holds every model's prediction on every canary per epoch.
     With gradient probes (``spec.RunSpec.probe_every``), ``probe_history`` holds the probed samples'
@@ -80,11 +83,12 @@ def load_run(spec: ShadowSpec, folder: Path, data, masks, queries: int, query_mo
         test.append(signals["test"])
         if "ref" in signals:
             ref.append(signals["ref"])
+    population = population_index(len(data.y_test))
     return ShadowRun(
         spec=spec, folder=folder, masks=masks,
         history=pd.concat(histories, ignore_index=True),
         logits_pool=torch.cat(pool), logits_test=torch.cat(test),
-        y_pool=data.y_train.cpu(), y_test=data.y_test.cpu(), query_mode=query_mode, queries=queries,
+        y_pool=data.y_train.cpu(), y_test=data.y_test.cpu()[population], query_mode=query_mode, queries=queries,
         kinds=list(data.kinds) if data.kinds else ["typical"] * len(data.y_train),
         canary_history=pd.concat(canary_histories, ignore_index=True),
         probe_history=pd.concat(probe_histories, ignore_index=True),
