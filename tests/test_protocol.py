@@ -289,3 +289,25 @@ def test_a_frontier_with_nothing_to_read_says_so_instead_of_printing_nan():
     row = table.loc["matched accuracy, interpolated"]
     assert row["BN / ref"] == "n/a" and row["BN − ref [95% CI]"] == "n/a" and row["reading"].startswith("not comparable")
     assert "nan" not in " ".join(table.astype(str).to_numpy().ravel())
+
+
+def _lr_table(rows):
+    import pandas as pd
+
+    table = pd.DataFrame(rows, columns=["norm", "lr", "val_acc"])
+    table["multiplier"] = table.lr / 0.1
+    table["chosen"] = False
+    for norm, group in table.groupby("norm", sort=False):
+        table.loc[group.val_acc.idxmax(), "chosen"] = True
+    return table
+
+
+def test_a_learning_rate_chosen_at_the_edge_of_its_grid_is_reported_and_an_interior_one_is_not():
+    table = _lr_table([("batch", 0.05, 0.54), ("batch", 0.4, 0.62), ("batch", 0.8, 0.59),
+                       ("none", 0.05, 0.48), ("none", 0.1, 0.45), ("none", 0.8, 0.0),
+                       ("group", 0.05, 0.3), ("group", 0.1, 0.4), ("group", 0.8, 0.5)])
+    lines = protocol.grid_edge_lines(table)
+    assert len(lines) == 2
+    assert lines[0].startswith("none chose lr 0.05, the lowest of its grid (0.05 to 0.8)") and "smaller" in lines[0]
+    assert lines[1].startswith("group chose lr 0.8, the highest of its grid") and "larger" in lines[1]
+    assert protocol.grid_edge_lines(_lr_table([("batch", 0.1, 0.9)])) == []  # one rate: no grid to leave

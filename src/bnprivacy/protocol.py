@@ -241,6 +241,25 @@ def _cached_validation(cfg: Config, data, held_out: torch.Tensor, fraction: floa
     return value
 
 
+def grid_edge_lines(lr_table: pd.DataFrame) -> list[str]:
+    """One line per norm whose chosen learning rate is the lowest or the highest of a grid of two or
+    more rates: its best rate may lie outside the grid, so its models (and the comparisons that use
+    them) may be under-tuned. Empty when every choice lies inside its grid."""
+    lines = []
+    for norm, group in lr_table.groupby("norm", sort=False):
+        if len(group) < 2:
+            continue
+        chosen = group[group.chosen].iloc[0]
+        lowest, highest = group.lr.min(), group.lr.max()
+        if chosen.lr not in (lowest, highest):
+            continue
+        side, multiplier = ("lowest", "smaller") if chosen.lr == lowest else ("highest", "larger")
+        lines.append(f"{norm} chose lr {chosen.lr:g}, the {side} of its grid ({lowest:g} to {highest:g}): its best "
+                     f"rate may lie outside the grid, so its models may be under-tuned; add a {multiplier} "
+                     "multiplier to lr_grid")
+    return lines
+
+
 def chosen_lr(lr_table: pd.DataFrame) -> dict[str, float]:
     """``{norm: learning rate}`` of the rows marked ``chosen``."""
     chosen = lr_table[lr_table.chosen]

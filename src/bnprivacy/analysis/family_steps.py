@@ -183,7 +183,10 @@ def train_family_shard(p: Protocol, *, shard: str = "0/1", chunk_size: int = 16,
     runner = shadow.executor_for(executor, options)
     check_chunk_size(chunk_size)
     data = load_dataset(p.base, resolve_device(p.base))
-    lrs = protocol.chosen_lr(protocol.choose_learning_rates(p, data, progress=progress))
+    lr_table = protocol.choose_learning_rates(p, data, progress=progress)
+    for line in protocol.grid_edge_lines(lr_table):
+        print(f"warning: {line}")  # before the long training, while extending the grid is still cheap
+    lrs = protocol.chosen_lr(lr_table)
     keys = [(n, b, s) for n in p.norms for b in p.budgets for s in range(p.seeds)]
     specs = [p.spec(norm, budget, lrs[norm], seed, len(data.y_train)) for norm, budget, seed in keys]
     runs = shadow.train_runs(specs, data, chunk_size, runner, options, ChunkJob(progress=progress))
