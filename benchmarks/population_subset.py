@@ -43,9 +43,9 @@ def whole_split_logits(cfg: Config, data, chunk: Path) -> torch.Tensor:
     return collect_logits(cfg, data, ordered, data.x_test, queries=2, mode="eval")
 
 
-def compare_populations(run: Path) -> None:
+def compare_populations(run: Path, data_seed: int) -> None:
     cfg = Config.from_dict(json.loads((run / "spec.json").read_text())["config"])
-    data = load_dataset(cfg)
+    data = load_dataset(cfg.replace(seed=data_seed))  # the pool the family drew, not one drawn with the run's seed
     masks = load_torch(run / "masks.pt")
     chunks = sealed_chunks(run)
     pool = torch.cat([load_torch(next(c.glob("signals-eval-q2*.pt")))["pool"] for c in chunks])
@@ -69,12 +69,16 @@ def compare_populations(run: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run keys: folder names under results/runs/")
-    for key in parser.parse_args().runs:
+    parser.add_argument("--data-seed", type=int, default=0,
+                        help="the seed the run's pool was drawn with: a family draws one pool with its base "
+                             "config's seed (0) for every run, whatever the run's own seed")
+    args = parser.parse_args()
+    for key in args.runs:
         folder = results_folder("runs") / key
         if not (folder / "spec.json").is_file():
             raise SystemExit(f"{folder} is not a shadow run (no spec.json): give the key of a finished run "
                              "under results/runs/")
-        compare_populations(folder)
+        compare_populations(folder, args.data_seed)
 
 
 if __name__ == "__main__":

@@ -89,3 +89,11 @@ def test_other_unknown_parameters_do_not_mention_the_removed_mode():
     with pytest.raises(ValueError) as error:
         Config.from_dict({"epoch": 3})
     assert "protocol" not in str(error.value)
+
+
+def test_the_data_key_follows_the_data_fields_only():
+    base = Config(train_size=128)
+    assert base.data_key() == base.replace(lr=0.5, norm="none", epochs=7).data_key()
+    for change in (dict(seed=1), dict(train_size=256), dict(imbalance=4.0), dict(canaries="noise:2")):
+        assert base.replace(**change).data_key() != base.data_key(), change
+    assert Config(imbalance=10).data_key() == Config(imbalance=10.0).data_key()

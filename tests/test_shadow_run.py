@@ -231,3 +231,13 @@ def test_a_large_test_split_is_queried_on_a_fixed_population_subset(data, monkey
     assert torch.equal(subset.y_test, data.y_test.cpu()[index])
     # accuracy on the whole split still comes from training's last epoch, untouched by the subset
     assert subset.final_accuracy().equals(whole.final_accuracy())
+
+
+def test_a_run_refuses_data_other_than_the_pool_it_was_trained_on(data):
+    seed_one = RunSpec(CFG.replace(seed=1), n_models=4)  # as a family's seed-1 run: the seed-0 pool
+    first = shadow_run(seed_one, data, chunk_size=4, progress=False)
+    assert_same_run(first, shadow_run(seed_one, data, chunk_size=4, progress=False))
+    own_seed_pool = load_dataset(seed_one.config)
+    assert own_seed_pool.pool_key != data.pool_key
+    with pytest.raises(ValueError, match="trained on another pool.*pass the data of that config"):
+        shadow_run(seed_one, own_seed_pool, chunk_size=4, progress=False)

@@ -44,6 +44,9 @@ _REMOVED_WHY = ("The stop-at-target-accuracy mode (target_accuracy, max_epochs) 
 # Fields that say where a run executes, not what it computes: left out of the cache key so that a
 # run trained on a GPU is found again on a laptop.
 _NOT_IN_KEY = ("device",)
+# The fields load_dataset reads: two configs that agree on them load the same pool and test split.
+DATA_FIELDS = ("dataset", "train_size", "imbalance", "image_size", "seed", "canaries", "canary_references",
+               "canary_seed")
 # Fields added after runs were first stored, with the value that computes what the code computed
 # before them: at that value they stay out of the cache key, so every earlier run keeps its key.
 _IN_KEY_ONLY_WHEN_SET = {"imbalance": 1.0}
@@ -101,6 +104,16 @@ class Config:
         if "imbalance" in fields:
             fields["imbalance"] = float(fields["imbalance"])  # 10 and 10.0 are one pool
         fields["results_version"] = RESULTS_VERSION
+        if self.dataset.startswith(IMAGEFOLDER_PREFIX):
+            fields["images"] = imagefolder_fingerprint(self.dataset[len(IMAGEFOLDER_PREFIX):])
+        blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def data_key(self) -> str:
+        """Stable 16-hex-digit key of the fields that decide the data ``load_dataset`` returns (the
+        pool drawn, its canaries and the image folder's content), whatever the training recipe."""
+        fields = {k: v for k, v in self.to_dict().items() if k in DATA_FIELDS}
+        fields["imbalance"] = float(fields["imbalance"])
         if self.dataset.startswith(IMAGEFOLDER_PREFIX):
             fields["images"] = imagefolder_fingerprint(self.dataset[len(IMAGEFOLDER_PREFIX):])
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))

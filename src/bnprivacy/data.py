@@ -55,6 +55,7 @@ class Dataset:
     x_ref: torch.Tensor | None = None
     y_ref: torch.Tensor | None = None
     ref_kinds: list[str] | None = None
+    pool_key: str | None = None  # Config.data_key of the config it was loaded with
 
     @property
     def num_classes(self) -> int:
@@ -123,6 +124,7 @@ def load_dataset(cfg: Config, device: torch.device | str = "cpu", *, download: b
         mean=mean,
         std=std,
         natural_images=natural,
+        pool_key=cfg.data_key(),
         **extra,
     )
     return data.to(device)

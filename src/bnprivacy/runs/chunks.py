@@ -1,7 +1,7 @@
 """A shadow run's chunks: the grid of models trained together, planning and opening a run,
 training and sealing a chunk, its signals, and the claim-and-poll loop every executor runs.
 
-A run folder holds ``spec.json``, ``masks.pt``, ``chunking.json`` and one folder
+A run folder holds ``spec.json``, ``masks.pt``, ``chunking.json``, ``pool.json`` and one folder
 ``models-FIRST-LAST`` per chunk of consecutive models, complete when its manifest is (``disk``).
 The grid splits models ``0 .. n-1`` into chunks of ``chunk_size``; a chunk of the grid that is
 partly done is trained as its missing consecutive ranges (:func:`contiguous_parts`).
@@ -66,11 +66,40 @@ def plan_run(spec: ShadowSpec, data) -> tuple[Path, torch.Tensor]:
     return run_folder(spec), masks
 
 
-def open_run(spec: ShadowSpec, folder: Path, masks: torch.Tensor, chunk_size: int) -> None:
-    """Write the run's description (spec, masks, chunk size) before any chunk trains."""
+def open_run(spec: ShadowSpec, folder: Path, masks: torch.Tensor, chunk_size: int, pool_key: str | None) -> None:
+    """Write the run's description (spec, masks, chunk size, the pool it trains on) before any
+    chunk trains; refuse data other than the pool its chunks were trained on."""
+    _pin_pool(folder, pool_key)
     if missing_chunks(folder, spec.n_models, chunk_size):
         _pin_chunk_size(folder, chunk_size)
     _write_masks(spec, folder, masks)
+
+
+def _pin_pool(folder: Path, pool_key: str | None) -> None:
+    """The run's key covers its recipe, not the data it is handed: a family trains every seed on the
+    one pool its base config draws, so a run of seed 1 holds models of the seed-0 pool. Record the
+    pool's key (``Config.data_key``) and refuse another, rather than score the models on samples
+    they were never assigned."""
+    if pool_key is None:  # data built by hand, not by load_dataset: nothing to compare
+        return
+    stored = _pinned(folder / "pool.json", "pool_key")
+    if stored is None:
+        save_json(folder / "pool.json", {"pool_key": pool_key})
+    elif stored != pool_key:
+        raise ValueError(
+            f"the run in {folder} was trained on another pool (data key {stored}; this data's is {pool_key}). "
+            "A family draws one pool with its base config (seed included) for all of its runs: pass the data "
+            "of that config (load_dataset(family_base_config)), or delete the folder to train this pool afresh")
+
+
+def _pinned(path: Path, field: str):
+    """The ``field`` of a small JSON file a run pinned, or None where it is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())[field]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def is_run_complete(folder: Path, n_models: int, chunk_size: int) -> bool:
@@ -81,18 +110,12 @@ def is_run_complete(folder: Path, n_models: int, chunk_size: int) -> bool:
 def _pin_chunk_size(folder: Path, chunk_size: int) -> None:
     """The chunk size is part of a run's identity while it trains: shards with different sizes
     would each wait for models that the other's grid assigns to nobody."""
-    path = folder / "chunking.json"
-    if path.is_file():
-        try:
-            stored = json.loads(path.read_text())["chunk_size"]
-        except (ValueError, KeyError, TypeError):
-            stored = None
-        if stored is not None and stored != chunk_size:
-            raise ValueError(f"the run in {folder} trains in chunks of {stored} models; pass --chunk-size "
-                             f"{stored} (chunk_size={stored}) to every process of this run, not {chunk_size}")
-        if stored is not None:
-            return
-    save_json(path, {"chunk_size": chunk_size})
+    stored = _pinned(folder / "chunking.json", "chunk_size")
+    if stored is None:
+        save_json(folder / "chunking.json", {"chunk_size": chunk_size})
+    elif stored != chunk_size:
+        raise ValueError(f"the run in {folder} trains in chunks of {stored} models; pass --chunk-size "
+                         f"{stored} (chunk_size={stored}) to every process of this run, not {chunk_size}")
 
 
 def _write_masks(spec: ShadowSpec, folder: Path, masks: torch.Tensor) -> None:

@@ -141,7 +141,7 @@ def train_runs(specs: list[ShadowSpec], data, chunk_size: int, executor: Executo
     runs = [RunChunks(spec, *plan_run(spec, data), chunk_size) for spec in specs]
     executor.prepare(runs, options)
     for run in runs:
-        open_run(run.spec, run.folder, run.masks, chunk_size)
+        open_run(run.spec, run.folder, run.masks, chunk_size, getattr(data, "pool_key", None))
     executor.train(runs, data, job, options)
     return runs
 
