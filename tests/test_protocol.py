@@ -311,3 +311,12 @@ def test_a_learning_rate_chosen_at_the_edge_of_its_grid_is_reported_and_an_inter
     assert lines[0].startswith("none chose lr 0.05, the lowest of its grid (0.05 to 0.8)") and "smaller" in lines[0]
     assert lines[1].startswith("group chose lr 0.8, the highest of its grid") and "larger" in lines[1]
     assert protocol.grid_edge_lines(_lr_table([("batch", 0.1, 0.9)])) == []  # one rate: no grid to leave
+
+
+def test_only_the_curve_seed_measures_every_epoch_and_that_leaves_the_run_keys_alone():
+    from bnprivacy.runs.spec import RunSpec
+
+    p = Protocol(BASE, budgets=(1, 2), seeds=3, n_models=2)
+    specs = [p.spec("batch", 2, 0.1, seed, 256) for seed in range(3)]
+    assert [s.epoch_curves for s in specs] == [True, False, False]
+    assert RunSpec(BASE, 2, epoch_curves=False).key() == RunSpec(BASE, 2).key()

@@ -96,6 +96,21 @@ def test_each_epoch_is_measured_on_a_fixed_test_subset_and_the_last_on_the_whole
     assert history.test_acc.iloc[-1] == pytest.approx(float(accuracy[0]))
 
 
+def test_a_run_without_epoch_curves_trains_the_same_models_and_measures_only_its_last_epoch(digits):
+    from bnprivacy.ensemble import balanced_masks, train_ensemble
+
+    cfg, masks = Config(norm="batch", **FAST), balanced_masks(4, len(digits.y_train), seed=0)
+    curves = train_ensemble(cfg, digits, masks)
+    last_only = train_ensemble(cfg, digits, masks, epoch_curves=False)
+    for a, b in zip(curves.states, last_only.states):
+        assert all(torch.equal(a[k], b[k]) for k in a)  # the evaluation changes nothing in training
+    final = last_only.history[last_only.history.epoch == 3].drop(columns=WALL_CLOCK).reset_index(drop=True)
+    assert final.equals(curves.history[curves.history.epoch == 3].drop(columns=WALL_CLOCK).reset_index(drop=True))
+    earlier = last_only.history[last_only.history.epoch < 3]
+    assert earlier.test_acc.isna().all() and (earlier.test_samples == 0).all()
+    assert earlier.train_loss.notna().all()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_bf16_training_on_gpu_learns():

@@ -186,13 +186,16 @@ class EnsembleResult:
 
 def train_ensemble(cfg: Config, data: Dataset, masks: torch.Tensor, models: list[int] | None = None,
                    *, strategy: str = "batched", progress: bool = False,
-                   probe: ProbeSpec | None = None) -> EnsembleResult:
+                   probe: ProbeSpec | None = None, epoch_curves: bool = True) -> EnsembleResult:
     """Train the models ``models`` (global indices, default all) of a run with inclusion ``masks``.
 
     ``masks`` is the whole run's ``[N, P]`` mask (P = ``len(data.y_train)``). ``strategy="batched"``
     trains the models as one wide network; ``"loop"`` trains them one at a time, to the same
     result up to float rounding. Every model trains exactly ``cfg.epochs`` epochs. ``probe``
-    records per-sample gradient norms during training (:class:`ProbeSpec`).
+    records per-sample gradient norms during training (:class:`ProbeSpec`). The history measures
+    test accuracy after every epoch (a fixed subset, the whole split after the last); with
+    ``epoch_curves=False`` only after the last, the other rows reading NaN: the evaluation changes
+    nothing in the training, so the models are the same either way.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r} is not allowed; allowed values: {', '.join(STRATEGIES)}")
@@ -201,7 +204,7 @@ def train_ensemble(cfg: Config, data: Dataset, masks: torch.Tensor, models: list
     if not models or min(models) < 0 or max(models) >= masks.shape[0]:
         raise ValueError(f"models {models} must be a non-empty list of indices in [0, {masks.shape[0]})")
     groups = [models] if strategy == "batched" else [[k] for k in models]
-    parts = [_Trainer(cfg, data, masks, group, progress, probe).run() for group in groups]
+    parts = [_Trainer(cfg, data, masks, group, progress, probe, epoch_curves).run() for group in groups]
     return EnsembleResult(models, [s for p in parts for s in p.states],
                           pd.concat([p.history for p in parts], ignore_index=True),
                           pd.concat([p.canary_history for p in parts], ignore_index=True),
@@ -221,8 +224,9 @@ class _Trainer:
     """Trains a group of models as one wide network (a group of one is an ordinary model)."""
 
     def __init__(self, cfg: Config, data: Dataset, masks: torch.Tensor, models: list[int], progress: bool,
-                 probe: ProbeSpec | None = None):
+                 probe: ProbeSpec | None = None, epoch_curves: bool = True):
         self.cfg, self.data, self.models = cfg, data, models
+        self.epoch_curves = epoch_curves
         self.masks, self.probe = masks, probe
         self.probe_samples = probe.samples(data) if probe else None
         self.probed = [p for p, k in enumerate(models) if probe and k < probe.models]
@@ -268,8 +272,7 @@ class _Trainer:
                 loss_sum += per_model.detach()
                 correct += (logits.detach().argmax(-1) == y).sum(1)
             self.check_finite(loss_sum, epoch)
-            x_eval, y_eval = self.test_set(last=epoch == cfg.epochs)
-            test_loss, test_acc = evaluate_ensemble(cfg, wide, n, x_eval, y_eval)
+            test_loss, test_acc, tested = self.evaluate(wide, last=epoch == cfg.epochs)
             canary_rows.extend(self.probe_canaries(wide, epoch))
             lr = cfg.lr * lr_factor(cfg, step, self.total_steps)
             for p in range(n):
@@ -277,12 +280,23 @@ class _Trainer:
                                  train_loss=loss_sum[p].item() / self.steps,
                                  train_acc=correct[p].item() / (self.steps * cfg.batch_size),
                                  test_loss=test_loss[p].item(), test_acc=test_acc[p].item(),
-                                 test_samples=len(y_eval), seconds=time.perf_counter() - started))
+                                 test_samples=tested, seconds=time.perf_counter() - started))
             bar.update(1)
-            bar.set_postfix(test_acc=f"{test_acc.mean().item():.3f}")
+            if tested:
+                bar.set_postfix(test_acc=f"{test_acc.mean().item():.3f}")
         bar.close()
         return EnsembleResult(self.models, split_state(_cpu_state(wide), n), pd.DataFrame(rows),
                               pd.DataFrame(canary_rows), pd.DataFrame(probe_rows))
+
+    def evaluate(self, wide: nn.Module, last: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Per-model test loss and accuracy after an epoch and the test samples they read; NaN and
+        0 after an epoch but the last of a run that keeps no curve."""
+        if not (last or self.epoch_curves):
+            skipped = torch.full((len(self.models),), float("nan"))
+            return skipped, skipped, 0
+        x, y = self.test_set(last)
+        loss, accuracy = evaluate_ensemble(self.cfg, wide, len(self.models), x, y)
+        return loss, accuracy, len(y)
 
     def test_set(self, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole test split after the last epoch, else the fixed per-epoch subset."""

@@ -56,7 +56,9 @@ class RunSpec:
 
     ``mask="balanced"`` puts every pool sample IN for exactly half of the models (LiRA; needs an
     even ``n_models``); ``mask="fraction"`` gives each model a random ``fraction`` of the pool
-    (Feldman & Zhang). The pool is the training split of ``config.dataset``.
+    (Feldman & Zhang). The pool is the training split of ``config.dataset``. ``epoch_curves=False``
+    measures test accuracy only after the last epoch (see ``ensemble.train_ensemble``): the models
+    are the same, so it is not part of the run's key.
     """
 
     config: Config
@@ -67,6 +69,7 @@ class RunSpec:
     probe_every: int = 0
     probe_typical: int = 20
     probe_models: int = 2
+    epoch_curves: bool = True
 
     def __post_init__(self):
         check_whole("n_models", self.n_models)
@@ -103,7 +106,7 @@ class RunSpec:
     def train(self, data, masks, models: list[int], *, strategy: str = "batched", progress: bool = False):
         """Train the models ``models`` of this run (an ``ensemble.EnsembleResult``)."""
         return train_ensemble(self.config, data, masks, models, strategy=strategy, progress=progress,
-                              probe=self.probe())
+                              probe=self.probe(), epoch_curves=self.epoch_curves)
 
     def masks(self, pool_size: int):
         """Inclusion masks ``[n_models, pool_size]`` of this run's mask kind."""
