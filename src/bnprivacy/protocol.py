@@ -112,8 +112,8 @@ class Protocol:
             steps = (pool_size // 2) // self.base.batch_size
             every = max(1, steps * budget // self.probe_points)
         # Chapter 01 draws the per-epoch curves of seed 0 only. The other seeds' per-epoch evaluation
-        # (16 models x 1,024 test images of a CIFAR run) is about a sixth of each epoch's arithmetic,
-        # read by nothing; their last epoch still measures the whole test split.
+        # (16 models x 1,024 test images of a CIFAR run) took 8.5 of an epoch's 27 s on the CPU
+        # (BENCHMARKS.md), read by nothing; their last epoch still measures the whole test split.
         return RunSpec(self.config(norm, budget, lr, seed), self.n_models, mask_seed=seed, probe_every=every,
                        probe_typical=self.probe_typical, probe_models=self.probe_models,
                        epoch_curves=seed == CURVE_SEED)
