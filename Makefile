@@ -16,7 +16,7 @@ help:
 	@echo "make chapter CH=01_training ARGS='-p dataset mnist -p arch resnet18'   rerun one chapter"
 	@echo "make params CH=01_training          list a chapter's parameters"
 	@echo "make html                           rebuild the HTML from the executed chapters"
-	@echo "make record PROFILE=cifar NAME=cifar10-airbench execute chapters 01-04 once, write recorded/NAME/"
+	@echo "make record PROFILE=cifar NAME=cifar10-airbench execute chapters 01-04 and 06 once, write recorded/NAME/"
 	@echo "make assignments                    student and teacher notebooks in _build/assignments/"
 	@echo "make check-html                     visit every built page in headless Chromium"
 	@echo "make publish                        push _build/html to the gh-pages branch (GitHub Pages)"

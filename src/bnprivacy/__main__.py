@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
                               "(default: this process's torch threads, for results identical to a local run)")
         sub.add_argument("--max-retries", type=int, default=2,
                          help="with --executor ray: retries of a failing chunk task (default 2)")
-    rec = commands.add_parser("record", help="execute chapters 01-04 once and write recorded/<name>/ (rows, curves, provenance)")
+    rec = commands.add_parser("record", help="execute chapters 01-04 and 06 once and write recorded/<name>/ (rows, curves, provenance)")
     rec.add_argument("--profile", default="quick", help="profile in book/profiles.yml")
     rec.add_argument("--name", required=True, help="folder name under recorded/, e.g. cifar10-cnn")
     rec.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),

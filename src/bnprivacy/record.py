@@ -1,7 +1,8 @@
 """Recorded settings: a run too long for ``make book`` is executed once and shipped as small data.
 
 ``python -m bnprivacy record --profile P --name NAME`` (``make record PROFILE=P NAME=...``)
-executes the chapters that record headline rows under profile ``P`` and writes
+executes the chapters whose headline rows depend on the data (:data:`RECORDED_CHAPTERS`: 01-04 and
+06) under profile ``P`` and writes
 ``recorded/<NAME>/``:
 
 - ``headlines.json``: every chapter's headline rows, with their comparability fields;
@@ -41,7 +42,11 @@ RECORDED = "recorded"
 FILES = ("headlines.json", "curves.csv", "provenance.json")
 PROVENANCE_FIELDS = ("name", "commit", "dirty", "changed_files", "command", "profile", "parameters",
                      "overrides", "versions", "hardware", "chapter_seconds", "date")
-RECORDED_CHAPTERS = ("01_training", "02_canaries", "03_gradient_influence", "04_membership_inference")
+# Every chapter whose headline rows depend on the profile's data. Chapter 05's headline is the
+# linear simulation, the same rows under every profile (its networks carry no headline), so a
+# recording would only copy the book's own rows; its cost under a profile is written there instead.
+RECORDED_CHAPTERS = ("01_training", "02_canaries", "03_gradient_influence", "04_membership_inference",
+                     "06_dp_mitigation")
 
 
 class RecordedError(ValueError):
