@@ -51,6 +51,22 @@ def test_the_time_left_is_the_remaining_work_at_the_measured_rate(capsys):
     assert capsys.readouterr().err.splitlines()[-1].endswith("; training done in 3 min")  # 4 x 40 s
 
 
+def test_each_kind_of_run_is_estimated_at_its_own_measured_rate(capsys):
+    # Chapter 06 under cifar: after the non-private runs the old estimate said 17 min for DP-SGD runs
+    # that took 70 (each image costs several times more with per-sample gradients).
+    plain, dp_a, dp_b = PlannedRun("GN", 16, 1000, 10), *(PlannedRun(f"DP {e}", 16, 1000, 10, "DP-SGD") for e in (8, 2))
+    clock = TrainingClock("mitigation", [plain, dp_a, dp_b], now=lambda: 0.0)
+    clock.run_trained(plain, 40.0)  # 4,000 image-epochs a second, the only rate measured so far
+    assert clock.unmeasured_kinds() == ["DP-SGD"] and clock.seconds_left() == 80.0
+    told = capsys.readouterr().err  # the end time is local, so only the text around it is compared
+    assert "about 80 s left (ends about " in told
+    assert told.endswith("); its DP-SGD runs, none trained yet, are counted at the rate so far and may take longer\n")
+    clock.run_trained(dp_a, 160.0)  # DP-SGD at 1,000 a second: the last run takes 160 s, not 100 s
+    assert clock.unmeasured_kinds() == [] and clock.seconds_left() == 160.0
+    told = capsys.readouterr().err
+    assert "about 3 min left (ends about " in told and "may take longer" not in told
+
+
 def test_a_training_longer_than_an_hour_names_what_shrinks_it_once(capsys):
     clock = TrainingClock("family", runs(10), shrink="n_models or seeds", now=lambda: 0.0)
     clock.run_trained(clock.planned[0], 600.0)   # 10 runs x 10 min

@@ -110,12 +110,15 @@ def count(value: float) -> str:
 @dataclasses.dataclass(frozen=True)
 class PlannedRun:
     """One run still to train: a label for people, its models and the images each model trains
-    on per epoch, and its epochs."""
+    on per epoch, and its epochs. ``kind`` groups runs that train at one rate (e.g. "DP-SGD",
+    several times slower per image than ordinary training): each kind's time left is read at its
+    own measured rate."""
 
     label: str
     models: int
     images: float
     epochs: int
+    kind: str = ""
 
     @property
     def work(self) -> float:
@@ -133,6 +136,7 @@ class TrainingClock:
         self.what, self.planned, self.loaded, self.shrink, self.now = what, list(planned), loaded, shrink, now
         self.done_work = 0.0
         self.seconds = 0.0
+        self.done_by_kind: dict[str, tuple[float, float]] = {}  # kind -> (image-epochs, seconds)
         self.finished = 0
         self.warned = False
 
@@ -159,6 +163,8 @@ class TrainingClock:
         self.finished += 1
         self.done_work += run.work
         self.seconds += seconds
+        work, spent = self.done_by_kind.get(run.kind, (0.0, 0.0))
+        self.done_by_kind[run.kind] = (work + run.work, spent + seconds)
         report(self.progress_message(run, seconds))
         left = self.seconds_left()
         if not self.warned and left is not None and self.seconds + left > LONG_SECONDS and self.shrink:
@@ -170,10 +176,30 @@ class TrainingClock:
         """Image-epochs per second over the runs trained so far."""
         return self.done_work / self.seconds if self.seconds > 0 else None
 
+    def work_left_by_kind(self) -> dict[str, float]:
+        """Image-epochs still to train, by kind of run."""
+        left: dict[str, float] = {}
+        for run in self.planned:
+            left[run.kind] = left.get(run.kind, 0.0) + run.work
+        for kind, (work, _) in self.done_by_kind.items():
+            left[kind] = left.get(kind, 0.0) - work
+        return {kind: work for kind, work in left.items() if work > 0}
+
+    def unmeasured_kinds(self) -> list[str]:
+        """Kinds with work left and no run trained yet: estimated at the overall rate."""
+        return [kind for kind in self.work_left_by_kind() if kind not in self.done_by_kind]
+
     def seconds_left(self) -> float | None:
-        """The remaining work at the measured rate (None before any run is measured)."""
+        """The remaining work of each kind at that kind's measured rate, or the overall rate for a
+        kind not trained yet (None before any run is measured)."""
         rate = self.rate()
-        return None if rate is None else (self.total_work - self.done_work) / rate
+        if rate is None:
+            return None
+        left = 0.0
+        for kind, work in self.work_left_by_kind().items():
+            done, spent = self.done_by_kind.get(kind, (0.0, 0.0))
+            left += work / (done / spent if done > 0 and spent > 0 else rate)
+        return left
 
     def progress_message(self, run: PlannedRun, seconds: float) -> str:
         left = self.seconds_left()
@@ -183,4 +209,7 @@ class TrainingClock:
         if self.finished == len(self.planned):
             return message + f"; training done in {duration(self.seconds)}"
         end = datetime.datetime.fromtimestamp(self.now() + left).strftime("%H:%M")
-        return message + f"; about {duration(left)} left (ends about {end})"
+        unmeasured = [kind for kind in self.unmeasured_kinds() if kind]
+        caveat = (f"; its {' and '.join(unmeasured)} runs, none trained yet, are counted at the rate so far "
+                  "and may take longer") if unmeasured else ""
+        return message + f"; about {duration(left)} left (ends about {end}){caveat}"

@@ -232,7 +232,10 @@ def train(setup: Setup, *, progress: bool = True) -> Trained:
     from tqdm.auto import tqdm
 
     pool = len(setup.data.y_train)
-    planned = {label: planned_run(label, setup.specs[label], pool) for label in setup.settings}
+    # DP-SGD trains several times slower per image (Opacus, one model at a time): its own kind.
+    planned = {label: dataclasses.replace(planned_run(label, setup.specs[label], pool),
+                                          kind="DP-SGD" if isinstance(setup.specs[label], DPRunSpec) else "")
+               for label in setup.settings}
     planned = {label: run for label, run in planned.items() if run.models}
     clock = TrainingClock("settings of the mitigation", list(planned.values()),
                           loaded=len(setup.settings) - len(planned), shrink=MITIGATION_SHRINK)
