@@ -43,7 +43,7 @@ params: $(STAMP)
 	$(PY) -m bnprivacy params $(CH)
 
 record: $(STAMP)
-	@test -n "$(NAME)" || { echo "make record needs NAME=<folder under recorded/>, e.g. NAME=cifar10-cnn"; exit 1; }
+	@test -n "$(NAME)" || { echo "make record needs NAME=<folder under recorded/>, e.g. NAME=cifar10-airbench"; exit 1; }
 	$(PY) -m bnprivacy record --profile $(PROFILE) --name $(NAME) $(ARGS)
 
 test: $(STAMP)

@@ -2,7 +2,8 @@
 # Record CIFAR-10 settings on a lent GPU (the workplace's `device` tool), in one call.
 #
 #   bash benchmarks/gpu_record.sh prepare       # here, once: wheels into .whl/, data and repo into .devdata/
-#   device run: BUDGET=560 bash benchmarks/gpu_record.sh run cifar:cifar10-airbench cifar-lt:cifar10-lt-airbench
+#   device run: BUDGET=560 bash benchmarks/gpu_record.sh run cifar:cifar10-airbench \
+#       cifar-lt:cifar10-lt-airbench:01_training,02_canaries,03_gradient_influence,04_membership_inference
 #               (carry [".whl", ".devdata"], timeout_s 600)
 #
 # Why: the device image has PyTorch but not the chapters' packages (papermill, jupytext, myst-nb,
@@ -52,11 +53,12 @@ run() {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     export BNPRIVACY_RESULTS=/tmp/results
     for spec in "$@"; do
-        profile=${spec%%:*}; name=${spec#*:}
+        # profile:name or profile:name:chapters (comma-separated, as record's --chapters)
+        IFS=: read -r profile name chapters <<< "$spec"
         if [ "$took" -gt 0 ] && [ "$(left)" -lt $(( took + 15 )) ]; then echo "skip $name: $(left) s left, the last took $took s"; continue; fi
         s=$(date +%s)
         timeout $(( $(left) - 10 )) python3 -m bnprivacy record --profile "$profile" --name "$name" \
-            -p dataset imagefolder:data/cifar10-jpeg > "$OUT/$name.log" 2>&1
+            ${chapters:+--chapters "$chapters"} -p dataset imagefolder:data/cifar10-jpeg > "$OUT/$name.log" 2>&1
         rc=$?; took=$(( $(date +%s) - s )); echo "$name: rc $rc in $took s"
         tar czf "$OUT/$name.tgz" "recorded/$name" 2>/dev/null
     done

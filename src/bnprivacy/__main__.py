@@ -60,9 +60,12 @@ def _parser() -> argparse.ArgumentParser:
                          help="with --executor ray: retries of a failing chunk task (default 2)")
     rec = commands.add_parser("record", help="execute chapters 01-04 and 06 once and write recorded/<name>/ (rows, curves, provenance)")
     rec.add_argument("--profile", default="quick", help="profile in book/profiles.yml")
-    rec.add_argument("--name", required=True, help="folder name under recorded/, e.g. cifar10-cnn")
+    rec.add_argument("--name", required=True, help="folder name under recorded/, e.g. cifar10-airbench")
     rec.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                      help="override a parameter of the recorded chapters (repeatable)")
+    rec.add_argument("--chapters", default=None,
+                     help="comma-separated chapters to execute (default: 01-04 and 06), e.g. "
+                          "01_training,02_canaries,03_gradient_influence,04_membership_inference")
     return parser
 
 
@@ -139,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "family":
             _family(root, args)
         elif args.command == "record":
-            from .record import fit_report, record
+            from .record import RECORDED_CHAPTERS, fit_report, parse_chapters, record
 
-            folder = record(root, args.profile, args.name, book.parse_overrides(args.param))
+            chapters = parse_chapters(args.chapters) if args.chapters is not None else RECORDED_CHAPTERS
+            folder = record(root, args.profile, args.name, book.parse_overrides(args.param), chapters)
             print(f"recorded {folder}")
             for line in fit_report(folder):
                 print(f"  {line}")

@@ -42,6 +42,8 @@ RECORDED = "recorded"
 FILES = ("headlines.json", "curves.csv", "provenance.json")
 PROVENANCE_FIELDS = ("name", "commit", "dirty", "changed_files", "command", "profile", "parameters",
                      "overrides", "versions", "hardware", "chapter_seconds", "date")
+# The chapter that reads the recordings: executing it in one records nothing.
+VERDICT_CHAPTER = "07_verdict"
 # Every chapter whose headline rows depend on the profile's data. Chapter 05's headline is the
 # linear simulation, the same rows under every profile (its networks carry no headline), so a
 # recording would only copy the book's own rows; its cost under a profile is written there instead.
@@ -75,13 +77,23 @@ class RecordedSetting:
                 f"{markdown_text(p['commit'][:10])}{dirty}{trained}; rerun with {code_span(p['command'])}")
 
 
+def parse_chapters(text: str) -> tuple[str, ...]:
+    """The chapters of ``--chapters`` ("01_training,02_canaries"), in order, none repeated; their
+    names are checked against the book by :func:`record`."""
+    chapters = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not chapters or len(set(chapters)) != len(chapters):
+        raise ValueError(f"--chapters {text!r} names no chapter or one twice; give comma-separated chapter names, "
+                         f"e.g. {','.join(RECORDED_CHAPTERS[:4])}")
+    return chapters
+
+
 def check_name(name: str) -> str:
     """A recorded setting's folder name: letters, digits, '-', '_' and '.', not starting with '.'."""
     import re
 
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", name):
         raise ValueError(f"name={name!r} is not allowed; allowed values: 1-64 letters, digits, '-', '_' or '.', "
-                         "not starting with '.', e.g. cifar10-cnn")
+                         "not starting with '.', e.g. cifar10-airbench")
     return name
 
 
@@ -131,9 +143,10 @@ def record(root: Path, profile: str, name: str, overrides: dict | None = None,
     """Execute ``chapters`` under ``profile`` (with ``overrides``) and write ``recorded/<name>/``."""
     name = check_name(name)
     overrides = dict(overrides or {})
-    unknown = [c for c in chapters if c not in chapter_names(root)]
+    unknown = [c for c in chapters if c not in chapter_names(root) or c == VERDICT_CHAPTER]
     if unknown:
-        raise ValueError(f"chapters {unknown} are not chapters of the book")
+        raise ValueError(f"chapters {unknown} are not chapters a recording can execute; choose among "
+                         f"{[c for c in chapter_names(root) if c != VERDICT_CHAPTER]}")
     check_overrides(root, list(chapters), overrides)
     declared = {c: set(chapter_parameters(root, c)) for c in chapters}
     check_model_count(profile, {c: {**profile_parameters(root, profile, c), **overrides} for c in chapters})
