@@ -237,6 +237,21 @@ def test_calibration_reads_chance_where_the_real_masks_read_signal():
         assert (per_model - 0.5).abs().max() < 0.05
 
 
+def test_a_null_read_on_a_subset_of_the_pool_reads_chance_there_and_counts_only_that_subset():
+    # 16 models and a subset of 120 of 800 samples: about the rare third of the book's long-tailed pool
+    data = synthetic(n_models=16, samples=800, gap=1.5, seed=3)
+    subset = torch.zeros(800, dtype=torch.bool)
+    subset[::7] = True
+    whole = calibrate(data, ["lira_online"], range(16), draws=3)
+    part = calibrate(data, ["lira_online"], range(16), draws=3, select=subset)
+    assert (part.members + part.nonmembers == 16 * int(subset.sum())).all()
+    assert (whole.members + whole.nonmembers == 16 * 800).all()
+    assert abs(part.auc.mean() - 0.5) < 0.03
+    for bad in (subset[:10], subset.float(), torch.zeros(800, dtype=torch.bool)):
+        with pytest.raises(ValueError, match="select must be"):
+            calibrate(data, ["lira_online"], range(16), draws=2, select=bad)
+
+
 def test_the_headline_attack_is_the_first_calibrated_one():
     import pandas as pd
 

@@ -64,7 +64,8 @@ def fam_sides(family):
 
 def test_canary_rows_carry_comparability_and_read_not_comparable_where_a_side_did_not_fit(family):
     result = canary_steps.compare_memorization(family, MEMORIZATION_MARGINS)
-    assert len(result.rows) == len(family.comparisons) * len(canary_steps.MEASURES)
+    assert len(result.rows) == len(family.comparisons) * len(canary_steps.measured_keys(False))
+    assert "rare" not in result.values  # a balanced pool has no rare classes to read
     assert {part for r in result.rows for part in r["setting"].split(" = ")} == set(protocol.SETTINGS)
     for row in result.rows:
         assert set(protocol.FIELDS) <= set(row)
@@ -82,6 +83,32 @@ def test_canary_rows_carry_comparability_and_read_not_comparable_where_a_side_di
     mem = [correct[masks[:, i], i].mean() - correct[~masks[:, i], i].mean() for i in np.flatnonzero(canary)]
     value = result.values["canaries"].query("norm == 'batch' and budget == 30 and seed == 0").value.item()
     assert value == pytest.approx(np.mean(mem))
+
+
+def rare_third(run) -> np.ndarray:
+    """The typical samples of the three classes with the fewest typical samples in the pool, by hand."""
+    labels, typical = run.y_pool.numpy(), np.array([k == "typical" for k in run.kinds])
+    counts = {c: int(np.sum(labels[typical] == c)) for c in np.unique(labels[typical])}
+    rare = sorted(counts, key=lambda c: (-counts[c], c))[-3:]
+    return typical & np.isin(labels, rare)
+
+
+def test_a_long_tailed_family_compares_the_memorization_of_its_rare_classes(family):
+    # The tiny family's pool is balanced up to chance; asked to read it as long-tailed, its three
+    # smallest classes stand in for the rare ones.
+    result = canary_steps.compare_memorization(family, MEMORIZATION_MARGINS, long_tailed=True)
+    rare_rows = [r for r in result.rows if r["measure"] == "rare-class memorization"]
+    assert len(rare_rows) == len(family.comparisons)
+    assert all(r["claim_sign"] == 1 and r["margin"] == 0.05 for r in rare_rows)
+    run = family.run("group", 30, 1)
+    correct = (run.logits_pool[:, 0].argmax(-1) == run.y_pool).numpy()
+    masks = run.masks.numpy()
+    mem = [correct[masks[:, i], i].mean() - correct[~masks[:, i], i].mean() for i in np.flatnonzero(rare_third(run))]
+    value = result.values["rare"].query("norm == 'group' and budget == 30 and seed == 1").value.item()
+    assert value == pytest.approx(np.nanmean(mem))
+    fit = family.comparison("matched fit")
+    assert "rare classes' samples" in canary_steps.rare_sentence(result, fit, MEMORIZATION_MARGINS)
+    assert "not comparable" in canary_steps.rare_sentence(result, family.comparison("equal epochs"), MEMORIZATION_MARGINS)
 
 
 def test_against_a_reference_that_never_fits_every_fair_row_is_not_comparable(family):
@@ -130,6 +157,31 @@ def test_attack_rows_pool_the_targets_of_each_run_and_say_what_they_cannot_resol
         attack_steps.check_targets(7, 6)
     with pytest.raises(ValueError, match="null_draws=1"):
         attack_steps.check_draws(1)
+
+
+def test_a_long_tailed_family_reads_the_attack_on_its_rare_classes_against_their_own_null(family):
+    targets = attack_steps.check_targets(6, 6)
+    calibration = attack_steps.calibrate_family(family, targets, draws=2)
+    margins = family_steps.margins(attack_steps.MARGINS, {})
+    result = attack_steps.compare_attacks(family, targets, calibration, margins, long_tailed=True)
+    rare_rows = [r for r in result.rows if r["measure"].endswith("AUC on rare classes")]
+    assert len(rare_rows) == len(family.comparisons)
+    # the rare classes' AUC, by hand from the attack's scores of one run
+    run = family.run("batch", 30, 0)
+    scores = np.asarray(attacks.attack_scores(attacks.AttackInput.from_run(run), calibration.attack, targets))
+    rare = rare_third(run)
+    members = np.asarray(run.masks[targets])
+    expected = attacks.summarize(scores[:, rare].ravel(), members[:, rare].ravel())["auc"]
+    value = result.values[attack_steps.RARE].query("norm == 'batch' and budget == 30 and seed == 0").value.item()
+    assert value == pytest.approx(expected)
+    # its null is read on the rare samples alone: fewer pooled samples than the whole pool's, near chance
+    null = attack_steps.calibrate_rare_classes(family, targets, calibration)
+    assert set(null.table.attack) == {calibration.attack}
+    assert (null.table.members + null.table.nonmembers == len(targets) * int(rare.sum())).all()
+    assert abs(null.table.auc.mean() - 0.5) < 0.05
+    resolvable = [r for r in rare_rows if r["comparable"]]
+    assert resolvable and all(r["resolution"] == "" or r["resolution"].startswith("not resolved") for r in resolvable)
+    assert "AUC on rare classes" in result.sentences[family.comparison("matched fit").setting]
 
 
 def test_attack_tables_name_their_metrics_in_words():
@@ -229,6 +281,7 @@ def test_a_chapters_margins_are_checked_before_anything_runs(given, message):
     with pytest.raises(ValueError, match=message):
         family_steps.margins(attack_steps.MARGINS, given)
     assert family_steps.margins(attack_steps.MARGINS, {"auc": 0.02})["auc"] == 0.02
-    words = family_steps.margins_markdown(attack_steps.MARGINS, {"auc": 0.02, "tpr@0.01": 0.005, "tpr@0.001": 0.001},
+    stated = {m: attack_steps.MARGINS[m] for m in attack_steps.measured_keys(False)}  # as chapter 04 on a balanced pool
+    words = family_steps.margins_markdown(stated, {"auc": 0.02, "tpr@0.01": 0.005, "tpr@0.001": 0.001},
                                           attack_steps.METRICS)
     assert "- AUC: ±0.02 (set by the reader with -p margins)" in words

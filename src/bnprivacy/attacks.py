@@ -637,13 +637,17 @@ def shuffled_masks(masks: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def calibrate(data: AttackInput, attacks, targets, *, draws: int = 4, seed: int = 0, fprs=(0.001, 0.01),
-              **options) -> pd.DataFrame:
+              select: torch.Tensor | None = None, **options) -> pd.DataFrame:
     """Each attack's null: the run scored ``draws`` times with :func:`shuffled_masks` in place of
     its masks, at the run's own model count and pool. One row per (attack, draw): AUC, TPR at each
     FPR in ``fprs`` (NaN where not resolvable) and the pooled member and non-member counts.
-    ``options`` go to :func:`attack_scores` (e.g. ``lira``, ``rmia_a``)."""
+    ``select`` (``[P]`` bool, optional) reads the null on those pool samples alone (the masks are
+    still shuffled over the whole pool). ``options`` go to :func:`attack_scores` (e.g. ``lira``,
+    ``rmia_a``)."""
     check_whole("draws", draws)
     targets = _check_targets(targets, data.n_models)
+    if select is not None and (select.dtype != torch.bool or select.shape != data.labels.shape or not select.any()):
+        raise ValueError(f"select must be a non-empty [P] bool mask of the {data.labels.shape[0]} pool samples")
     rows = []
     for draw in range(draws):
         masks = shuffled_masks(data.masks, seed=seed + draw)
@@ -651,6 +655,8 @@ def calibrate(data: AttackInput, attacks, targets, *, draws: int = 4, seed: int 
         for attack in attacks:
             scores = attack_scores(null, attack, targets, strict=False, **options)
             members = masks[targets]
+            if select is not None:
+                scores, members = scores[:, select], members[:, select]
             scored = torch.isfinite(scores)
             metrics = summarize(scores[scored].numpy(), members[scored].numpy(), fprs)
             rows.append({"attack": attack, "draw": draw, **metrics, "members": int(members[scored].sum()),

@@ -45,30 +45,54 @@ def canary_epochs_to_memorize(run) -> float:
 
 
 MEASURES = {"canaries": "canary memorization", "typical": "typical-sample memorization",
-            "epochs": "canary epochs to memorize (fraction of budget)"}
+            "epochs": "canary epochs to memorize (fraction of budget)", "rare": "rare-class memorization"}
+# Measured only on a long-tailed pool (imbalance > 1): elsewhere no class is rare.
+LONG_TAIL_ONLY = ("rare",)
 # What a positive BN − reference difference means, per measure: epochs to memorize is lower when a
 # canary is memorized earlier, so BN above the reference there means BN memorizes later.
-HIGHER_MEANS = {"canaries": "BN memorizes more", "typical": "BN memorizes more", "epochs": "BN memorizes later"}
+HIGHER_MEANS = {"canaries": "BN memorizes more", "typical": "BN memorizes more", "epochs": "BN memorizes later",
+                "rare": "BN memorizes more"}
 # The sign of BN − reference the claim predicts: more canary memorization, fewer epochs to memorize;
-# typical-sample memorization is the generalization gap, shown beside the claim but not a test of it.
-CLAIM_SIGNS = {"canaries": 1, "typical": 0, "epochs": -1}
+# typical-sample memorization is the generalization gap, shown beside the claim but not a test of it;
+# the samples of a rare class are natural outliers, so the claim predicts more memorization there.
+CLAIM_SIGNS = {"canaries": 1, "typical": 0, "epochs": -1, "rare": 1}
 # Equivalence margins (stated in chapter 2): the largest difference that counts as none.
 MARGINS = {"canaries": (0.05, "one canary in twenty memorized more or less"),
            "typical": (0.01, "one point of accuracy: on typical samples the score is the train − test gap, "
                              "read at chapter 1's one-point accuracy margin"),
-           "epochs": (0.05, "a twentieth of the budget: half an epoch of a 10-epoch schedule")}
+           "epochs": (0.05, "a twentieth of the budget: half an epoch of a 10-epoch schedule"),
+           "rare": (0.05, "as for the canaries, one sample in twenty memorized more or less: the rare classes' "
+                          "samples are the natural outliers the canaries stand in for")}
 
 
-def compare_memorization(family: TrainedFamily, margins: dict[str, float]) -> Measured:
+def rare_class_memorization(run) -> float:
+    """Mean memorization score of the typical samples of the rare third of the classes
+    (:func:`bnprivacy.longtail.frequency_buckets`) in one run."""
+    scores = memorization_scores(correct_on_pool(run), run.masks, n_boot=0)["mem"].to_numpy()
+    rare = frequency_buckets(run.y_pool.cpu().numpy(), run.kinds) == BUCKETS[-1]
+    return float(np.nanmean(scores[rare]))
+
+
+def measured_keys(long_tailed: bool) -> list[str]:
+    """The keys of :data:`MEASURES` a family measures: the rare-class ones only on a long-tailed pool."""
+    return [k for k in MEASURES if long_tailed or k not in LONG_TAIL_ONLY]
+
+
+def compare_memorization(family: TrainedFamily, margins: dict[str, float], *, long_tailed: bool | None = None) -> Measured:
     """Mean memorization of the canaries (``values["canaries"]``) and of the typical samples
     (``values["typical"]``), and the canaries' epochs to memorize (``values["epochs"]``) of every
     run, compared BN vs the reference under the protocol and read at ``margins``
-    (``sweep.margins(MARGINS, ...)``)."""
-    measures = {"canaries": mean_memorization, "typical": lambda run: mean_memorization(run, ("typical",)),
-                "epochs": canary_epochs_to_memorize}
+    (``sweep.margins(MARGINS, ...)``). On a long-tailed pool (``long_tailed``, by default the
+    family's ``imbalance > 1``) also the memorization of the rare classes' samples
+    (``values["rare"]``): natural outliers, compared as the canaries are."""
+    if long_tailed is None:
+        long_tailed = family.protocol.base.imbalance > 1
+    every = {"canaries": mean_memorization, "typical": lambda run: mean_memorization(run, ("typical",)),
+             "epochs": canary_epochs_to_memorize, "rare": rare_class_memorization}
+    measures = {k: every[k] for k in measured_keys(long_tailed)}
 
     parts = []
-    for higher in dict.fromkeys(HIGHER_MEANS.values()):  # measure_family takes one meaning at a time
+    for higher in dict.fromkeys(HIGHER_MEANS[k] for k in measures):  # measure_family takes one meaning at a time
         keys = [k for k in measures if HIGHER_MEANS[k] == higher]
         parts.append(measure_family(family, {k: measures[k] for k in keys}, MEASURES, higher, lambda values, c: "",
                                     margins={k: margins[k] for k in keys}, claim_signs=CLAIM_SIGNS))
@@ -104,6 +128,21 @@ def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison, ma
     return (f"At {c.setting} ({c.where()}), BN minus {c.reference} in mean canary memorization is {mem} "
             f"(95% interval over {d['n']} seeds): **{reading}**; in epochs to memorize (fraction of the "
             f"budget) it is {epochs}: **{timing}**.")
+
+
+def rare_sentence(result: Measured, c: protocol.Comparison, margins: dict[str, float]) -> str:
+    """What comparison ``c`` says about the rare classes' memorization (``result.values["rare"]``,
+    a long-tailed family), in words."""
+    def sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:
+        d = protocol.difference(values["rare"], c)
+        mem = fmt_interval(d["diff"], d["lo"], d["hi"])
+        if not c.comparable:
+            return (f"At {c.setting} ({c.where()}), BN minus {c.reference} in rare-class memorization is {mem}, "
+                    f"but this comparison is **not comparable** ({c.reason}) and is not evidence either way.")
+        reading = protocol.reading(c, d, margins["rare"], "BN memorizes more", "BN memorizes less")
+        return (f"At {c.setting} ({c.where()}), BN minus {c.reference} in the mean memorization of the rare "
+                f"classes' samples is {mem} (95% interval over {d['n']} seeds): **{reading}**.")
+    return sentence_for(sentence, result.values, c)
 
 
 def fair_sentences(result: Measured) -> str:

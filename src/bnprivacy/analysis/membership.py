@@ -7,10 +7,12 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .. import protocol
 from ..attacks import (ATTACK_NAMES, HEADLINE_PREFERENCE, AttackInput, LiraOptions, attack_scores, calibrate, evaluate,
                        headline_attack, null_summary, resolvable, shuffled_masks, summarize, vulnerability)
+from ..longtail import BUCKETS, frequency_buckets
 from ..memorization import run_memorization
 from ..reading import NOT_AVAILABLE, fmt_interval, fmt_rate, not_comparable, not_resolvable, not_resolved
 from .family_steps import TrainedFamily, Measured, measure_family
@@ -19,10 +21,16 @@ from ..runs.shadow import shadow_run
 SHOWN_ATTACKS = ("lira_online", "lira_offline", "lira_online_fixed", "rmia_online", "rmia", "loss", "correct")
 # The headline metrics of the chosen attack, each with its name in the headline rows.
 METRICS = {"auc": "AUC", "tpr@0.01": "TPR at 1% FPR", "tpr@0.001": "TPR at 0.1% FPR"}
+# On a long-tailed pool, also the AUC on the rare third of the classes (natural outliers). AUC only:
+# the rare classes' few hundred samples cannot resolve a TPR at a low FPR.
+RARE = "auc rare"
+LABELS = {**METRICS, RARE: "AUC on rare classes"}
 # Equivalence margins (stated in chapter 4): the largest BN − reference difference that counts as none.
 MARGINS = {"auc": (0.01, "an AUC difference of 0.01 is about the spread of the attack's own null at 16 models"),
            "tpr@0.01": (0.005, "half a percentage point: half the 1% FPR the rate is read at"),
-           "tpr@0.001": (0.001, "one tenth of a percentage point: the 0.1% FPR itself")}
+           "tpr@0.001": (0.001, "one tenth of a percentage point: the 0.1% FPR itself"),
+           RARE: (0.01, "the whole pool's AUC margin: a difference too small to matter on every sample is too "
+                        "small on the rare ones")}
 FPRS = (0.001, 0.01)
 
 
@@ -60,22 +68,48 @@ class Calibration:
 def calibrate_family(family: TrainedFamily, targets: list[int], draws: int = 4) -> Calibration:
     """Score every run of the family with shuffled masks (``attacks.calibrate``), ``draws`` times,
     with every candidate headline attack, and choose the headline attack from that null."""
-    rows = []
-    for (norm, budget, seed), run in family.sweep.runs.items():
-        null = calibrate(AttackInput.from_run(run), HEADLINE_PREFERENCE, targets, draws=draws, seed=1000 * seed,
-                         fprs=FPRS)
-        rows.append(null.assign(norm=norm, budget=budget, seed=seed))
-    table = pd.concat(rows, ignore_index=True)
+    table = _null_table(family, HEADLINE_PREFERENCE, targets, draws)
     summary = null_summary(table)
     return Calibration(table, summary, headline_attack(summary))
 
 
-def run_metrics(run, attack: str, targets: list[int]) -> dict:
+def calibrate_rare_classes(family: TrainedFamily, targets: list[int], calibration: Calibration) -> Calibration:
+    """The headline attack's null on the rare classes' samples alone (:func:`rare_classes`): the
+    same shuffled masks as ``calibration``, scored on that subset, whose few samples spread wider."""
+    draws = int(calibration.table.draw.nunique())
+    table = _null_table(family, [calibration.attack], targets, draws, select=rare_classes)
+    return Calibration(table, null_summary(table), calibration.attack)
+
+
+def _null_table(family: TrainedFamily, attacks, targets: list[int], draws: int, select=None) -> pd.DataFrame:
+    """``attacks.calibrate`` on every run of the family, one row per run, attack and draw;
+    ``select(run)`` (optional) chooses the pool samples scored."""
+    rows = []
+    for (norm, budget, seed), run in family.sweep.runs.items():
+        null = calibrate(AttackInput.from_run(run), attacks, targets, draws=draws, seed=1000 * seed, fprs=FPRS,
+                         select=None if select is None else torch.as_tensor(select(run)))
+        rows.append(null.assign(norm=norm, budget=budget, seed=seed))
+    return pd.concat(rows, ignore_index=True)
+
+
+def rare_classes(run) -> np.ndarray:
+    """``[pool]`` bool: the typical samples of the rare third of the classes
+    (:func:`bnprivacy.longtail.frequency_buckets`)."""
+    return frequency_buckets(run.y_pool.cpu().numpy(), run.kinds) == BUCKETS[-1]
+
+
+def run_metrics(run, attack: str, targets: list[int], *, long_tailed: bool = False) -> dict:
     """``attack`` on ``targets`` of one run, pooled: AUC and TPR at each FPR of ``FPRS`` (NaN where
-    the pooled non-members cannot resolve it), with the member and non-member counts."""
-    scores = attack_scores(AttackInput.from_run(run), attack, targets)
-    members = np.asarray(run.masks[targets]).ravel()
-    return {**summarize(np.asarray(scores).ravel(), members, FPRS), "nonmembers": int((~members).sum())}
+    the pooled non-members cannot resolve it), with the member and non-member counts; with
+    ``long_tailed``, also the AUC on the rare classes' samples (``RARE``) and their non-members."""
+    scores = np.asarray(attack_scores(AttackInput.from_run(run), attack, targets))
+    members = np.asarray(run.masks[targets])
+    metrics = {**summarize(scores.ravel(), members.ravel(), FPRS), "nonmembers": int((~members).sum())}
+    if long_tailed:
+        rare = rare_classes(run)
+        metrics[RARE] = summarize(scores[:, rare].ravel(), members[:, rare].ravel(), FPRS)["auc"]
+        metrics["rare nonmembers"] = int((~members[:, rare]).sum())
+    return metrics
 
 
 def null_spread(calibration: Calibration, c: protocol.Comparison, metric: str) -> float:
@@ -94,7 +128,7 @@ def null_spread(calibration: Calibration, c: protocol.Comparison, metric: str) -
 
 def metric_units(metric: str) -> dict:
     """How a metric's difference is printed: AUC as is, a TPR in percentage points."""
-    return {"scale": 1.0, "unit": ""} if metric == "auc" else {"scale": 100.0, "unit": " points"}
+    return {"scale": 100.0, "unit": " points"} if metric.startswith("tpr@") else {"scale": 1.0, "unit": ""}
 
 
 def resolution_rule(calibration: Calibration, metric: str, nonmembers: int):
@@ -111,18 +145,28 @@ def resolution_rule(calibration: Calibration, metric: str, nonmembers: int):
     return rule
 
 
-def compare_attacks(family: TrainedFamily, targets: list[int], calibration: Calibration, margins: dict[str, float]) -> Measured:
+def compare_attacks(family: TrainedFamily, targets: list[int], calibration: Calibration, margins: dict[str, float],
+                    *, long_tailed: bool | None = None) -> Measured:
     """The headline attack's AUC and TPR at 1% and 0.1% FPR on every run, read through the
     protocol's comparisons; each run's value pools its targets, the interval is over seeds. A
     comparison the instrument cannot resolve reads "not resolvable" or "not resolved"; the others
-    are read at ``margins`` (``sweep.margins(MARGINS, ...)``)."""
+    are read at ``margins`` (``sweep.margins(MARGINS, ...)``). On a long-tailed pool
+    (``long_tailed``, by default the family's ``imbalance > 1``) also the AUC on the rare classes'
+    samples (``values[RARE]``), resolved against the attack's null on those samples alone."""
+    if long_tailed is None:
+        long_tailed = family.protocol.base.imbalance > 1
     attack = calibration.attack
-    # Score each run once; the three metrics read the same scores (runs are keyed by their folder).
-    metrics = {run.folder: run_metrics(run, attack, targets) for run in family.sweep.runs.values()}
+    keys = measured_keys(long_tailed)
+    # Score each run once; every metric reads the same scores (runs are keyed by their folder).
+    metrics = {run.folder: run_metrics(run, attack, targets, long_tailed=long_tailed)
+               for run in family.sweep.runs.values()}
     nonmembers = min(m["nonmembers"] for m in metrics.values())
-    names = {m: f"{ATTACK_NAMES[attack]} {label}" for m, label in METRICS.items()}
-    measures = {m: (lambda run, m=m: metrics[run.folder][m]) for m in METRICS}
+    names = {m: f"{ATTACK_NAMES[attack]} {LABELS[m]}" for m in keys}
+    measures = {m: (lambda run, m=m: metrics[run.folder][m]) for m in keys}
     rules = {m: resolution_rule(calibration, m, nonmembers) for m in METRICS}
+    if long_tailed:
+        rare_nonmembers = min(m["rare nonmembers"] for m in metrics.values())
+        rules[RARE] = resolution_rule(calibrate_rare_classes(family, targets, calibration), "auc", rare_nonmembers)
 
     def sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:
         return setting_sentence(values, c, names, rules, margins)
@@ -131,6 +175,11 @@ def compare_attacks(family: TrainedFamily, targets: list[int], calibration: Cali
     printed = {m: {"scale": 100.0, "unit": "%", "digits": 2} for m in METRICS if m.startswith("tpr@")}
     return measure_family(family, measures, names, "BN models are more vulnerable", sentence, resolution=rules,
                           margins=margins, printed=printed)
+
+
+def measured_keys(long_tailed: bool) -> list[str]:
+    """The metrics of :data:`LABELS` a family measures: the rare classes' AUC only on a long-tailed pool."""
+    return list(METRICS) + ([RARE] if long_tailed else [])
 
 
 def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison, names: dict, rules: dict,
