@@ -122,3 +122,12 @@ def test_on_a_null_the_readings_claim_a_difference_or_an_equivalence_at_their_le
     assert 0.035 < false_difference < 0.065  # binomial sd at 4,000 rows is 0.0034
     at_margin = readings(0.5, 0.5)
     assert (at_margin == "equivalent within ±0.5").mean() < 0.065
+
+
+def test_a_signed_number_keeps_three_digits_but_never_more_than_four_decimals():
+    from bnprivacy.htmlcheck import number_problems
+
+    assert [reading.fmt_signed(v) for v in (-0.2, 0.12, 4.987, -0.009375, 0.00001)] == [
+        "-0.2", "+0.12", "+4.99", "-0.0094", "+0.0000"]
+    # the HTML check would flag the three-digit form of the small one (the CIFAR-10-LT verdict page did)
+    assert number_problems(f"{-0.009375:+.3g}") and not number_problems(reading.fmt_signed(-0.009375))

@@ -40,7 +40,7 @@ from .checks import check_whole
 from .config import NORMS, Config
 from .ensemble import build_ensemble, evaluate_ensemble, train_ensemble
 from .progress import PlannedRun, TrainingClock
-from .reading import NOT_AVAILABLE, decide, fmt_interval, judge, not_comparable
+from .reading import NOT_AVAILABLE, decide, fmt_interval, fmt_signed, judge, not_comparable
 from .runs.disk import results_folder, save_json
 from .runs.shadow import ShadowRun, planned_run, shadow_run
 from .runs.spec import RunSpec
@@ -687,7 +687,7 @@ def robustness(pairings: pd.DataFrame) -> str:
         return "no pair of budgets at which both sides fit"
     counts = pairings.reading.value_counts()
     total = len(pairings)
-    sizes = f"differences {pairings['diff'].min():+.3g} to {pairings['diff'].max():+.3g}"
+    sizes = f"differences {fmt_signed(pairings['diff'].min())} to {fmt_signed(pairings['diff'].max())}"
     if len(counts) == 1:
         return f"{counts.index[0]} at all {total} pairs of budgets at which both sides fit ({sizes})"
     parts = ", ".join(f"{counts[k]} {k}" for k in ("BN higher", "BN lower", "inconclusive", "no interval")

@@ -82,6 +82,15 @@ def fmt_rate(value: float, lo: float, hi: float, *, nonmembers: int, level: floa
     return fmt_interval(value, lo, hi, digits=digits, scale=scale, signed=False, unit=unit)
 
 
+def fmt_signed(value: float) -> str:
+    """``value`` with its sign and three significant digits, but never more than 4 decimals (the
+    book's pages print no longer numbers): -0.2, +0.12, -0.0094 (not -0.00937), +0.0000."""
+    text = f"{value:+.3g}"
+    if "e" in text or ("." in text and len(text.split(".")[1]) > 4):
+        text = f"{value:+.4f}"
+    return text
+
+
 def fmt_bounds(lo: float, hi: float, *, digits: int = 3, scale: float = 1.0, signed: bool = True) -> str:
     """The bounds alone, ``"[+0.274, +0.618]"`` (for prose that states the value elsewhere);
     "no interval" when a bound is missing."""
