@@ -101,3 +101,9 @@ def frequency_buckets(labels, kinds) -> np.ndarray:
     bucket_of = {c: name for name, group in zip(BUCKETS, np.array_split(ranked, len(BUCKETS))) for c in group}
     return np.array([bucket_of[label] if is_typical else CANARY for label, is_typical in zip(labels, typical)],
                     dtype=object)
+
+
+def rare_classes(run) -> np.ndarray:
+    """``[pool]`` bool: the typical samples of the rare third of the classes of a run's pool
+    (:func:`frequency_buckets`)."""
+    return frequency_buckets(run.y_pool.cpu().numpy(), run.kinds) == BUCKETS[-1]

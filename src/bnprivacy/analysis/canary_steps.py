@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from .. import protocol
-from ..longtail import BUCKETS, CANARY, frequency_buckets
+from ..longtail import BUCKETS, CANARY, frequency_buckets, rare_classes
 from ..memorization import (canary_curves, epochs_to_memorize, mean_epochs_to_memorize, memorization_scores,
                             run_exposure, run_memorization)
 from ..reading import NOT_RESOLVED, fmt_interval, judge, not_comparable
@@ -69,8 +69,7 @@ def rare_class_memorization(run) -> float:
     """Mean memorization score of the typical samples of the rare third of the classes
     (:func:`bnprivacy.longtail.frequency_buckets`) in one run."""
     scores = memorization_scores(correct_on_pool(run), run.masks, n_boot=0)["mem"].to_numpy()
-    rare = frequency_buckets(run.y_pool.cpu().numpy(), run.kinds) == BUCKETS[-1]
-    return float(np.nanmean(scores[rare]))
+    return float(np.nanmean(scores[rare_classes(run)]))
 
 
 def measured_keys(long_tailed: bool) -> list[str]:

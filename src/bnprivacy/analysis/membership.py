@@ -12,7 +12,7 @@ import torch
 from .. import protocol
 from ..attacks import (ATTACK_NAMES, HEADLINE_PREFERENCE, AttackInput, LiraOptions, attack_scores, calibrate, evaluate,
                        headline_attack, null_summary, resolvable, shuffled_masks, summarize, vulnerability)
-from ..longtail import BUCKETS, frequency_buckets
+from ..longtail import rare_classes
 from ..memorization import run_memorization
 from ..reading import NOT_AVAILABLE, fmt_interval, fmt_rate, not_comparable, not_resolvable, not_resolved
 from .family_steps import TrainedFamily, Measured, measure_family
@@ -90,12 +90,6 @@ def _null_table(family: TrainedFamily, attacks, targets: list[int], draws: int, 
                          select=None if select is None else torch.as_tensor(select(run)))
         rows.append(null.assign(norm=norm, budget=budget, seed=seed))
     return pd.concat(rows, ignore_index=True)
-
-
-def rare_classes(run) -> np.ndarray:
-    """``[pool]`` bool: the typical samples of the rare third of the classes
-    (:func:`bnprivacy.longtail.frequency_buckets`)."""
-    return frequency_buckets(run.y_pool.cpu().numpy(), run.kinds) == BUCKETS[-1]
 
 
 def run_metrics(run, attack: str, targets: list[int], *, long_tailed: bool = False) -> dict:
