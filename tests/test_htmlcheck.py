@@ -61,6 +61,52 @@ def test_an_unbuilt_site_is_explained(tmp_path):
         htmlcheck.check_site(tmp_path)
 
 
+def test_the_screenshot_folder_keeps_every_file_the_check_did_not_write(tmp_path):
+    # Issue 38: `check-html --screenshots DIR` deleted DIR with everything in it before checking.
+    site = make_site(tmp_path / "site")
+    mine = tmp_path / "mine"
+    (mine / "chapter").mkdir(parents=True)
+    (mine / "thesis.tex").write_text("two years of work")
+    (mine / "chapter" / "notes.md").write_text("notes")
+    (mine / "book_good-3.txt").write_text("not a screenshot name")
+    htmlcheck.prepare_screenshots(mine, htmlcheck.site_pages(site))
+    assert (mine / "thesis.tex").read_text() == "two years of work"
+    assert (mine / "chapter" / "notes.md").is_file() and (mine / "book_good-3.txt").is_file()
+
+
+def test_a_check_removes_only_the_screenshots_its_manifest_lists(tmp_path):
+    site, shots = make_site(tmp_path / "site"), tmp_path / "shots"
+    pages = htmlcheck.site_pages(site)
+    htmlcheck.prepare_screenshots(shots, pages)
+    for name in ("index.png", "book_good-1.png", "book_good-2.png"):
+        (shots / name).write_bytes(PIXEL)
+    htmlcheck._write_manifest(shots, ["index.png", "book_good-1.png", "book_good-2.png", "../escape.png"])
+    (tmp_path / "escape.png").write_bytes(PIXEL)  # a manifest naming a path outside is never followed
+    (shots / "holiday.png").write_bytes(PIXEL)
+    htmlcheck.prepare_screenshots(shots, pages)
+    assert sorted(p.name for p in shots.glob("*.png")) == ["holiday.png"]
+    assert (tmp_path / "escape.png").is_file()
+
+
+@pytest.mark.parametrize("manifest", ["not json", '{"files": "index.png"}', "[" * 100000, '{"other": 1}'])
+def test_a_screenshot_the_check_did_not_write_is_refused_before_any_page_is_visited(tmp_path, manifest):
+    site, shots = make_site(tmp_path / "site"), tmp_path / "shots"
+    shots.mkdir()
+    (shots / "index.png").write_bytes(b"the user's own picture")
+    (shots / htmlcheck.SCREENSHOT_MANIFEST).write_text(manifest)  # damaged or foreign: owns nothing
+    with pytest.raises(FileExistsError, match=r"holds index.png.*never deletes files it did not create"):
+        htmlcheck.check_site(site, shots, progress=False)  # refused before the browser is even looked for
+    assert (shots / "index.png").read_bytes() == b"the user's own picture"
+
+
+def test_a_screenshot_folder_that_is_a_file_is_refused(tmp_path):
+    site = make_site(tmp_path / "site")
+    (tmp_path / "shots").write_text("a file")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        htmlcheck.check_site(site, tmp_path / "shots", progress=False)
+    assert (tmp_path / "shots").read_text() == "a file"
+
+
 def test_repeated_scripts_are_dropped_once_per_page():
     class Script(str):
         def __new__(cls, name, **attributes):
@@ -95,11 +141,15 @@ def test_chromium_finds_every_kind_of_problem_and_passes_a_clean_site(tmp_path):
                     "file not found on the site: /_static/missing.png", "figure without an image",
                     "no anchor #nowhere", "gone.html does not exist"):
         assert problem in message, problem
-    assert sorted(p.name for p in (tmp_path / "shots").iterdir()) == ["book_bad.png", "book_good.png", "index.png"]
+    assert sorted(p.name for p in (tmp_path / "shots").glob("*.png")) == ["book_bad.png", "book_good.png", "index.png"]
+    (tmp_path / "shots" / "thesis.tex").write_text("a user's file")
     (site / "book" / "bad.html").unlink()
     reports = htmlcheck.check_site(site, tmp_path / "shots", progress=False)
     assert [r.page for r in reports] == ["book/good.html", "index.html"]
     assert all(r.screenshot.stat().st_size > 0 for r in reports)
+    # The earlier check's screenshot of the removed page was its own, so it goes; the user's file stays.
+    assert sorted(p.name for p in (tmp_path / "shots").iterdir() if not p.name.startswith(".")) == \
+        ["book_good.png", "index.png", "thesis.tex"]
 
 
 def test_numbers_a_reader_should_not_meet_are_found_in_output_text():

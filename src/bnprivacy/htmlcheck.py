@@ -11,7 +11,9 @@
 - a figure shown at less than half its natural width (its labels unreadable),
 - an output cell that prints ``nan`` or a number with more than 4 decimals (numbers are for people),
 
-and saves screenshots that cover every page whole (in tiles of at most ``TILE_HEIGHT`` pixels).
+and saves screenshots that cover every page whole (in tiles of at most ``TILE_HEIGHT`` pixels) into a
+folder it shares with whatever else is there: it lists the files it wrote in ``SCREENSHOT_MANIFEST``
+and, on the next check, removes those and nothing else (:func:`prepare_screenshots`).
 The window is 1280 px wide, as a reader's laptop. External links are not followed (the book is
 checked offline).
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import re
 import shutil
@@ -42,6 +45,9 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
                   "--disable-quic", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-extensions",
                   f"--window-size={WINDOW_WIDTH},900")
+# The list of the screenshots a check wrote into its folder: the only files a later check removes.
+SCREENSHOT_MANIFEST = ".bnprivacy-check-html.json"
+MANIFEST_MAX_BYTES = 1 << 20
 # Pages that Sphinx generates for every site and that carry no book content of ours.
 SKIPPED_PAGES = {"genindex.html", "search.html", "py-modindex.html"}
 
@@ -251,10 +257,66 @@ def check_page(driver, server, site: Path, base_url: str, page: str, screenshots
         if problem:
             report.problems.append(problem)
     if screenshots is not None:
-        name = re.sub(r"[^\w.-]+", "_", page.removesuffix(".html"))
-        report.screenshots = save_whole_page(driver, screenshots, name, int(found["height"]))
+        report.screenshots = save_whole_page(driver, screenshots, screenshot_stem(page), int(found["height"]))
         report.screenshot = report.screenshots[0]
     return report
+
+
+def screenshot_stem(page: str) -> str:
+    """The name a page's screenshots start with: ``book/01_training.html`` -> ``book_01_training``."""
+    return re.sub(r"[^\w.-]+", "_", page.removesuffix(".html"))
+
+
+def _screenshot_of(name: str, stems: set[str]) -> bool:
+    """Whether ``name`` is a screenshot this check may write: ``STEM.png`` or ``STEM-K.png``."""
+    match = re.fullmatch(r"(.+?)(-\d+)?\.png", name)
+    return bool(match) and (match.group(1) in stems or name.removesuffix(".png") in stems)
+
+
+def _own_screenshots(folder: Path) -> list[str]:
+    """The files an earlier check listed in ``folder``'s manifest; none where it is missing or not
+    one we wrote (a hand-made or damaged manifest never makes a check delete a file)."""
+    manifest = folder / SCREENSHOT_MANIFEST
+    if not manifest.is_file() or manifest.is_symlink() or manifest.stat().st_size > MANIFEST_MAX_BYTES:
+        return []
+    try:
+        names = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError, RecursionError, UnicodeDecodeError):
+        return []
+    if not isinstance(names, list):
+        return []
+    return [n for n in names if isinstance(n, str) and n.endswith(".png") and Path(n).name == n
+            and not n.startswith(".")]
+
+
+def _write_manifest(folder: Path, names: list[str]) -> None:
+    """List ``names`` as this check's screenshots, written whole (renamed into place)."""
+    tmp = folder / f"{SCREENSHOT_MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"written_by": "python -m bnprivacy check-html", "files": sorted(set(names))}))
+    os.replace(tmp, folder / SCREENSHOT_MANIFEST)
+
+
+def prepare_screenshots(folder: Path, pages: list[str]) -> None:
+    """Make ``folder`` ready for the screenshots of ``pages`` without touching anything a check did
+    not write: remove the screenshots an earlier check listed in its manifest (regular files only),
+    and refuse, before any page is visited, a file of a screenshot's name that is not one of them."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"--screenshots {folder} is a file, not a folder; pass a folder (default _build/check-html)")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in _own_screenshots(folder):
+        path = folder / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    stems = {screenshot_stem(page) for page in pages}
+    in_the_way = sorted(p.name for p in folder.iterdir() if _screenshot_of(p.name, stems))
+    if in_the_way:
+        shown = ", ".join(in_the_way[:5]) + (f" and {len(in_the_way) - 5} more" if len(in_the_way) > 5 else "")
+        raise FileExistsError(
+            f"{folder} holds {shown}, which check-html would overwrite but did not write (they are not in its "
+            f"{SCREENSHOT_MANIFEST}); check-html never deletes files it did not create: pass --screenshots an "
+            "empty or new folder, or move those files away yourself")
+    _write_manifest(folder, [])
 
 
 def save_whole_page(driver, folder: Path, name: str, height: int) -> list[Path]:
@@ -279,13 +341,14 @@ def save_whole_page(driver, folder: Path, name: str, height: int) -> list[Path]:
 
 
 def check_site(site: Path, screenshots: Path | None = None, *, progress: bool = True) -> list[PageReport]:
-    """Check every page of the built site ``site``; raise :class:`HtmlCheckFailed` listing problems."""
+    """Check every page of the built site ``site``; raise :class:`HtmlCheckFailed` listing problems.
+    Screenshots go into ``screenshots`` (:func:`prepare_screenshots`: nothing else there is touched)."""
     site = Path(site).resolve()
     if not (site / "index.html").is_file():
         raise FileNotFoundError(f"no built book in {site} (index.html missing); run `make book` first")
+    pages = site_pages(site)
     if screenshots is not None:
-        shutil.rmtree(screenshots, ignore_errors=True)
-        screenshots.mkdir(parents=True)
+        prepare_screenshots(screenshots, pages)
     anchors_of.cache_clear()
     server = serve(site)
     base_url = f"http://127.0.0.1:{server.server_address[1]}/"
@@ -293,8 +356,10 @@ def check_site(site: Path, screenshots: Path | None = None, *, progress: bool = 
     driver = make_driver(profile_dir)
     try:
         reports = []
-        for page in site_pages(site):
+        for page in pages:
             reports.append(check_page(driver, server, site, base_url, page, screenshots))
+            if screenshots is not None:  # listed as they come: an interrupted check still owns its files
+                _write_manifest(screenshots, [p.name for r in reports for p in r.screenshots])
             if progress:
                 state = "ok" if not reports[-1].problems else f"{len(reports[-1].problems)} problem(s)"
                 print(f"checked {page}: {state}", flush=True)
