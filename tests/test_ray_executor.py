@@ -329,6 +329,29 @@ def test_an_unreachable_address_is_one_clear_error_and_writes_nothing(isolated_s
     assert not (isolated_store / "results").exists()
 
 
+def test_an_unreachable_ray_address_in_the_environment_is_one_clear_error_in_seconds(isolated_store):
+    # Issue 38: RAY_ADDRESS=127.0.0.1:1 printed reconnect warnings for minutes (only --address was probed).
+    env = {**os.environ, "BNPRIVACY_RESULTS": str(isolated_store / "results"), "RAY_ADDRESS": "127.0.0.1:1"}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "bnprivacy", "shadow", "4", "-c", "epochs", "1", "-c", "width", "4",
+         "--chunk-size", "2", "--executor", "ray"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # a guard against a hang
+    assert done.returncode == 1, done.stderr
+    assert "error: no Ray cluster could be reached at RAY_ADDRESS='127.0.0.1:1' (from the environment)" in done.stderr
+    assert "unset RAY_ADDRESS" in done.stderr and "Traceback" not in done.stderr
+    assert time.monotonic() - started < 60
+    assert not (isolated_store / "results").exists()
+
+
+@pytest.mark.parametrize("value", ["10.0.0.5", "10.0.0.5:99999", "head:port"])
+def test_a_malformed_ray_address_in_the_environment_is_refused_before_anything_is_written(data, monkeypatch, value):
+    monkeypatch.setenv("RAY_ADDRESS", value)
+    with pytest.raises(ValueError, match=rf"RAY_ADDRESS='{value}' \(from the environment\) is not allowed"):
+        shadow_run(SPEC, data, chunk_size=2, progress=False, executor="ray")
+    assert not run_folder(SPEC).exists()
+
+
 def test_a_dp_run_on_ray_equals_the_local_dp_run_with_its_privacy_accounting(cluster, isolated_store, monkeypatch):
     from bnprivacy.privacy.training import DPRunSpec, dp_shadow_run, run_privacy
 

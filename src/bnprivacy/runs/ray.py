@@ -39,8 +39,9 @@ class RayExecutor:
             raise ValueError(f"executor='ray' schedules the whole run, so shard={options.shard!r} cannot go with it; "
                              "drop --shard (Ray spreads the chunks over the cluster), or use --executor local "
                              "with --shard to schedule shards by hand")
-        if options.address is not None:
-            _host_port(options.address)
+        address, named = cluster_address(options.address)
+        if address is not None:
+            _host_port(address, named)
 
     def prepare(self, runs: list[RunChunks], options: ExecutorOptions) -> None:
         """Join the cluster when a chunk is missing, before any run folder is written."""
@@ -63,14 +64,27 @@ class ChunksFailed(RuntimeError):
     """Chunks whose Ray tasks failed after every retry; the chunks that finished stay sealed."""
 
 
-def _host_port(address: str) -> tuple[str, int] | None:
-    """``(host, port)`` of ``HOST:PORT`` or ``ray://HOST:PORT``; None for ``auto``."""
-    if address == "auto":
+def cluster_address(address: str | None) -> tuple[str | None, str]:
+    """The address ``ray.init`` will join and how the user gave it (for messages): ``address``, else
+    the ``RAY_ADDRESS`` environment variable, which ``ray.init`` reads in its place; ``(None, "")``
+    without either (a new local instance)."""
+    if address:
+        return address, f"address={address!r}"
+    from_env = os.environ.get("RAY_ADDRESS", "").strip()
+    if from_env:
+        return from_env, f"RAY_ADDRESS={from_env!r} (from the environment)"
+    return None, ""
+
+
+def _host_port(address: str, named: str | None = None) -> tuple[str, int] | None:
+    """``(host, port)`` of ``HOST:PORT`` or ``ray://HOST:PORT``; None for ``auto`` (and ``local``,
+    which Ray reads as a new local instance). ``named`` says where the address came from."""
+    if address in ("auto", "local"):
         return None
     rest = address.removeprefix("ray://")
     host, _, port = rest.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"address={address!r} is not allowed; allowed values: auto (the cluster started on "
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{named or f'address={address!r}'} is not allowed; allowed values: auto (the cluster started on "
                          "this machine by `ray start --head`), HOST:PORT (the head's GCS address, e.g. "
                          "10.0.0.5:6379) or ray://HOST:PORT (Ray Client, port 10001)")
     return host.strip("[]"), int(port)
@@ -90,26 +104,27 @@ def connect(address: str | None = None):
     """The ``ray`` module, connected to a cluster: the one this process already joined, the one at
     ``address`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``), or, without an address, what Ray
     finds (``RAY_ADDRESS``, then a cluster started on this machine by ``ray start``) or else a new
-    local instance. An address where nothing listens or nothing answers fails within
+    local instance. An address, given or in ``RAY_ADDRESS``, where nothing listens or nothing answers fails within
     ``CONNECT_TIMEOUT_SECONDS`` (:func:`probe_grpc`), one where another gRPC server answers when Ray
     gives up (about 20 s), each with what to do."""
     ray = _import_ray()
-    where = _host_port(address) if address else None
+    target, named = cluster_address(address)
+    where = _host_port(target, named) if target else None
     if ray.is_initialized():
         joined = ray.get_runtime_context().gcs_address
-        if where is not None and not address.startswith("ray://") and joined.rsplit(":", 1)[-1] != str(where[1]):
-            raise ValueError(f"this process already joined the Ray cluster at {joined}, not address={address!r}; "
+        if where is not None and not target.startswith("ray://") and joined.rsplit(":", 1)[-1] != str(where[1]):
+            raise ValueError(f"this process already joined the Ray cluster at {joined}, not {named}; "
                              "a process joins one cluster: drop the address, or run in a new process")
         return ray
     if where is not None:
         try:
             probe_grpc(where)
         except OSError as error:
-            raise RuntimeError(_unreachable(address, error)) from error
+            raise RuntimeError(_unreachable(named, error)) from error
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     except ConnectionError as error:
-        raise RuntimeError(_unreachable(address, error) + (
+        raise RuntimeError(_unreachable(named or "a new local instance", error) + (
             "; if a Ray cluster does run there, it may want its token (Ray >= 2.59 turns token authentication "
             "on for clusters started by `ray start`): set RAY_AUTH_MODE=token and copy the head's "
             "~/.ray/auth_token here, or set RAY_AUTH_TOKEN" if where is not None else "")) from error
@@ -138,10 +153,12 @@ def probe_grpc(where: tuple[str, int]) -> None:
                       "so it is not a Ray head")
 
 
-def _unreachable(address: str | None, error: Exception) -> str:
-    return (f"no Ray cluster could be reached at address={address!r} ({error}); start one with "
-            "`ray start --head` on the head machine and pass the address it prints (HOST:6379), "
-            "or drop --address to start a Ray instance on this machine")
+def _unreachable(named: str, error: Exception) -> str:
+    """Why joining failed and what to do; ``named`` is the address as the user gave it."""
+    instead = ("or unset RAY_ADDRESS to start a Ray instance on this machine" if named.startswith("RAY_ADDRESS")
+               else "or drop --address to start a Ray instance on this machine")
+    return (f"no Ray cluster could be reached at {named} ({error}); start one with "
+            f"`ray start --head` on the head machine and pass the address it prints (HOST:6379), {instead}")
 
 
 def task_threads(ray, cpus_per_task: int | None) -> int:
