@@ -66,6 +66,23 @@ def test_a_corrupt_chunk_is_redone_not_used(data):
     assert_same_run(first, redone)
 
 
+@pytest.mark.parametrize("stray", ["models-00000-00001.bak", "models-00000-00001 (copy)", "models-2-3",
+                                   "models-00003-00002", "models-00000-00001-old"])
+def test_a_stray_copy_of_a_chunk_folder_is_named_in_a_warning_and_ignored(data, monkeypatch, stray):
+    # Issue 38: one `cp -a models-00000-00001 models-00000-00001.bak` broke every run of its key with
+    # "invalid literal for int() with base 10: '00001.bak'".
+    first = shadow_run(SPEC, data, chunk_size=2, progress=False)
+    shutil.copytree(first.folder / "models-00000-00001", first.folder / stray)
+    (first.folder / "models-notes.txt").write_text("a file, not a folder: also not a chunk")
+    monkeypatch.setattr(local, "train_chunk", lambda *a, **k: pytest.fail("retrained a finished run"))
+    with pytest.warns(UserWarning, match=rf"{stray.replace('(', '.').replace(')', '.')} is not a chunk of this run"):
+        again = shadow_run(SPEC, data, chunk_size=2, progress=False)
+    assert_same_run(first, again)
+    assert set(again.state_dict(1)) == set(first.state_dict(1))
+    with pytest.raises(ValueError, match="is not a chunk folder"):
+        chunks.chunk_range(first.folder / stray)
+
+
 def test_a_corrupt_signal_file_is_recomputed(data):
     first = shadow_run(SPEC, data, chunk_size=4, progress=False)
     signals = run_folder(SPEC) / "models-00000-00003" / "signals-eval-q2.pt"

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -131,14 +133,45 @@ def _write_masks(spec: ShadowSpec, folder: Path, masks: torch.Tensor) -> None:
     save_torch(path, masks)
 
 
+# A chunk folder's name, exactly as :func:`chunk_name` writes it. Anything else in a run folder
+# (a hand-made copy such as ``models-00000-00001.bak`` or ``... (copy)``) is not a chunk.
+CHUNK_NAME = re.compile(r"models-(\d{5,})-(\d{5,})")
+
+
 def chunk_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("models-*") if p.is_dir())
+    """The chunk folders of the run in ``folder``: folders named exactly ``models-FIRST-LAST``
+    (FIRST <= LAST). Any other ``models-*`` entry (lock files aside) is ignored, with a warning naming it."""
+    chunks = []
+    for path in sorted(folder.glob("models-*")):
+        if path.is_dir() and _parsed_range(path.name) is not None:
+            chunks.append(path)
+        elif not path.name.endswith(".lock") and not path.name.startswith("."):
+            _warn_stray(path)
+    return chunks
+
+
+def _parsed_range(name: str) -> tuple[int, int] | None:
+    match = CHUNK_NAME.fullmatch(name)
+    if match is None or int(match.group(1)) > int(match.group(2)):
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def _warn_stray(path: Path) -> None:
+    # Python shows a warning once per message, and the message names the path: once per stray entry.
+    warnings.warn(f"{path} is not a chunk of this run (a chunk folder is named exactly models-FIRST-LAST, "
+                  "e.g. models-00000-00015), so it is ignored; move it out of the run folder to silence this",
+                  stacklevel=1)
 
 
 def chunk_range(chunk: Path) -> tuple[int, int]:
-    """The first and last model of the chunk folder ``chunk``."""
-    first, last = chunk.name.split("-")[1:3]
-    return int(first), int(last)
+    """The first and last model of the chunk folder ``chunk``; ValueError naming it when its name
+    is not a chunk's."""
+    parsed = _parsed_range(Path(chunk).name)
+    if parsed is None:
+        raise ValueError(f"{chunk} is not a chunk folder (named exactly models-FIRST-LAST, FIRST <= LAST); "
+                         "move it out of the run folder")
+    return parsed
 
 
 def missing_chunks(folder: Path, n_models: int, chunk_size: int) -> list[list[int]]:

@@ -14,7 +14,7 @@ from ..data import load_dataset
 from ..progress import PlannedRun
 from ..training import resolve_device
 from . import local, ray
-from .chunks import (RunChunks, check_chunk_size, chunk_folders, chunk_range, chunk_signals, is_run_complete,
+from .chunks import (RunChunks, check_chunk_size, chunk_range, chunk_signals, is_run_complete,
                      missing_chunks, open_run, plan_run, population_index, sealed_chunks)
 from .disk import load_torch, read_csv_or_empty
 from .executor import ChunkJob, Executor, ExecutorOptions, parse_shard
@@ -65,7 +65,7 @@ class ShadowRun:
 
     def state_dict(self, model: int) -> dict[str, torch.Tensor]:
         """The trained weights and buffers of model ``model``."""
-        for folder in chunk_folders(self.folder):
+        for folder in sealed_chunks(self.folder):  # never a half-written or stray folder
             first, last = chunk_range(folder)
             if first <= model <= last:
                 return load_torch(folder / "states.pt")[str(model)]
