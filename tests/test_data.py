@@ -436,3 +436,103 @@ def test_cifar100_label_range_comes_from_the_meta_file(isolated_store):
     (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"f{i}" for i in range(100)]}))
     with pytest.raises(ValueError, match=r"test holds label 100 .*must be in 0\.\.99, the dataset's 100 classes"):
         load_dataset(Config(dataset="cifar100"), download=False)
+
+
+# --- issue 38: bounds, memory, unreachable class folders, greyscale with alpha ---------------------
+
+@pytest.mark.parametrize("link", ["dangling", "loop"])
+def test_a_class_folder_that_cannot_be_reached_is_an_error_naming_it(isolated_store, link):
+    # An unmounted disk left a dangling link; the dataset trained on the other classes without a word.
+    root = write_imagefolder(isolated_store / "images", classes=("cat", "dog", "eel"))
+    for split in ("train", "test"):
+        eel = root / split / "eel"
+        for path in eel.iterdir():
+            path.unlink()
+        eel.rmdir()
+        eel.symlink_to(isolated_store / "unmounted" / "eel" if link == "dangling" else eel)
+    with pytest.raises(ValueError, match=r"class folder '.*train/eel' is a symbolic link whose target cannot be reached"):
+        load_dataset(Config(dataset=f"imagefolder:{root}"))
+
+
+def test_a_class_folder_that_cannot_be_listed_is_an_error_naming_it(isolated_store, monkeypatch):
+    from pathlib import Path
+
+    root = write_imagefolder(isolated_store / "images")
+    real = Path.iterdir
+
+    def refuse(self):
+        if self.name == "dog":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse)  # root reads every folder, so chmod cannot show this
+    with pytest.raises(ValueError, match=r"class folder '.*dog' cannot be listed \(Permission denied\)"):
+        load_dataset(Config(dataset=f"imagefolder:{root}"))
+
+
+def test_plain_files_beside_the_class_folders_are_not_classes(isolated_store):
+    root = write_imagefolder(isolated_store / "images")
+    (root / "train" / "README.txt").write_text("not a class")
+    (root / "test" / "README.txt").write_text("not a class")
+    assert load_dataset(Config(dataset=f"imagefolder:{root}")).classes == ["cat", "dog"]
+
+
+def test_greyscale_with_alpha_loads_as_one_channel(isolated_store):
+    root = isolated_store / "la"
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(3):
+                grey = Image.fromarray(rng.integers(0, 256, (10, 10), dtype=np.uint8), "L")
+                image = Image.merge("LA", (grey, Image.new("L", (10, 10), 200)))
+                image.save(root / split / name / f"{i}.png")
+    data = load_dataset(Config(dataset=f"imagefolder:{root}"))
+    assert data.input_shape == (1, 10, 10)
+
+
+def test_an_image_size_past_its_bound_is_refused_before_any_work():
+    with pytest.raises(ValueError, match=r"Config.image_size=4000 is not allowed; allowed values: \[0, 512\]"):
+        Config(image_size=4000)
+    assert Config(image_size=512).image_size == 512
+
+
+def test_decoding_that_cannot_fit_in_memory_is_refused_before_any_image_is_read(isolated_store, monkeypatch):
+    from bnprivacy import data as data_module
+
+    root = write_imagefolder(isolated_store / "images")
+    monkeypatch.setattr(data_module, "available_memory_bytes", lambda: 10 * 2**20)  # a 10 MiB machine
+    monkeypatch.setattr(data_module, "_open_image", lambda *a: pytest.fail("an image was decoded"))
+    with pytest.raises(ValueError, match=r"decoding 12 images at image_size=512 would take about 45 MiB, "
+                                         r"more than the 10 MiB of memory free here; pass a smaller image_size"):
+        load_dataset(Config(dataset=f"imagefolder:{root}", image_size=512))
+
+
+def test_free_memory_is_read_from_this_machine():
+    from bnprivacy.data import available_memory_bytes
+
+    assert 0 < available_memory_bytes() < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 1.01
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("noise:²", "positive count in digits 0-9"),
+    ("noise:١٢", "positive count in digits 0-9"),
+    ("noise:999999999", "more than 50,000 canaries of one kind"),
+])
+def test_canary_counts_are_ascii_digits_within_a_stated_bound(spec, message):
+    with pytest.raises(ValueError, match=rf"Config.canaries='{spec}'.*{message}"):
+        Config(canaries=spec)
+
+
+def test_canary_references_past_their_bound_are_refused_naming_the_parameter():
+    with pytest.raises(ValueError, match=r"Config.canary_references=999999999 is not allowed; allowed values: \[0, 50000\]"):
+        Config(canary_references=999999999)
+
+
+def test_canaries_that_cannot_fit_in_memory_are_refused_before_they_are_made(isolated_store, monkeypatch):
+    from bnprivacy import data as data_module
+
+    monkeypatch.setattr(data_module, "available_memory_bytes", lambda: 2**20)
+    monkeypatch.setattr(data_module, "inject_canaries", lambda *a, **k: pytest.fail("canaries were made"))
+    with pytest.raises(ValueError, match=r"Config.canaries='noise:50000' with canary_references=50000 would take"):
+        load_dataset(Config(canaries="noise:50000", canary_references=50000))

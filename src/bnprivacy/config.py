@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 from .imagefolder import imagefolder_fingerprint
@@ -29,6 +30,16 @@ SCHEDULES = ("cosine", "onecycle", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 CANARY_KINDS = ("noise", "mislabeled", "ood", "atypical")
 PRECISIONS = ("auto", "fp32", "bf16")
+
+# Upper bounds of sizes a user passes, checked before any work, each with its reason: a typo of a
+# few digits must be one line naming the parameter, not an allocator error or the OOM killer.
+# The architectures are built for images of 28-64 px (CIFAR's 32); at 512 px one colour image
+# already takes 3 MiB as floats, so a 50,000-image split needs 150 GiB.
+MAX_IMAGE_SIZE = 512
+# A canary is an outlier: a few per cent of a pool. 50,000 (CIFAR-10's whole training split) per kind,
+# and as many reference candidates, is far above any experiment of the book.
+MAX_CANARIES_PER_KIND = 50_000
+MAX_CANARY_REFERENCES = 50_000
 
 # Bumped when a change of the code changes what a Config trains to, so old cached results are not
 # mistaken for new ones. 3: the stop-at-target-accuracy mode (``target_accuracy``, ``max_epochs``)
@@ -141,7 +152,8 @@ def _check_choice(name: str, value, choices: tuple) -> None:
         _fail(name, value, ", ".join(repr(c) for c in choices))
 
 
-def _check_number(name: str, value, *, kind, low, high=None, low_open=False, high_open=False) -> None:
+def _check_number(name: str, value, *, kind, low, high=None, low_open=False, high_open=False,
+                  why: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, kind):
         _fail(name, value, f"a number of type {kind.__name__ if isinstance(kind, type) else 'float'}")
     if not math.isfinite(value):
@@ -151,7 +163,7 @@ def _check_number(name: str, value, *, kind, low, high=None, low_open=False, hig
     if too_low or too_high:
         lo = "(" if low_open else "["
         hi = ")" if high_open else "]"
-        _fail(name, value, f"{lo}{low}, {high if high is not None else 'inf'}{hi}")
+        _fail(name, value, f"{lo}{low}, {high if high is not None else 'inf'}{hi}" + (f" ({why})" if why else ""))
 
 
 def _validate(cfg: Config) -> None:
@@ -171,10 +183,12 @@ def _validate(cfg: Config) -> None:
     _check_number("weight_decay", cfg.weight_decay, kind=real, low=0)
     _check_number("label_smoothing", cfg.label_smoothing, kind=real, low=0, high=1, high_open=True)
     _check_number("train_size", cfg.train_size, kind=int, low=0)
-    _check_number("image_size", cfg.image_size, kind=int, low=0)
+    _check_number("image_size", cfg.image_size, kind=int, low=0, high=MAX_IMAGE_SIZE,
+                  why="0 keeps the images' own size; the networks are built for 28-64 px images")
     _check_number("imbalance", cfg.imbalance, kind=real, low=1)
     _check_number("seed", cfg.seed, kind=int, low=0)
-    _check_number("canary_references", cfg.canary_references, kind=int, low=0)
+    _check_number("canary_references", cfg.canary_references, kind=int, low=0, high=MAX_CANARY_REFERENCES,
+                  why="reference candidates per canary kind")
     _check_number("canary_seed", cfg.canary_seed, kind=int, low=0)
     parse_canaries(cfg.canaries)
     if cfg.norm == "batch" and cfg.batch_size < 2:
@@ -216,8 +230,13 @@ def parse_canaries(spec) -> dict[str, int]:
         if kind not in CANARY_KINDS:
             raise ValueError(f"Config.canaries={spec!r}: canary kind {kind!r} is not allowed; "
                              f"allowed values: {', '.join(CANARY_KINDS)}")
-        if not count.strip().isdigit() or int(count) < 1 or kind in counts:
+        # ASCII digits only: str.isdigit() accepts "²", which int() then refuses unnamed.
+        if not re.fullmatch(r"[0-9]+", count.strip()) or int(count) < 1 or kind in counts:
             raise ValueError(f"Config.canaries={spec!r}: {part!r} must be KIND:COUNT with a "
-                             "positive count, each kind once, e.g. 'noise:10,mislabeled:10'")
+                             "positive count in digits 0-9, each kind once, e.g. 'noise:10,mislabeled:10'")
+        if int(count) > MAX_CANARIES_PER_KIND:
+            raise ValueError(f"Config.canaries={spec!r}: {part!r} asks for more than {MAX_CANARIES_PER_KIND:,} "
+                             "canaries of one kind; a canary is an outlier, a few per cent of the pool: "
+                             "use a smaller count")
         counts[kind] = int(count)
     return counts

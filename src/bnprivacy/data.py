@@ -108,7 +108,7 @@ def load_dataset(cfg: Config, device: torch.device | str = "cpu", *, download: b
     natural = cfg.dataset in NATURAL_IMAGE_DATASETS or cfg.dataset.startswith(IMAGEFOLDER_PREFIX)
     extra = {}
     if cfg.canaries:
-
+        _check_canaries_fit(cfg, x_train)
         pool = inject_canaries(x_train, y_train, x_test, y_test, len(classes), cfg.canaries,
                                cfg.canary_references, cfg.canary_seed)
         x_train, y_train = pool.x, pool.y
@@ -128,6 +128,50 @@ def load_dataset(cfg: Config, device: torch.device | str = "cpu", *, download: b
         **extra,
     )
     return data.to(device)
+
+
+def available_memory_bytes() -> int:
+    """The memory this process can still take: the system's ``MemAvailable``, lowered to what is left
+    of the container's limit (cgroup v2 ``memory.max``) where there is one."""
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit.isdigit():
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return max(free, 0)
+
+
+def check_fits_in_memory(what: str, needed: int, advice: str) -> None:
+    """ValueError, before any of it is allocated, when ``needed`` bytes for ``what`` exceed the free
+    memory (:func:`available_memory_bytes`): a one-line reason instead of a ``MemoryError`` or the
+    out-of-memory killer on a shared machine."""
+    free = available_memory_bytes()
+    if needed > free:
+        raise ValueError(f"{what} would take about {_bytes(needed)}, more than the {_bytes(free)} "
+                         f"of memory free here; {advice}")
+
+
+def _bytes(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
+
+
+def _check_canaries_fit(cfg: Config, x_train: torch.Tensor) -> None:
+    """The pool with its canaries and reference candidates, as floats, must fit in memory."""
+    from .config import parse_canaries
+
+    counts = parse_canaries(cfg.canaries)
+    images = len(x_train) + sum(counts.values()) + cfg.canary_references * len(counts)
+    check_fits_in_memory(f"Config.canaries={cfg.canaries!r} with canary_references={cfg.canary_references}",
+                         images * x_train[0].numel() * 4, "use fewer canaries or reference candidates")
 
 
 def _load_raw(cfg: Config, *, download: bool):
@@ -399,7 +443,9 @@ def load_imagefolder(root: Path, *, image_size: int = 0):
 
 
 
-GREYSCALE_MODES = ("L", "1")  # 16-bit greyscale is "L" by then (_to_8_bits)
+# 16-bit greyscale is "L" by then (_to_8_bits); greyscale with alpha ("LA", premultiplied "La") is
+# greyscale too: its alpha is dropped as RGBA's is.
+GREYSCALE_MODES = ("L", "1", "LA", "La")
 
 
 def _decode_images(files: list[tuple[Path, int]], image_size: int):
@@ -407,6 +453,7 @@ def _decode_images(files: list[tuple[Path, int]], image_size: int):
     (greyscale stays one channel); raises ValueError naming any file that does not decode."""
     from tqdm.auto import tqdm
 
+    _check_decode_fits(files, image_size)
     opened = [_to_8_bits(_open_image(path), path)
               for path, _ in tqdm(files, desc="reading images", leave=False, disable=len(files) < 5000)]
     mode = _majority_mode([image.mode for image in opened])
@@ -426,6 +473,24 @@ def _decode_images(files: list[tuple[Path, int]], image_size: int):
         arrays.append(array)
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     return _uint8_images_to_float(np.stack(arrays)), labels
+
+
+def _check_decode_fits(files: list[tuple[Path, int]], image_size: int) -> None:
+    """Decoding holds every image at its own size, then as uint8 and float32 arrays of the target size
+    (the first image's, without ``image_size``): refuse, before reading, what cannot fit in memory."""
+    from PIL import Image
+
+    if not files:
+        return
+    try:
+        with Image.open(files[0][0]) as first:  # the header only: no pixel is decoded
+            own = first.size[0] * first.size[1] * max(len(first.getbands()), 3)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return  # decoding names the file
+    target = 3 * image_size * image_size if image_size else own
+    check_fits_in_memory(f"decoding {len(files):,} images" + (f" at image_size={image_size}" if image_size else ""),
+                         len(files) * (own + 5 * target),
+                         "pass a smaller image_size (e.g. -p image_size 32), or fewer images")
 
 
 def _bilinear():

@@ -14,8 +14,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def class_folders(split_dir: Path) -> list[str]:
-    """The class folders of one split, sorted; at least two, with UTF-8 names."""
-    folders = [p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    """The class folders of one split, sorted; at least two, with UTF-8 names. A class folder that
+    cannot be reached (a dangling symbolic link, such as one into an unmounted disk, or a link
+    loop) is an error naming it, never a class silently left out; plain files are not classes."""
+    entries = [p for p in _listed(split_dir, "imagefolder split") if not p.name.startswith(".")]
+    unreachable = [p for p in entries if p.is_symlink() and not p.exists()]
+    if unreachable:
+        raise ValueError(f"class folder {str(unreachable[0])!r} is a symbolic link whose target cannot be reached "
+                         f"(dangling, or a loop){_and_more(unreachable)}; mount the disk it points to, or "
+                         "remove the link, so that no class is left out")
+    folders = [p for p in entries if p.is_dir()]
     for folder in folders:
         _require_utf8_name(folder, "class folder")
     classes = sorted(folder.name for folder in folders)
@@ -31,7 +39,7 @@ def image_files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
     """``(path, label)`` of every image of one split, in class then name order."""
     files = []
     for label, name in enumerate(classes):
-        found = sorted(p for p in (split_dir / name).iterdir()
+        found = sorted(p for p in _listed(split_dir / name, "class folder")
                        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())  # not a folder named x.png
         if not found:
             raise ValueError(
@@ -42,6 +50,19 @@ def image_files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
             _require_utf8_name(path, "image")
         files.extend((path, label) for path in found)
     return files
+
+
+def _listed(folder: Path, what: str) -> list[Path]:
+    """The entries of ``folder``; one that cannot be listed is a ValueError naming it and why."""
+    try:
+        return list(folder.iterdir())
+    except OSError as error:
+        raise ValueError(f"{what} {str(folder)!r} cannot be listed ({os.strerror(error.errno) if error.errno else error}); "
+                         "check that it exists, is a folder and that you may read it") from None
+
+
+def _and_more(paths: list[Path]) -> str:
+    return f" (and {len(paths) - 1} more)" if len(paths) > 1 else ""
 
 
 def _require_utf8_name(path: Path, what: str) -> None:
