@@ -1,5 +1,7 @@
 """The command line, ``python -m bnprivacy``: a bad path or file is one clear line, never a traceback."""
 
+import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +19,53 @@ def test_a_results_folder_that_is_a_file_is_explained(isolated_store, monkeypatc
     monkeypatch.chdir(REPO)
     assert main(["shadow", "2", "-c", "epochs", "1", "-c", "width", "4", "--chunk-size", "2"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "must be folders you can write" in err and "Traceback" not in err
+    assert err.startswith("error: ") and "a file where a folder is expected: move the file away" in err and "Traceback" not in err
+    assert "permission" not in err.lower()
+
+
+@pytest.mark.parametrize("code, advice", [
+    (errno.ENOSPC, "The disk is full"), (errno.EACCES, "fix its permissions"), (errno.EROFS, "read-only"),
+    (errno.ENOTDIR, "a file where a folder is expected"), (errno.EIO, "input/output error"), (errno.ECONNRESET, "check it and run again"),
+])
+def test_a_file_system_error_is_explained_by_its_own_errno(monkeypatch, capsys, code, advice):
+    from bnprivacy import book
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code), "results/runs/x")
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(book, "execute_chapter", fail)
+    assert main(["chapter", "07_verdict"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: [Errno {code}]") and advice in err and "Traceback" not in err
+    if code != errno.EACCES:
+        assert "permission" not in err.lower()
+
+
+@pytest.mark.parametrize("variable", ["BNPRIVACY_RESULTS", "BNPRIVACY_DATA"])
+def test_a_store_variable_set_but_empty_counts_as_unset_with_a_warning(monkeypatch, variable):
+    from bnprivacy.data import data_dir
+    from bnprivacy.runs.disk import results_dir
+
+    monkeypatch.setenv(variable, "  ")
+    folder = results_dir if variable == "BNPRIVACY_RESULTS" else data_dir
+    with pytest.warns(UserWarning, match=f"{variable} is set but empty; using the default folder"):
+        assert folder() == Path("results" if variable == "BNPRIVACY_RESULTS" else "data")
+
+
+def test_an_unwritable_data_folder_is_one_line_before_the_first_cell(isolated_store, monkeypatch, capsys, tmp_path):
+    import papermill
+
+    blocker = isolated_store / "data-is-a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("BNPRIVACY_DATA", str(blocker))
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("a cell ran"))
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr("bnprivacy.book.stage_static", lambda root: tmp_path / "stage")  # keep the repo's _build
+    monkeypatch.setattr("bnprivacy.book.BUILD", tmp_path / "build")
+    assert main(["chapter", "05_theory", "-p", "dataset", f"imagefolder:{isolated_store}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write into {blocker}/cache") and "BNPRIVACY_DATA" in err
 
 
 def test_a_malformed_profiles_file_is_explained(tmp_path, monkeypatch, capsys):

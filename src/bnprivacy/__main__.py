@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 import yaml
@@ -114,6 +115,31 @@ def _shadow(args) -> None:
         print(run.final_accuracy().describe().loc[["mean", "std", "min", "max"]].to_string())
 
 
+# What to do about a file-system error, by its errno: advice about permissions for a full disk
+# sends a user looking in the wrong place.
+_FOLDERS = ("the results folder (BNPRIVACY_RESULTS, default results/) or the data folder "
+            "(BNPRIVACY_DATA, default data/)")
+OS_ERROR_ADVICE = {
+    errno.EACCES: f"You may not read or write that path: fix its permissions, or point {_FOLDERS} at a folder you can write",
+    errno.EPERM: f"The operation is not permitted there: fix the path's permissions, or point {_FOLDERS} elsewhere",
+    errno.EROFS: f"That file system is read-only: point {_FOLDERS} at a writable disk",
+    errno.ENOSPC: f"The disk is full: free some space (finished runs are kept, so the same command resumes), or point {_FOLDERS} at another disk",
+    errno.EDQUOT: f"Your disk quota is used up: free some space, or point {_FOLDERS} at another disk",
+    errno.EEXIST: f"A file stands where a folder is to be made: move it away, or point {_FOLDERS} at a folder",
+    errno.ENOTDIR: f"A part of that path is a file where a folder is expected: move the file away, or point {_FOLDERS} at a folder",
+    errno.EISDIR: "That path is a folder where a file is expected: check the path",
+    errno.ENAMETOOLONG: "That path is too long for the file system: use a shorter folder",
+    errno.ELOOP: "That path goes through a loop of symbolic links: fix or remove the link",
+    errno.EMFILE: "Too many files are open: raise the limit (ulimit -n) or close other programs",
+    errno.EIO: "The disk reported an input/output error: check the disk before running again",
+}
+
+
+def os_error_advice(error: OSError) -> str:
+    """What to do about ``error``, by its errno (a generic line for the others)."""
+    return OS_ERROR_ADVICE.get(error.errno, "The file system refused an operation on that path; check it and run again")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -157,9 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except OSError as error:
-        print(f"error: {error}. The results folder (BNPRIVACY_RESULTS, default results/) and the data folder "
-              "(BNPRIVACY_DATA, default data/) must be folders you can write; fix the path or its permissions",
-              file=sys.stderr)
+        print(f"error: {error}. {os_error_advice(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: every chunk and chapter that had finished is kept; run the same command again "

@@ -25,7 +25,7 @@ import torch
 
 from .config import IMAGEFOLDER_PREFIX, Config
 from .imagefolder import class_folders, image_files, remember_fingerprint
-from .runs.disk import save_torch
+from .runs.disk import env_folder, save_torch
 from .canaries import inject_canaries
 from .longtail import long_tail_pool
 
@@ -82,7 +82,7 @@ class Dataset:
 
 def data_dir() -> Path:
     """Where downloads and caches live: ``$BNPRIVACY_DATA`` or ``data/`` under the working folder."""
-    return Path(os.environ.get(DATA_DIR_ENV, "data")).expanduser()
+    return env_folder(DATA_DIR_ENV, "data")
 
 
 def load_dataset(cfg: Config, device: torch.device | str = "cpu", *, download: bool = True) -> Dataset:

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -32,9 +33,21 @@ RESULT_KINDS = {
 }
 
 
+def env_folder(variable: str, default: str) -> Path:
+    """The folder the environment variable ``variable`` names, or ``default`` where it is unset. Set
+    but empty (``BNPRIVACY_RESULTS=``) counts as unset, with a warning: as a path it would be the
+    current folder, and the store would spill into whatever folder the command ran in."""
+    value = os.environ.get(variable)
+    if value is not None and not value.strip():
+        warnings.warn(f"{variable} is set but empty; using the default folder {default}/ (set it to a folder, "
+                      f"or unset it: `unset {variable}`)", stacklevel=3)
+        value = None
+    return Path(value or default).expanduser()
+
+
 def results_dir() -> Path:
     """Root of the results store: ``$BNPRIVACY_RESULTS`` or ``results/`` under the working folder."""
-    return Path(os.environ.get(RESULTS_DIR_ENV, "results")).expanduser()
+    return env_folder(RESULTS_DIR_ENV, "results")
 
 
 def results_folder(kind: str) -> Path:
