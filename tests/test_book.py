@@ -1,5 +1,6 @@
 """The book pipeline: every chapter runs through papermill (smoke profile) and the HTML builds."""
 
+import re
 from pathlib import Path
 
 import papermill
@@ -168,3 +169,32 @@ def test_chapter_02_refuses_a_reference_set_too_small_before_training(book_copy,
     with pytest.raises(book.ChapterFailed, match="resolve exposure up to.*fewer than the 8 bits"):
         book.execute_chapter(book_copy, "02_canaries", "smoke", {"exposure_bits": 8})
     assert not (isolated_store / "results" / "runs").exists()
+
+
+@pytest.mark.slow
+def test_book_only_builds_the_pages_of_what_ran_and_says_which_were_not_executed(book_copy, monkeypatch, capsys):
+    # Issue 38: `book --only 01 02 03 04 07` trained for 38 minutes, then built no HTML because
+    # chapters 05 and 06 had never been executed.
+    import nbformat
+
+    ran = []
+
+    def execute(root, chapter, profile, overrides=None, **kwargs):  # stands in for papermill's minutes
+        ran.append(chapter)
+        notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {chapter}\n\nexecuted here")])
+        notebook.metadata["kernelspec"] = {"name": book.KERNEL, "display_name": "Python 3", "language": "python"}
+        nbformat.write(notebook, book.stage_static(root) / "book" / f"{chapter}.ipynb")
+
+    monkeypatch.setattr(book, "execute_chapter", execute)
+    index = book.build_book(book_copy, "smoke", ["05_theory"])
+    assert ran == ["05_theory"] and index.is_file()
+    said = capsys.readouterr().out
+    assert said.index("note: 01_training") < said.index("HTML book")  # said before any chapter ran
+    html = book_copy / "_build" / "html" / "book"
+    assert "executed here" in (html / "05_theory.html").read_text()
+    verdict = " ".join(re.sub(r"<[^>]+>", " ", (html / "07_verdict.html").read_text()).split())
+    assert "was not executed in this build" in verdict and "python -m bnprivacy chapter 07_verdict" in verdict
+    # The placeholders are gone from the stage: a plain `html` still refuses what never ran.
+    assert not (book_copy / book.STAGE / "book" / "07_verdict.ipynb").exists()
+    with pytest.raises(FileNotFoundError, match="have not been executed yet"):
+        book.build_html(book_copy)

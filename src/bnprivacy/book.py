@@ -258,6 +258,7 @@ def execute_chapter(root: Path, chapter: str, profile: str = "quick",
     check_gpu(chapter, profile, params)
     check_literal(params)  # the injected cell assigns these values and runs nothing else
     check_results_writable()
+    check_data_writable(params)
     started = time.perf_counter()
     print(f"executing {chapter} ({profile}); its training progress follows", flush=True)
     try:
@@ -290,18 +291,31 @@ def check_gpu(chapter: str, profile: str, params: dict) -> None:
 def check_results_writable(folder: Path | None = None) -> None:
     """Raise ValueError in one line when ``folder`` (the results folder by default) cannot be
     created or written, before a chapter runs: otherwise it fails in a later cell, after minutes."""
-    import tempfile
-
     from .runs.disk import RESULTS_DIR_ENV, results_dir
 
-    folder = Path(folder or results_dir())
+    _check_writable(Path(folder or results_dir()), RESULTS_DIR_ENV, "results are stored there")
+
+
+def check_data_writable(params: dict) -> None:
+    """Raise ValueError in one line, before a chapter runs, when its dataset will write into the data
+    folder (an image folder's decode cache goes to ``data/cache/``) and that cannot be written."""
+    from .config import IMAGEFOLDER_PREFIX
+    from .data import DATA_DIR_ENV, data_dir
+
+    if str(params.get("dataset", "")).startswith(IMAGEFOLDER_PREFIX):
+        _check_writable(data_dir() / "cache", DATA_DIR_ENV, "the decoded images are cached there")
+
+
+def _check_writable(folder: Path, variable: str, why: str) -> None:
+    import tempfile
+
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check"):
             pass
     except OSError as error:
         raise ValueError(f"cannot write into {folder} ({error.strerror or error}); make it writable, or point "
-                         f"{RESULTS_DIR_ENV} at a folder you can write (results are stored there)") from None
+                         f"{variable} at a folder you can write ({why})") from None
 
 
 def _collapse_injected_parameters(path: Path) -> None:
@@ -335,15 +349,52 @@ def _failure_message(chapter: str, error, output: Path) -> str:
     )
 
 
-def build_html(root: Path) -> Path:
-    """Render the staged, executed notebooks with Jupyter Book into ``_build/html``."""
+def unexecuted_chapters(root: Path) -> list[str]:
+    """The chapters that have no executed notebook in the staging folder yet."""
+    return [c for c in chapter_names(root) if not (root / STAGE / "book" / f"{c}.ipynb").is_file()]
+
+
+def build_html(root: Path, *, mark_unexecuted: bool = False) -> Path:
+    """Render the staged, executed notebooks with Jupyter Book into ``_build/html``. A chapter not
+    executed yet is refused, or, with ``mark_unexecuted`` (``book --only``), rendered as a page
+    that says so (:func:`not_executed_page`), removed from the staging folder after the build."""
     stage = stage_static(root)
-    missing = [c for c in chapter_names(root) if not (stage / "book" / f"{c}.ipynb").is_file()]
-    if missing:
+    missing = unexecuted_chapters(root)
+    if missing and not mark_unexecuted:
         raise FileNotFoundError(
             f"chapters {missing} have not been executed yet; run `make book` or "
             f"`python -m bnprivacy chapter {missing[0]}` first"
         )
+    placeholders = [not_executed_page(root, chapter) for chapter in missing]
+    try:
+        _run_jupyter_book(root, stage)
+    finally:
+        for placeholder in placeholders:  # never taken for an executed chapter by a later build
+            placeholder.unlink(missing_ok=True)
+    index = root / BUILD / "html" / "index.html"
+    _complete_redirect_page(index, book_config(root).get("title", "Book"))
+    print(f"HTML book: {index}")
+    return index
+
+
+def not_executed_page(root: Path, chapter: str) -> Path:
+    """A staged notebook for ``chapter`` that holds only its title and a note that it was not
+    executed in this build, with the command that executes it; its path."""
+    import nbformat
+
+    source = (root / f"{chapter_page(root, chapter)}.md").read_text()
+    title = next((line for line in source.splitlines() if line.startswith("# ")), f"# {chapter}")
+    note = (f"{title}\n\n```{{warning}}\nThis chapter was not executed in this build, so this page shows none of "
+            f"its results. Execute it with `python -m bnprivacy chapter {chapter}` (with the same `--profile` "
+            "and `-p` values), then rebuild the pages with `make html`.\n```\n")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(note)])
+    notebook.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
+    path = root / STAGE / "book" / f"{chapter}.ipynb"
+    nbformat.write(notebook, path)
+    return path
+
+
+def _run_jupyter_book(root: Path, stage: Path) -> None:
     command = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage),
                "--path-output", str(root), "--builder", "html",
                # Warnings are errors: an unknown glue key or a broken reference fails the build.
@@ -354,10 +405,6 @@ def build_html(root: Path) -> Path:
         raise RuntimeError(
             "jupyter-book build failed:\n" + completed.stdout[-4000:] + completed.stderr[-4000:]
         )
-    index = root / BUILD / "html" / "index.html"
-    _complete_redirect_page(index, book_config(root).get("title", "Book"))
-    print(f"HTML book: {index}")
-    return index
 
 
 def _complete_redirect_page(index: Path, title: str) -> None:
@@ -377,10 +424,17 @@ def _complete_redirect_page(index: Path, title: str) -> None:
 def build_book(root: Path, profile: str = "quick", chapters: list[str] | None = None,
                overrides: dict | None = None) -> Path:
     """Execute the chapters (all by default) under ``profile``, then build the HTML. An override
-    applies to the chapters that declare it; one that no chapter declares is refused."""
+    applies to the chapters that declare it; one that no chapter declares is refused. With
+    ``chapters`` given, the pages of the others show their last executed notebook, or, where there
+    is none, say that they were not executed (said before the first chapter runs)."""
+    only = chapters is not None
     chapters = chapters or chapter_names(root)
     overrides = overrides or {}
     check_overrides(root, chapters, overrides)
+    left_out = [c for c in unexecuted_chapters(root) if c not in chapters] if only else []
+    if left_out:
+        print(f"note: {', '.join(left_out)} will not be executed and have no executed notebook yet; "
+              "their pages will say that they were not executed", flush=True)
     for chapter in chapters:
         declared = chapter_parameters(root, chapter)
         params = {**profile_parameters(root, profile, chapter), **{k: v for k, v in overrides.items() if k in declared}}
@@ -388,7 +442,7 @@ def build_book(root: Path, profile: str = "quick", chapters: list[str] | None = 
     for chapter in chapters:
         declared = chapter_parameters(root, chapter)
         execute_chapter(root, chapter, profile, {k: v for k, v in overrides.items() if k in declared})
-    return build_html(root)
+    return build_html(root, mark_unexecuted=only)
 
 
 def parameter_tables(root: Path) -> str:
