@@ -1,6 +1,7 @@
 """Headline comparisons: recorded by the chapters, read back by the verdict chapter."""
 
 import math
+import re
 
 import pytest
 
@@ -112,3 +113,22 @@ def test_rows_recorded_before_margins_get_tests_from_their_interval_and_never_re
     assert list(twice.setting) == ["matched fit = matched accuracy"]
     assert headlines.adjust(twice).reading[0] == "inconclusive"
     assert headlines.from_previous_protocol(twice)
+
+
+# Characters that make shown text read otherwise than what it holds: a bidi override, a C1
+# control (CSI), zero-width space and joiner, a byte-order mark; and the C0 controls refused before.
+HIDDEN = {"U+202E": "\u202e", "U+009B": "\u009b", "U+200B": "\u200b", "U+200D": "\u200d", "U+FEFF": "\ufeff",
+          "U+000A": "\n", "U+007F": "\x7f"}
+
+
+@pytest.mark.parametrize("code", HIDDEN)
+def test_a_headline_row_with_a_control_or_invisible_character_is_refused_naming_it(code):
+    row = _row(0.3, 0.2, 0.4, chapter="02_x", reason="", measure=f"canary{HIDDEN[code]} memorization")
+    message = f"row 0 field 'measure' is not one line of visible text: character 6 is {code} "
+    with pytest.raises(headlines.RowError, match=re.escape(message)):
+        headlines.check_rows([row])
+
+
+def test_visible_text_of_any_script_passes_the_text_check():
+    for text in ("BN − reference", "Maß ≥ 0.5", "канарейки", "正規化", "a $\\foo{$ b"):
+        headlines.check_text(text, "x")

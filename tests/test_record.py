@@ -2,6 +2,7 @@
 live rows, and a broken folder stops the verdict with an error that names it."""
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -233,3 +234,66 @@ def test_the_fit_report_reads_the_threshold_the_setting_was_recorded_with(tmp_pa
                                             "(mean IN accuracy 0.900 at 16, 0.985 at 24)")
     assert record.fit_lines(_curves(), 0.99) == [
         "no chapter 01 accuracy curve was recorded: the fit of each norm is unknown"]
+
+
+# Characters that make recorded text show otherwise than what it holds (a "rerun with" command
+# reading differently from the one a reader copies): bidi override, C1 control, zero-width space
+# and joiner, byte-order mark.
+HIDDEN = {"U+202E": "\u202e", "U+009B": "\u009b", "U+200B": "\u200b", "U+200D": "\u200d", "U+FEFF": "\ufeff"}
+
+
+def _write_curves(folder, **columns):
+    (folder / "curves.csv").write_text(_curves().assign(**columns).to_csv(index=False), encoding="utf-8")
+
+
+PLACES = {
+    "headline row": (lambda f, c: _edit_row(f, measure=f"canary{c}"), "headlines.json: row 0 field 'measure'"),
+    "curves.csv": (lambda f, c: _write_curves(f, norm=f"batch{c}"), "curves.csv row 0 column 'norm'"),
+    "provenance": (lambda f, c: _edit_provenance(f, command=f"make record{c}"), "provenance.json field 'command'"),
+    "nested provenance": (lambda f, c: _edit_provenance(f, parameters={"02_canaries": {"margin": f"0.05{c}"}}),
+                          "provenance.json field 'parameters' field '02_canaries' field 'margin'"),
+}
+
+
+@pytest.mark.parametrize("place", PLACES)
+@pytest.mark.parametrize("code", HIDDEN)
+def test_recorded_text_with_a_control_or_invisible_character_stops_the_verdict_naming_it(tmp_path, place, code):
+    folder = record.write_setting(tmp_path / "recorded" / "hidden", _rows(), _curves(), _provenance("hidden"))
+    damage, where = PLACES[place]
+    damage(folder, HIDDEN[code])
+    message = f"recorded setting {folder}: a file is malformed ({where} is not one line of visible text: "
+    with pytest.raises(record.RecordedError, match=re.escape(message) + rf"character \d+ is {re.escape(code)} "):
+        record.load_all(tmp_path)
+
+
+@pytest.mark.parametrize("column", ["chapter", "measure", "norm", "note"])
+def test_every_text_column_of_curves_follows_the_headline_text_rule(tmp_path, column):
+    folder = record.write_setting(tmp_path / "recorded" / "curves", _rows(), _curves(), _provenance("curves"))
+    _write_curves(folder, **{column: "x\u202ey"})
+    message = f"recorded setting {folder}: a file is malformed (curves.csv row 0 column {column!r} is not one line"
+    with pytest.raises(record.RecordedError, match=re.escape(message)):
+        record.load_all(tmp_path)
+
+
+def test_a_curves_column_name_follows_the_headline_text_rule(tmp_path):
+    folder = record.write_setting(tmp_path / "recorded" / "curves", _rows(), _curves(), _provenance("curves"))
+    _write_curves(folder, **{"note\u200b": 1})
+    with pytest.raises(record.RecordedError, match=re.escape(r"curves.csv column name 'note\u200b' is not one line")):
+        record.load_all(tmp_path)
+
+
+@pytest.mark.parametrize("name", [r"a$\undefinedmacro$b", "cifar10 airbench", "x\u202ey", "-x", "x" * 65])
+def test_a_recorded_folder_whose_name_record_would_refuse_is_refused_naming_it(tmp_path, name):
+    record.write_setting(tmp_path / "recorded" / "good", _rows(), _curves(), _provenance("good"))
+    folder = record.write_setting(tmp_path / "recorded" / name, _rows(), _curves(), _provenance())
+    with pytest.raises(ValueError, match="is not allowed"):
+        record.check_name(name)  # the rule of `record --name`, which the folder breaks
+    message = f"recorded setting {str(folder)!r}: the folder name is refused (name={name!r} is not allowed"
+    with pytest.raises(record.RecordedError, match=re.escape(message) + r".*\); rename the folder"):
+        record.load_all(tmp_path)
+
+
+def test_write_settings_hidden_temporaries_are_skipped_not_read_as_settings(tmp_path):
+    record.write_setting(tmp_path / "recorded" / "kept", _rows(), _curves(), _provenance("kept"))
+    (tmp_path / "recorded" / ".kept.old").mkdir()  # a swap interrupted between its renames
+    assert [s.name for s in record.load_all(tmp_path)] == ["kept"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from pathlib import Path
 
 import pandas as pd
@@ -210,15 +211,28 @@ def _absent(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+# Unicode categories never allowed in text read from disk: controls (Cc: C0, DEL and C1, e.g. a
+# newline or U+009B) and invisible format characters (Cf: bidi overrides such as U+202E,
+# zero-width spaces and joiners, U+FEFF), which can make shown text (a "rerun with" command) read
+# otherwise than what a reader copies.
+HIDDEN_CATEGORIES = ("Cc", "Cf")
+
+
 def check_text(value, where: str) -> None:
     """Raise :class:`RowError` unless ``value`` is None or one line of at most :data:`MAX_TEXT`
-    characters."""
+    visible characters: no character of :data:`HIDDEN_CATEGORIES`. The message names ``where``,
+    the offending character and its position."""
     if value is None:
         return
     if not isinstance(value, str):
         raise RowError(f"{where} is {describe(value)}, not text")
-    if len(value) > MAX_TEXT or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise RowError(f"{where} is not one line of at most {MAX_TEXT} characters")
+    if len(value) > MAX_TEXT:
+        raise RowError(f"{where} is not one line of at most {MAX_TEXT} characters: it has {len(value)}")
+    hidden = next(((i, c) for i, c in enumerate(value) if unicodedata.category(c) in HIDDEN_CATEGORIES), None)
+    if hidden is not None:
+        position, char = hidden
+        raise RowError(f"{where} is not one line of visible text: character {position} is U+{ord(char):04X} "
+                       f"({unicodedata.name(char, 'a control character')}), a control or invisible character")
 
 
 def describe(value) -> str:

@@ -14,6 +14,14 @@ from .attacks import ATTACK_NAMES, roc
 NORM_PALETTE = {"batch": "#c0392b", "group": "#2471a3", "layer": "#229954", "none": "#7f8c8d"}
 
 
+def literal(text) -> str:
+    """``text`` as matplotlib draws it literally: every ``$`` escaped as ``\\$``, so text from a
+    file or a caller is never parsed as mathtext (which draws ``$x$`` as a formula and stops the
+    figure on ``$\\foo{$``); matplotlib draws ``\\$`` as ``$``. Every label of recorded or
+    caller text goes through it."""
+    return str(text).replace("$", r"\$")
+
+
 def set_theme() -> None:
     """The book's plotting style (call once at the top of a chapter)."""
     sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95)
@@ -27,11 +35,11 @@ def training_curves(history: pd.DataFrame, metrics=("test_acc", "train_loss"), t
     for ax, metric in zip(axes, metrics):
         sns.lineplot(data=history, x="epoch", y=metric, hue="norm", hue_order=order,
                      palette=NORM_PALETTE, errorbar="sd", ax=ax)
-        ax.set_ylabel(metric.replace("_", " "))
+        ax.set_ylabel(literal(metric.replace("_", " ")))
         if "loss" in metric:
             ax.set_yscale("log")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(literal(title))
     fig.tight_layout()
     return fig
 
@@ -70,7 +78,7 @@ def protocol_curves(curve: pd.DataFrame, ylabel: str, comparisons=None, null: tu
         part = curve[curve.norm == norm].sort_values("budget")
         for ax, x in zip(axes, ("budget", "test_acc")):
             ax.errorbar(part[x], part["mean"], yerr=[part["mean"] - part["lo"], part["hi"] - part["mean"]],
-                        color=NORM_PALETTE.get(norm), marker="o", capsize=3, label=norm)
+                        color=NORM_PALETTE.get(norm), marker="o", capsize=3, label=literal(norm))
     for c in comparisons or []:
         if "matched fit" not in c.settings:
             continue
@@ -85,7 +93,7 @@ def protocol_curves(curve: pd.DataFrame, ylabel: str, comparisons=None, null: tu
             ax.text(0.5, 0.5, "not resolvable at this pool size", ha="center", va="center", transform=ax.transAxes)
     axes[0].set_xlabel("epoch budget (complete schedule)")
     axes[1].set_xlabel("test accuracy")
-    axes[0].set_ylabel(ylabel)
+    axes[0].set_ylabel(literal(ylabel))
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -102,7 +110,7 @@ def image_grid(data, indices, titles, ncols: int = 10, size: float = 1.1):
         ax.axis("off")
     for ax, picture, title in zip(axes.flat, pictures, titles):
         ax.imshow(picture.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if picture.shape[0] == 1 else None)
-        ax.set_title(title, fontsize=7)
+        ax.set_title(literal(title), fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -116,7 +124,7 @@ def memorization_boxes(scores: pd.DataFrame, kinds: list[str], title: str = ""):
     ax.axhline(0, color="black", lw=0.6)
     ax.set_ylabel("memorization score")
     ax.set_xlabel("")
-    ax.set_title(title)
+    ax.set_title(literal(title))
     ax.legend(title="norm", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
@@ -128,14 +136,14 @@ def roc_panels(attacked, attacks, title: str = ""):
     for ax, attack in zip(axes[0], attacks):
         for norm, run in attacked.runs.items():
             fpr, tpr = roc(attacked.scores[norm, attack].numpy(), run.masks[attacked.targets].numpy())
-            ax.plot(fpr, tpr, color=NORM_PALETTE.get(norm), label=norm, lw=1.3)
+            ax.plot(fpr, tpr, color=NORM_PALETTE.get(norm), label=literal(norm), lw=1.3)
         ax.plot([1e-4, 1], [1e-4, 1], ls="--", color="gray", lw=0.8)
-        ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), title=ATTACK_NAMES[attack],
+        ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), title=literal(ATTACK_NAMES[attack]),
                xlabel="false-positive rate")
     axes[0][0].set_ylabel("true-positive rate")
     axes[0][-1].legend(title="norm", fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(literal(title))
     fig.tight_layout()
     return fig
 
@@ -169,16 +177,16 @@ def frontier(per_measure: dict[str, pd.DataFrame], title: str = ""):
         for norm in norm_order(curve["norm"].unique()):
             part = curve[curve.norm == norm].sort_values("test_acc")
             color = NORM_PALETTE.get(norm)
-            ax.plot(part["test_acc"], part["mean"], marker="o", color=color, label=norm, lw=1.3)
+            ax.plot(part["test_acc"], part["mean"], marker="o", color=color, label=literal(norm), lw=1.3)
             ax.fill_between(part["test_acc"], part["lo"], part["hi"], color=color, alpha=0.2, lw=0)
-        ax.set_title(measure, fontsize=9, loc="left")
+        ax.set_title(literal(measure), fontsize=9, loc="left")
         ax.set_xlabel("test accuracy", fontsize=8)
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(measures):]:
         ax.axis("off")
     axes[0, 0].legend(title="norm", fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(literal(title))
     fig.tight_layout()
     return fig
 
@@ -200,10 +208,11 @@ def forest(rows: pd.DataFrame):
                 ax.plot([row.lo, row.hi], [y, y], color=color, lw=2)
             ax.plot(row["diff"], y, "o", color=color, mfc=color if row.comparable else "white")
         ax.axvline(0, color="black", lw=0.8)
-        ax.set_yticks(range(len(part)), [f"{l}{'' if c else ' (not comparable)'}" for l, c in zip(part.label, part.comparable)],
-                      fontsize=8)
+        labels = [literal(f"{label}{'' if comparable else ' (not comparable)'}")
+                  for label, comparable in zip(part.label, part.comparable)]
+        ax.set_yticks(range(len(part)), labels, fontsize=8)
         ax.set_ylim(len(part) - 0.5, -0.5)
-        ax.set_title(panel, fontsize=9, loc="left")
+        ax.set_title(literal(panel), fontsize=9, loc="left")
         ax.tick_params(axis="x", labelsize=8)
     axes[-1, 0].set_xlabel("BN − reference, with 95% interval (each panel on its own scale)")
     fig.tight_layout()

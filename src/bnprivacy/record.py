@@ -15,8 +15,8 @@ executes the chapters whose headline rows depend on the data (:data:`RECORDED_CH
 A dirty working tree is recorded as such, never refused: the provenance says which files differed
 from the commit. The folder is written under a temporary name and renamed into place, so an
 interrupted recording never leaves a half folder. The verdict chapter reads every recorded folder
-with :func:`load_all`; a folder with a missing or malformed file raises :class:`RecordedError`
-naming the folder, never dropped silently.
+with :func:`load_all`; a folder with a missing or malformed file, or whose name
+:func:`check_name` refuses, raises :class:`RecordedError` naming the folder, never dropped silently.
 """
 
 from __future__ import annotations
@@ -85,6 +85,16 @@ def parse_chapters(text: str) -> tuple[str, ...]:
         raise ValueError(f"--chapters {text!r} names no chapter or one twice; give comma-separated chapter names, "
                          f"e.g. {','.join(RECORDED_CHAPTERS[:4])}")
     return chapters
+
+
+def check_folder_name(folder: Path) -> None:
+    """Raise :class:`RecordedError` unless a recorded folder's name passes :func:`check_name`, the
+    rule of ``record --name``: the name is the setting's name on the page and in figures."""
+    try:
+        check_name(folder.name)
+    except ValueError as error:
+        raise RecordedError(f"recorded setting {str(folder)!r}: the folder name is refused ({error}); rename the "
+                            "folder to such a name") from None
 
 
 def check_name(name: str) -> str:
@@ -209,17 +219,19 @@ def write_setting(folder: Path, rows: pd.DataFrame, curves: pd.DataFrame, proven
 
 
 def load_setting(folder: Path) -> RecordedSetting:
-    """One recorded folder, checked: every file present and parseable, provenance complete and of
-    the right types, every headline row following ``headlines.check_rows`` (a real boolean
-    ``comparable``, ``lo <= diff <= hi``, finite numbers, bounded text). Any violation raises
-    :class:`RecordedError` naming the folder, the file and the field."""
+    """One recorded folder, checked: a name that ``record --name`` would accept (:func:`check_name`),
+    every file present and parseable, provenance complete and of the right types, every headline
+    row following ``headlines.check_rows`` (a real boolean ``comparable``, ``lo <= diff <= hi``,
+    finite numbers, bounded text). Any violation raises :class:`RecordedError` naming the folder,
+    the file and the field."""
+    check_folder_name(folder)
     missing = [f for f in FILES if not (folder / f).is_file()]
     if missing:
         raise RecordedError(f"recorded setting {folder}: missing {missing}; rerun its recording (see its "
                             "provenance.json, or `make record`) or delete the folder")
     try:
         provenance = check_provenance(json.loads((folder / "provenance.json").read_text()))
-        raw = headlines.check_rows(json.loads((folder / "headlines.json").read_text()))
+        raw = _headline_rows(folder)
         rows = [_with_resolution(row) for row in raw]
         rows = headlines.merge_same_runs(pd.DataFrame([headlines.upgraded(row) for row in rows]))
         curves = check_curves(pd.read_csv(folder / "curves.csv"))
@@ -233,6 +245,15 @@ def load_setting(folder: Path) -> RecordedSetting:
                             f"{sorted(needed - set(rows.columns))}")
     rows = headlines.adjust(rows)
     return RecordedSetting(folder.name, folder, rows, curves, provenance)
+
+
+def _headline_rows(folder: Path) -> list[dict]:
+    """The rows of a recorded folder's ``headlines.json``, checked by ``headlines.check_rows``; an
+    error names the file (a row's own message names only the row and field)."""
+    try:
+        return headlines.check_rows(json.loads((folder / "headlines.json").read_text()))
+    except ValueError as error:
+        raise ValueError(f"headlines.json: {error}") from None
 
 
 # The curve rows that carry each run's mean IN (train) accuracy: one per norm, budget and seed.
@@ -275,8 +296,9 @@ PROVENANCE_TYPES = {"name": str, "commit": str, "dirty": bool, "changed_files": 
 
 def check_provenance(provenance) -> dict:
     """``provenance`` (parsed ``provenance.json``) if it is an object with every field of
-    :data:`PROVENANCE_FIELDS` of the right type (text bounded and on one line, a date that parses,
-    training seconds a number >= 0 or null); else ValueError naming the field."""
+    :data:`PROVENANCE_FIELDS` of the right type (every text in it, nested ones and keys included,
+    following ``headlines.check_text``; a date that parses; training seconds a number >= 0 or
+    null); else ValueError naming the field."""
     if not isinstance(provenance, dict):
         raise ValueError(f"provenance.json holds {headlines.describe(provenance)}, not an object")
     lacking = [f for f in PROVENANCE_FIELDS if f not in provenance]
@@ -286,10 +308,8 @@ def check_provenance(provenance) -> dict:
         value = provenance[field]
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             raise ValueError(f"provenance.json field {field!r} is {headlines.describe(value)}; expected {kind.__name__}")
-        if kind is str:
-            headlines.check_text(value, f"provenance.json field {field!r}")
-    for item in provenance["changed_files"]:
-        headlines.check_text(item if isinstance(item, str) else repr(item), "provenance.json field 'changed_files'")
+    for text, where in _texts(provenance, "provenance.json"):
+        headlines.check_text(text, where)
     try:
         datetime.datetime.fromisoformat(provenance["date"])
     except ValueError:
@@ -302,19 +322,40 @@ def check_provenance(provenance) -> dict:
     return provenance
 
 
+def _texts(value, where: str):
+    """Every text inside a parsed JSON value (object keys included, at any depth), each with where
+    it sits, so that nested provenance text follows the same rule as the top-level fields."""
+    if isinstance(value, str):
+        yield value, where
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key, f"{where} field name {key!r}"
+            yield from _texts(item, f"{where} field {key!r}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _texts(item, f"{where} item {index}")
+
+
+# The numeric columns of curves.csv; every other column (an unexpected one included) is text.
+CURVE_NUMBERS = ("budget", "seed", "value", "test_acc", "train_acc")
+
+
 def check_curves(curves: pd.DataFrame) -> pd.DataFrame:
     """``curves.csv`` if it has the curve columns, numeric values that are numbers (finite, or
-    missing) and bounded text; else ValueError naming the column."""
+    missing), and column names and every other value text that follows ``headlines.check_text``
+    (the rule of headline text); else ValueError naming the column (and the row of a bad text)."""
     lacking = sorted(set(headlines.CURVE_COLUMNS) - set(curves.columns))
     if lacking:
         raise ValueError(f"curves.csv lacks {lacking}")
-    for column in ("budget", "seed", "value", "test_acc", "train_acc"):
+    for column in CURVE_NUMBERS:
         values = pd.to_numeric(curves[column], errors="coerce")
         if (values.isna() & curves[column].notna()).any() or values.abs().eq(float("inf")).any():
             raise ValueError(f"curves.csv column {column!r} holds a value that is not a finite number")
-    for column in ("chapter", "measure", "norm"):
-        for value in curves[column].dropna():
-            headlines.check_text(str(value), f"curves.csv column {column!r}")
+    for column in curves.columns:
+        headlines.check_text(str(column), f"curves.csv column name {str(column)!r}")
+        if column not in CURVE_NUMBERS:
+            for row, value in curves[column].dropna().items():
+                headlines.check_text(str(value), f"curves.csv row {row} column {column!r}")
     return curves
 
 
@@ -333,7 +374,9 @@ def _with_resolution(row: dict) -> dict:
 
 
 def load_all(root: Path) -> list[RecordedSetting]:
-    """Every recorded folder under ``root/recorded``, by name; raises on any unreadable folder."""
+    """Every recorded folder under ``root/recorded``, by name; raises :class:`RecordedError` on any
+    unreadable folder or one whose name ``record --name`` would refuse. Folders starting with '.'
+    are skipped: they are :func:`write_setting`'s temporaries, never a setting."""
     base = root / RECORDED
     if not base.is_dir():
         return []
