@@ -1,7 +1,10 @@
 """Export and import of shadow runs in the LiRA reference code's layout (no training: stub runs)."""
 
+import contextlib
 import json
+import os
 import shutil
+import threading
 import types
 import warnings
 
@@ -74,11 +77,12 @@ def test_reference_folders_named_by_seed_import_in_seed_order_without_metadata(t
 
 
 def test_mixed_styles_are_ordered_by_number_and_a_clash_is_refused(tmp_path):
-    root = reference_folder(tmp_path, seeds=[5, 1])
-    shutil.copytree(root / "experiment-5", root / "experiment-3_8")
-    assert import_lira(root).logits[:, 0, 0, 0].tolist() == [1, 5, 5]
-    shutil.copytree(root / "experiment-5", root / "experiment-1_8")
-    with pytest.raises(ValueError, match=r"same model: experiment-1 and experiment-1_8"):
+    root = reference_folder(tmp_path, seeds=[5, 3])
+    shutil.copytree(root / "experiment-5", root / "experiment-0_2")  # a complete run of N=2 ...
+    shutil.copytree(root / "experiment-3", root / "experiment-1_2")  # ... beside the seeded models
+    assert import_lira(root).logits[:, 0, 0, 0].tolist() == [5, 3, 3, 5]
+    shutil.copytree(root / "experiment-5", root / "experiment-1")
+    with pytest.raises(ValueError, match=r"same model: experiment-1 and experiment-1_2"):
         import_lira(root)
 
 
@@ -239,3 +243,140 @@ def test_complex_logits_are_refused_naming_the_file_and_the_first_complex_value(
 def exported(tmp_path):
     """An export of a stub run (epoch 7) into ``tmp_path / "exp"``."""
     return export_lira(stub_run(), tmp_path / "exp")
+
+
+# --- partial exports and bounded loading ---------------------------------------------------------
+
+def test_a_partial_export_is_refused_naming_the_missing_models(tmp_path):
+    run = stub_run()
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "experiment-2_4").write_text("in the way")  # export_lira fails at model 2
+    with pytest.raises(OSError):
+        export_lira(run, tmp_path / "exp")
+    assert lira_metadata(tmp_path / "exp") is None  # written last, so it never was
+    with pytest.raises(ValueError, match=r"exp holds 2 of the N=4 experiment-K_4 folders and lacks K = 2, 3; "
+                                         r"the export or training stopped part-way: re-export the run .*or copy "
+                                         r"the missing folders in"):
+        import_lira(tmp_path / "exp")
+
+
+def test_a_long_list_of_missing_models_is_abbreviated_and_seeded_folders_are_not_counted(tmp_path):
+    root = reference_folder(tmp_path / "theirs", seeds=[0])
+    for k in (0, 1, 2):
+        shutil.copytree(root / "experiment-0", root / f"experiment-{k}_16")
+    shutil.rmtree(root / "experiment-0")
+    with pytest.raises(ValueError, match=r"holds 3 of the N=16 .* lacks K = 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 "
+                                         r"and 3 more;"):
+        import_lira(root)
+    shutil.copytree(root / "experiment-0_16", root / "experiment-16_16")
+    with pytest.raises(ValueError, match=r"experiment-K_16 folders numbered past N-1=15: experiment-16_16"):
+        import_lira(root)
+    seeded = reference_folder(tmp_path / "seeded", seeds=[4, 9, 30])  # no count promised: 3 models
+    assert import_lira(seeded).n_models == 3
+
+
+def npy_header_only(path, shape, descr, data_bytes):
+    """An .npy file whose header declares ``shape`` of ``descr``, followed by ``data_bytes`` zeros."""
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": descr, "fortran_order": False, "shape": shape})
+        handle.write(bytes(data_bytes))
+
+
+TIB_40 = 40 * 2**40
+
+
+@pytest.mark.parametrize("name, shape, descr, data_bytes, message", [
+    ("y_train.npy", (TIB_40 // 8,), "<i8", 16,
+     r"y_train.npy's header promises shape \(5497558138880,\) of int64 \(40.0 TiB\) but the file holds 16 bytes"),
+    ("experiment-0_4/logits/0000000007.npy", (20, 1, TIB_40 // 240, 3), "<f4", 64,  # the first sets Q, K
+     r"experiment-0_4/logits/0000000007.npy's header promises .* \(40.0 TiB\) but the file holds 64 bytes"),
+    ("experiment-1_4/logits/0000000007.npy", (20, 1, 2, 3), "<f4", 100,  # 480 bytes promised
+     r"0000000007.npy's header promises shape \(20, 1, 2, 3\) of float32 \(480 bytes\) but the file holds 100 "
+     r"bytes of data; it is damaged or truncated"),
+    ("experiment-1_4/logits/0000000007.npy", (20, 1, 2, 1 << 40), "<f4", 0,  # K must match the others'
+     r"0000000007.npy has 2 queries and 1099511627776 classes but .*experiment-0_4 has 2 and 3"),
+    ("experiment-0_4/keep.npy", (TIB_40,), "|b1", 0,
+     r"experiment-0_4/keep.npy has shape \(43980465111040,\); expected one entry per pool sample, \[20\]"),
+    ("experiment-0_4/keep.npy", (20,), "|O", 8,
+     r"keep.npy is not a plain numeric .npy array: it holds Python objects \(object\), which only unpickling"),
+])
+def test_npy_headers_are_checked_before_anything_is_allocated(tmp_path, name, shape, descr, data_bytes,
+                                                             message):
+    root = exported(tmp_path)
+    npy_header_only(root / name, shape, descr, data_bytes)
+    with pytest.raises(ValueError, match=message):
+        import_lira(root)
+
+
+def test_labels_are_bounded_in_their_own_dtype(tmp_path):
+    root = exported(tmp_path)
+    labels = np.load(root / "y_train.npy").astype(np.uint64)
+    labels[4] = 2**64 - 1  # -1 once cast to int64
+    np.save(root / "y_train.npy", labels)
+    with pytest.raises(ValueError, match=r"y_train.npy holds label 18446744073709551615 but the logits have 3 "
+                                         r"classes \(labels 0 ... 2\)"):
+        import_lira(root)
+    np.save(root / "y_train.npy", np.full(20, -1, np.int8))
+    with pytest.raises(ValueError, match=r"y_train.npy holds label -1; class indices are >= 0"):
+        import_lira(root)
+    np.save(root / "y_train.npy", labels.astype(bool))
+    with pytest.raises(ValueError, match=r"y_train.npy holds bool of shape \(20,\); expected the pool's class"):
+        import_lira(root)
+
+
+def test_an_empty_pool_is_refused_naming_the_labels_file(tmp_path):
+    root = reference_folder(tmp_path, seeds=[0, 1], samples=0)
+    with pytest.raises(ValueError, match=r"y_train.npy holds no labels, so the pool is empty; export a run"):
+        import_lira(root)
+
+
+@contextlib.contextmanager
+def writer_that_ends(fifo):
+    """Should anyone open ``fifo`` to read it (which blocks until a writer comes), open it for
+    writing and close it at once: the reader then sees an empty file and fails instead of hanging."""
+    done = threading.Event()
+
+    def end_readers():
+        while not done.wait(0.02):
+            with contextlib.suppress(OSError):  # ENXIO: nobody is reading yet
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                return
+    thread = threading.Thread(target=end_readers, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+@pytest.mark.parametrize("name", ["experiment-1_4/logits/0000000007.npy", "experiment-1_4/keep.npy",
+                                  "bnprivacy.json"])
+def test_a_fifo_is_refused_without_opening_it(tmp_path, name):
+    root = exported(tmp_path)
+    (root / name).unlink()
+    os.mkfifo(root / name)
+    with writer_that_ends(root / name), pytest.raises(
+            ValueError, match=rf"{name} is a FIFO \(named pipe\), not a regular file; only regular files are read"):
+        import_lira(root)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[" * 100_000, r"bnprivacy.json is larger than 4096 bytes"),
+    ("[" * 4000, r"bnprivacy.json is not valid JSON \(nested too deeply\); re-export the run"),
+])
+def test_deeply_nested_or_oversized_metadata_is_refused_naming_the_file(tmp_path, content, message):
+    root = exported(tmp_path)
+    (root / "bnprivacy.json").write_text(content)
+    with pytest.raises(ValueError, match=message):
+        import_lira(root)
+
+
+def test_an_experiment_folder_that_is_a_symlink_loop_is_refused_and_an_odd_one_warned(tmp_path):
+    root = reference_folder(tmp_path, seeds=[0, 1])
+    os.symlink("experiment-2", root / "experiment-2")  # a link to itself
+    with pytest.raises(ValueError, match=r"1 experiment folder\(s\) in .* cannot be opened: experiment-2 \("):
+        import_lira(root)
+    os.rename(root / "experiment-2", root / "experiment-loop")  # still a link to the now absent experiment-2
+    with pytest.warns(UserWarning, match=r"skipped 1 folder\(s\) .*: experiment-loop;"):
+        assert import_lira(root).n_models == 2
