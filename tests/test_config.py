@@ -22,13 +22,14 @@ def test_bad_choice_names_parameter_value_and_allowed_values(field, value, allow
     ("epochs", 0), ("epochs", -3), ("batch_size", 0), ("lr", 0.0), ("lr", -0.1),
     ("momentum", 1.0), ("label_smoothing", 1.0),
     ("width", -1), ("seed", -1), ("epochs", 2.5), ("epochs", True), ("lr", "0.1"),
+    ("agc_clip", 0.0), ("agc_clip", -0.01), ("agc_clip", "0.01"),
 ])
 def test_bad_numbers_are_rejected(field, value):
     with pytest.raises(ValueError, match=f"Config.{field}"):
         Config(**{field: value})
 
 
-@pytest.mark.parametrize("field", ["lr", "momentum", "weight_decay", "label_smoothing"])
+@pytest.mark.parametrize("field", ["lr", "momentum", "weight_decay", "label_smoothing", "agc_clip"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_numbers_are_rejected_before_training(field, value):
     with pytest.raises(ValueError, match=f"Config.{field}=.*allowed values: a finite number"):
@@ -54,6 +55,14 @@ def test_key_is_stable_and_sensitive_to_what_is_computed():
     # Where a run executes is not part of what it computes.
     assert Config(device="cpu").key() == Config(device="auto").key()
     assert Config().key() == Config.from_dict(Config().to_dict()).key()
+
+
+def test_the_agc_threshold_is_in_the_key_of_normalizer_free_runs_only():
+    # AGC runs under norm='nf' alone: a BN run is one run whatever threshold its Config carries,
+    # so every run stored before the field existed keeps its key.
+    assert Config(agc_clip=0.5).key() == Config().key()
+    assert Config(norm="nf", agc_clip=0.5).key() != Config(norm="nf").key()
+    assert Config(norm="nf", agc_clip=1).key() == Config(norm="nf", agc_clip=1.0).key()
 
 
 def test_from_dict_rejects_unknown_parameters():

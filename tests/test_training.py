@@ -6,7 +6,8 @@ import torch
 from bnprivacy.config import Config
 from bnprivacy.data import load_dataset
 from bnprivacy.ensemble import train_model
-from bnprivacy.training import TrainingDiverged, lr_factor
+from bnprivacy.models import build_model, classifier, merge_states
+from bnprivacy.training import AGC_EPS, TrainingDiverged, adaptive_clip_, lr_factor
 
 # Per-epoch wall time differs run to run; results are compared without it.
 WALL_CLOCK = "seconds"
@@ -18,7 +19,7 @@ def digits():
     return load_dataset(Config(dataset="digits"))
 
 
-@pytest.mark.parametrize("norm", ["batch", "none"])
+@pytest.mark.parametrize("norm", ["batch", "gn_ws", "nf", "none"])
 def test_training_lowers_the_loss_and_learns(digits, norm):
     result = train_model(Config(norm=norm, **FAST), digits)
     history = result.history
@@ -117,3 +118,48 @@ def test_bf16_training_on_gpu_learns():
     data = load_dataset(Config(dataset="digits"), "cuda")
     result = train_model(Config(norm="batch", device="cuda", **{**FAST, "device": "cuda"}), data)
     assert result.history.test_acc.iloc[-1] > 0.8
+
+
+def test_adaptive_clipping_follows_its_closed_form():
+    """AGC (Brock et al. 2021): a unit whose gradient norm exceeds clip * max(|W|, 1e-3) is scaled
+    to exactly that norm; the others, and the classifier, keep their gradient."""
+    torch.manual_seed(0)
+    model = build_model("mlp", "nf", 8, (1, 4, 4), 3)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 10
+    model[1].weight.data[0] = 0.0  # a unit of zero weights: the 1e-3 floor sets its limit
+    before = {name: p.grad.clone() for name, p in model.named_parameters()}
+    weight = model[1].weight.detach()
+    rows = before["1.weight"].norm(dim=1)
+    small = rows.argmin()
+    model[1].weight.grad[small] *= 1e-6  # one unit well under the limit
+    rows[small] *= 1e-6
+    adaptive_clip_(model, clip=0.01)
+    limit = 0.01 * weight.norm(dim=1).clamp_min(AGC_EPS)
+    clipped = model[1].weight.grad.norm(dim=1)
+    assert limit[0].item() == pytest.approx(0.01 * AGC_EPS) and rows[small] < limit[small]
+    assert torch.allclose(clipped, torch.minimum(rows, limit), rtol=1e-5)
+    gains = model[1].gain  # a vector is one unit (per model)
+    assert model[1].gain.grad.norm().item() == pytest.approx(0.01 * gains.detach().norm().item(), rel=1e-5)
+    head = classifier(model)
+    assert torch.equal(head.weight.grad, before["7.weight"]) and torch.equal(head.bias.grad, before["7.bias"])
+
+
+def test_adaptive_clipping_of_a_wide_network_is_each_models_own():
+    torch.manual_seed(0)
+    singles = [build_model("resnet18", "nf", 4, (3, 8, 8), 5) for _ in range(3)]
+    for model in singles:
+        for p in model.parameters():
+            p.data.normal_()
+            p.grad = torch.randn_like(p) * torch.rand(()) * 3
+    wide = build_model("resnet18", "nf", 4, (3, 8, 8), 5, n_models=3)
+    wide.load_state_dict(merge_states([m.state_dict() for m in singles]))
+    for name, p in wide.named_parameters():
+        parts = [dict(m.named_parameters())[name].grad for m in singles]
+        p.grad = parts[0].clone() if p.ndim == 0 else torch.cat(parts)
+    for model in singles:
+        adaptive_clip_(model, clip=0.05)
+    adaptive_clip_(wide, clip=0.05, n_models=3)
+    for name, p in wide.named_parameters():
+        expected = torch.cat([dict(m.named_parameters())[name].grad for m in singles])
+        assert torch.allclose(p.grad, expected, rtol=1e-5, atol=1e-7), name

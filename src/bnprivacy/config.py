@@ -18,7 +18,7 @@ from .imagefolder import imagefolder_fingerprint
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
 IMAGEFOLDER_PREFIX = "imagefolder:"
 ARCHS = ("mlp", "cnn", "resnet18", "vgg11", "densenet", "airbench")
-NORMS = ("batch", "group", "layer", "none")
+NORMS = ("batch", "group", "layer", "gn_ws", "nf", "none")
 
 
 def norm_order(present) -> list[str]:
@@ -61,6 +61,9 @@ DATA_FIELDS = ("dataset", "train_size", "imbalance", "image_size", "seed", "cana
 # Fields added after runs were first stored, with the value that computes what the code computed
 # before them: at that value they stay out of the cache key, so every earlier run keeps its key.
 _IN_KEY_ONLY_WHEN_SET = {"imbalance": 1.0}
+# Fields that change what is computed only under some norms: out of the key under the others, so
+# that a BN run is one run whatever AGC threshold its Config carries.
+_IN_KEY_ONLY_WITH_NORM = {"agc_clip": ("nf",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +96,7 @@ class Config:
     canaries: str = ""
     canary_references: int = 0
     canary_seed: int = 0
+    agc_clip: float = 0.04
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -111,7 +115,10 @@ class Config:
         """Stable 16-hex-digit cache key of every field that changes what is computed, and of the
         content of an ``imagefolder:`` dataset's images (:func:`imagefolder.imagefolder_fingerprint`)."""
         fields = {k: v for k, v in self.to_dict().items()
-                  if k not in _NOT_IN_KEY and not (k in _IN_KEY_ONLY_WHEN_SET and v == _IN_KEY_ONLY_WHEN_SET[k])}
+                  if k not in _NOT_IN_KEY and not (k in _IN_KEY_ONLY_WHEN_SET and v == _IN_KEY_ONLY_WHEN_SET[k])
+                  and not (k in _IN_KEY_ONLY_WITH_NORM and self.norm not in _IN_KEY_ONLY_WITH_NORM[k])}
+        if "agc_clip" in fields:
+            fields["agc_clip"] = float(fields["agc_clip"])  # 1 and 1.0 are one threshold
         if "imbalance" in fields:
             fields["imbalance"] = float(fields["imbalance"])  # 10 and 10.0 are one pool
         fields["results_version"] = RESULTS_VERSION
@@ -190,6 +197,8 @@ def _validate(cfg: Config) -> None:
     _check_number("canary_references", cfg.canary_references, kind=int, low=0, high=MAX_CANARY_REFERENCES,
                   why="reference candidates per canary kind")
     _check_number("canary_seed", cfg.canary_seed, kind=int, low=0)
+    _check_number("agc_clip", cfg.agc_clip, kind=real, low=0, low_open=True,
+                  why="the largest ratio of a unit's gradient norm to its weight norm that AGC lets through")
     parse_canaries(cfg.canaries)
     if cfg.norm == "batch" and cfg.batch_size < 2:
         _fail("batch_size", cfg.batch_size, "an integer >= 2 with norm='batch' (BatchNorm needs "

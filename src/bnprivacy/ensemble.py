@@ -37,7 +37,7 @@ from .config import Config
 from .data import Dataset, apply_flip_crop, augmentation_enabled, draw_flip_crop
 from .models import (build_model, ensemble_input, ensemble_output, merge_states, shared_input,
                      split_state)
-from .training import TrainingDiverged, autocast, lr_factor, make_optimizer
+from .training import TrainingDiverged, autocast, clip_gradients_, lr_factor, make_optimizer
 from .gradients import probe_norms
 
 STRATEGIES = ("batched", "loop")
@@ -267,6 +267,7 @@ class _Trainer:
                                             reduction="none").view(n, -1).mean(1)
                 optimizer.zero_grad(set_to_none=True)
                 per_model.sum().backward()
+                clip_gradients_(wide, cfg, n)
                 optimizer.step()
                 step += 1
                 loss_sum += per_model.detach()

@@ -1,4 +1,4 @@
-"""Architectures with one ``norm`` switch: ``batch``, ``group``, ``layer`` or ``none``.
+"""Architectures with one ``norm`` switch: ``batch``, ``group``, ``layer``, ``gn_ws``, ``nf`` or ``none``.
 
 ``build_model(arch, norm, width, input_shape, num_classes)`` gives an ``nn.Module``:
 
@@ -16,15 +16,22 @@
 
 Norms: ``batch`` is BatchNorm; ``group`` is GroupNorm with groups of at least four channels (at most
 32 groups); ``layer`` is GroupNorm with one group, i.e. LayerNorm over (C, H, W) (``nn.LayerNorm``
-over features in the MLP); ``none`` is the identity.
+over features in the MLP); ``none`` is the identity. Two references that train about as well as BN
+without reading other samples of the batch:
 
-Initialisation: every convolution and linear layer is Kaiming-normal (fan-in, ReLU gain), which
-keeps the activations' variance roughly constant through depth without any normalisation. For
-``norm='none'`` the layers also get biases (the norm's affine shift is gone), and the residual
-branches of ``resnet18`` are multiplied by a learnable scalar initialised at zero (SkipInit, De &
-Smith 2020): without BN the sum of residual branches makes the activations' variance grow with
-depth and the un-normalised ResNet diverges at usual learning rates; SkipInit starts every block as
-the identity, which is what BN does implicitly, and the network trains.
+- ``gn_ws``: ``group`` with Weight Standardization of every convolution and hidden linear layer
+  (Qiao et al. 2019): each output filter's weights are centred and scaled to unit variance in the
+  forward pass, which smooths the loss landscape as BN does, per sample.
+- ``nf``: normalizer-free (Brock et al. 2021, NF-ResNets/NFNets): no norm layer; every convolution
+  and hidden linear layer uses Scaled Weight Standardization, ``gain * gamma * (W - mean) /
+  (std * sqrt(fan_in))``, with a learnable gain per output channel and ``gamma`` the gain of the
+  nonlinearity before it (:data:`ACTIVATION_GAIN`; 1 on the input image), so each layer maps
+  unit-variance inputs to unit-variance outputs at initialisation; layers have biases; residual
+  branches of ``resnet18`` get the zero-initialised scalar gain of SkipInit (as ``none`` does).
+  Training clips gradients with Adaptive Gradient Clipping (:func:`adaptive_clip_`, threshold
+  ``Config.agc_clip``), which NFNets need in place of BN's implicit step-size control. Left out:
+  NFNet's 1/beta input scaling of residual branches (with SkipInit's zero gains the stream's
+  variance does not grow at initialisation) and its stochastic-depth and dropout regularisers.
 
 Ensembles: ``n_models=N`` builds N independent copies as one "wide" network. Every layer keeps
 the N models' channels side by side, model-major (channel ``k*C + c`` is channel c of model k):
@@ -39,12 +46,22 @@ is the ordinary model. Inputs are ``[B, N*C, H, W]`` (see :func:`ensemble_input`
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ARCHS, NORMS
 
+# 1 / std(f(z)) for z ~ N(0, 1): the factor that gives a nonlinearity's output unit variance
+# (Brock et al. 2021a). ReLU's has a closed form, sqrt(2 / (1 - 1/pi)); GELU's is the numerical
+# integral for torch's exact (erf) GELU, 1.70093: the 1.70150 of NFNet's code is for the tanh
+# approximation JAX uses by default. Tests check both by quadrature.
+ACTIVATION_GAIN = {"relu": math.sqrt(2 / (1 - 1 / math.pi)), "gelu": 1.700926243370351, "input": 1.0}
+STANDARDIZED_NORMS = ("gn_ws", "nf")  # norms whose convolutions standardize their weights
+SKIPINIT_NORMS = ("none", "nf")  # norms with no per-layer normalisation: residual gains start at 0
+WS_EPS = 1e-5  # Qiao et al.'s epsilon; scaled WS adds it to var * fan_in (NFNets use 1e-4 there)
 DEFAULT_WIDTH = {"mlp": 256, "cnn": 32, "resnet18": 64, "vgg11": 64, "densenet": 12, "airbench": 64}
 
 
@@ -128,7 +145,7 @@ def conv_norm(channels: int, norm: str, n: int = 1) -> nn.Module:
     """The normalisation layer after a convolution with ``channels`` outputs (per model)."""
     if norm == "batch":
         return nn.BatchNorm2d(n * channels)
-    if norm == "group":
+    if norm in ("group", "gn_ws"):
         return nn.GroupNorm(n * group_count(channels), n * channels)
     if norm == "layer":
         return nn.GroupNorm(n, n * channels)
@@ -139,21 +156,76 @@ def _features_norm(features: int, norm: str, n: int = 1) -> nn.Module:
     # LayerNorm over a model's features is GroupNorm with one group per model (same arithmetic).
     if norm == "batch":
         return nn.BatchNorm1d(n * features)
-    if norm == "group":
+    if norm in ("group", "gn_ws"):
         return nn.GroupNorm(n * group_count(features), n * features)
     if norm == "layer":
         return nn.GroupNorm(n, n * features)
     return nn.Identity()
 
 
-def _conv(c_in: int, c_out: int, norm: str, kernel: int = 3, stride: int = 1, n: int = 1) -> nn.Conv2d:
-    # A bias before a norm layer is cancelled by its mean subtraction; without a norm it is needed.
-    return nn.Conv2d(n * c_in, n * c_out, kernel, stride=stride, padding=kernel // 2,
-                     bias=norm == "none", groups=n)
+def has_bias(norm: str) -> bool:
+    """Whether layers get biases: a bias before a norm layer is cancelled by its mean subtraction;
+    without one (``none``, ``nf``) it is needed."""
+    return norm in SKIPINIT_NORMS
 
 
-def _conv_block(c_in: int, c_out: int, norm: str, n: int = 1) -> list[nn.Module]:
-    return [_conv(c_in, c_out, norm, n=n), conv_norm(c_out, norm, n), nn.ReLU(inplace=True)]
+def _conv(c_in: int, c_out: int, norm: str, kernel: int = 3, stride: int = 1, n: int = 1,
+          after: str = "relu") -> nn.Conv2d:
+    """A convolution for ``norm``; ``after`` names what its input comes out of (``relu``, ``gelu``
+    or ``input`` for the image), which sets the nonlinearity gain of scaled WS."""
+    options = dict(stride=stride, padding=kernel // 2, bias=has_bias(norm), groups=n)
+    if norm in STANDARDIZED_NORMS:
+        return StandardizedConv2d(n * c_in, n * c_out, kernel, scaled=norm == "nf",
+                                  input_gain=ACTIVATION_GAIN[after], **options)
+    return nn.Conv2d(n * c_in, n * c_out, kernel, **options)
+
+
+def _hidden_linear(n: int, in_features: int, out_features: int, norm: str, after: str = "relu") -> nn.Module:
+    """A hidden linear layer of the MLP for ``norm`` (standardized like a convolution under
+    ``gn_ws`` and ``nf``)."""
+    if norm in STANDARDIZED_NORMS:
+        return StandardizedLinear(n, in_features, out_features, scaled=norm == "nf",
+                                  input_gain=ACTIVATION_GAIN[after], bias=has_bias(norm))
+    return EnsembleLinear(n, in_features, out_features, bias=has_bias(norm))
+
+
+def _conv_block(c_in: int, c_out: int, norm: str, n: int = 1, after: str = "relu") -> list[nn.Module]:
+    return [_conv(c_in, c_out, norm, n=n, after=after), conv_norm(c_out, norm, n), nn.ReLU(inplace=True)]
+
+
+def standardize_weight(weight: torch.Tensor, *, scaled: bool, gain: torch.Tensor | None,
+                       input_gain: float) -> torch.Tensor:
+    """Weight Standardization of ``weight`` (``[out, ...]``), each output unit (row) on its own.
+
+    ``scaled=False`` (Qiao et al.): ``(W - mean) / sqrt(var + eps)``. ``scaled=True`` (Brock et al.'s
+    scaled WS): ``gain * input_gain * (W - mean) / sqrt(var * fan_in + eps)``, so a unit-variance
+    input gives a unit-variance output. Rows are per model in a wide layer, so the wide layer's
+    standardization is each model's own.
+    """
+    flat = weight.flatten(1)
+    mean = flat.mean(1, keepdim=True)
+    var = flat.var(1, unbiased=False, keepdim=True)
+    if scaled:
+        flat = (flat - mean) * torch.rsqrt(var * flat.shape[1] + WS_EPS) * input_gain
+        if gain is not None:
+            flat = flat * gain.view(-1, 1)
+    else:
+        flat = (flat - mean) * torch.rsqrt(var + WS_EPS)
+    return flat.view_as(weight)
+
+
+class StandardizedConv2d(nn.Conv2d):
+    """A convolution whose weights are standardized in every forward pass (:func:`standardize_weight`);
+    with ``scaled=True`` it also has a learnable gain per output channel, initialised at 1."""
+
+    def __init__(self, *args, scaled: bool, input_gain: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scaled, self.input_gain = scaled, input_gain
+        self.gain = nn.Parameter(torch.ones(self.out_channels)) if scaled else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = standardize_weight(self.weight, scaled=self.scaled, gain=self.gain, input_gain=self.input_gain)
+        return self._conv_forward(x, weight, self.bias)
 
 
 class EnsembleLinear(nn.Module):
@@ -169,13 +241,38 @@ class EnsembleLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n * out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x, self.weight)
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``x`` through the N models' linear maps of wide ``weight`` ``[N*out, in]``, plus the bias."""
         if self.n == 1:
-            return F.linear(x, self.weight, self.bias)
+            return F.linear(x, weight, self.bias)
         b = x.shape[0]
-        weight = self.weight.view(self.n, self.out_features, self.in_features)
+        weight = weight.view(self.n, self.out_features, self.in_features)
         out = torch.bmm(x.view(b, self.n, self.in_features).transpose(0, 1), weight.transpose(1, 2))
         out = out.transpose(0, 1).reshape(b, self.n * self.out_features)
         return out if self.bias is None else out + self.bias
+
+
+class StandardizedLinear(EnsembleLinear):
+    """:class:`EnsembleLinear` with standardized weights (:func:`standardize_weight`), the MLP's
+    counterpart of :class:`StandardizedConv2d`."""
+
+    def __init__(self, n: int, in_features: int, out_features: int, *, scaled: bool, input_gain: float = 1.0,
+                 bias: bool = True):
+        super().__init__(n, in_features, out_features, bias=bias)
+        self.scaled, self.input_gain = scaled, input_gain
+        self.gain = nn.Parameter(torch.ones(n * out_features)) if scaled else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = standardize_weight(self.weight, scaled=self.scaled, gain=self.gain, input_gain=self.input_gain)
+        return self.linear(x, weight)
+
+
+def classifier(model: nn.Module) -> nn.Module:
+    """The last linear layer of ``model`` (its classifier), which Adaptive Gradient Clipping leaves
+    unclipped (Brock et al. 2021)."""
+    return [m for m in model.modules() if isinstance(m, EnsembleLinear)][-1]
 
 
 def _kaiming_init(model: nn.Module) -> None:
@@ -188,12 +285,11 @@ def _kaiming_init(model: nn.Module) -> None:
 
 class MLP(nn.Sequential):
     def __init__(self, in_features: int, width: int, num_classes: int, norm: str, n: int = 1):
-        bias = norm == "none"
         super().__init__(
             nn.Flatten(),
-            EnsembleLinear(n, in_features, width, bias=bias), _features_norm(width, norm, n),
+            _hidden_linear(n, in_features, width, norm, after="input"), _features_norm(width, norm, n),
             nn.ReLU(inplace=True),
-            EnsembleLinear(n, width, width, bias=bias), _features_norm(width, norm, n),
+            _hidden_linear(n, width, width, norm), _features_norm(width, norm, n),
             nn.ReLU(inplace=True),
             EnsembleLinear(n, width, num_classes),
         )
@@ -201,7 +297,7 @@ class MLP(nn.Sequential):
 
 class SmallCNN(nn.Sequential):
     def __init__(self, channels: int, height: int, width: int, num_classes: int, norm: str, n: int = 1):
-        layers = _conv_block(channels, width, norm, n) + _conv_block(width, width, norm, n)
+        layers = _conv_block(channels, width, norm, n, after="input") + _conv_block(width, width, norm, n)
         size = height
         if size >= 2:
             layers.append(nn.MaxPool2d(2))
@@ -214,7 +310,7 @@ class SmallCNN(nn.Sequential):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block; with ``norm='none'`` the residual branch is scaled by a zero-init gain."""
+    """ResNet basic block; with ``norm`` in ``none``/``nf`` the residual branch is scaled by a zero-init gain."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, norm: str, n: int = 1):
         super().__init__()
@@ -227,7 +323,7 @@ class BasicBlock(nn.Module):
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(_conv(c_in, c_out, norm, kernel=1, stride=stride, n=n),
                                           conv_norm(c_out, norm, n))
-        self.skip_gain = nn.Parameter(torch.zeros(n)) if norm == "none" else None
+        self.skip_gain = nn.Parameter(torch.zeros(n)) if norm in SKIPINIT_NORMS else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branch = self.branch(x)
@@ -239,7 +335,7 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     def __init__(self, channels: int, height: int, width: int, num_classes: int, norm: str, n: int = 1):
         super().__init__()
-        self.stem = nn.Sequential(*_conv_block(channels, width, norm, n))
+        self.stem = nn.Sequential(*_conv_block(channels, width, norm, n, after="input"))
         blocks, c_in = [], width
         for stage, c_out in enumerate((width, 2 * width, 4 * width, 8 * width)):
             stride = 1 if stage == 0 else 2
@@ -262,7 +358,7 @@ class VGG11(nn.Sequential):
                     layers.append(nn.MaxPool2d(2))
                     size //= 2
                 continue
-            layers += _conv_block(c_in, item * width, norm, n)
+            layers += _conv_block(c_in, item * width, norm, n, after="relu" if layers else "input")
             c_in = item * width
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), EnsembleLinear(n, c_in, num_classes)]
         super().__init__(*layers)
@@ -294,7 +390,7 @@ class DenseNet(nn.Sequential):
                  layers_per_block: int = 4):
         growth = width
         c = 2 * growth
-        layers: list[nn.Module] = [_conv(channels, c, norm, n=n)]
+        layers: list[nn.Module] = [_conv(channels, c, norm, n=n, after="input")]
         size = height
         for block in range(3):
             for _ in range(layers_per_block):
@@ -333,15 +429,16 @@ class Airbench(nn.Sequential):
 
     def __init__(self, channels: int, height: int, width: int, num_classes: int, norm: str, n: int = 1):
         stem = max(4, 3 * width // 8)
-        layers: list[nn.Module] = [_conv(channels, stem, norm, n=n), conv_norm(stem, norm, n), nn.GELU()]
+        layers: list[nn.Module] = [_conv(channels, stem, norm, n=n, after="input"), conv_norm(stem, norm, n),
+                                   nn.GELU()]
         c_in, size = stem, height
         for c_out in (width, 4 * width, 4 * width):
-            layers.append(_conv(c_in, c_out, norm, n=n))
+            layers.append(_conv(c_in, c_out, norm, n=n, after="gelu"))
             if size >= 2:
                 layers.append(nn.MaxPool2d(2))
                 size //= 2
-            layers += [conv_norm(c_out, norm, n), nn.GELU(), _conv(c_out, c_out, norm, n=n), conv_norm(c_out, norm, n),
-                       nn.GELU()]
+            layers += [conv_norm(c_out, norm, n), nn.GELU(), _conv(c_out, c_out, norm, n=n, after="gelu"),
+                       conv_norm(c_out, norm, n), nn.GELU()]
             c_in = c_out
         layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), EnsembleLinear(n, c_in, num_classes, bias=False),
                    Scale(1 / 9)]

@@ -11,7 +11,8 @@ from matplotlib.ticker import NullLocator
 from .config import norm_order
 from .attacks import ATTACK_NAMES, roc
 
-NORM_PALETTE = {"batch": "#c0392b", "group": "#2471a3", "layer": "#229954", "none": "#7f8c8d"}
+NORM_PALETTE = {"batch": "#c0392b", "group": "#2471a3", "layer": "#229954", "gn_ws": "#8e44ad", "nf": "#d68910",
+                "none": "#7f8c8d"}
 
 
 def literal(text) -> str:

@@ -130,6 +130,7 @@ def sentence(label: str, what: str, value: float, lo: float, hi: float, interval
 
 
 NORM_WORDS = {"batch": "with BatchNorm", "group": "with GroupNorm", "layer": "with LayerNorm",
+              "gn_ws": "with GroupNorm and Weight Standardization", "nf": "normalizer-free (scaled WS and AGC)",
               "none": "without normalisation"}
 
 

@@ -1,6 +1,7 @@
 """Training recipe: device and precision, SGD with a schedule.
 
-The recipe's pieces (``resolve_device``, ``autocast``, ``make_optimizer``, ``lr_factor``) are
+The recipe's pieces (``resolve_device``, ``autocast``, ``make_optimizer``, ``clip_gradients_``,
+``lr_factor``) are
 used by the shadow-model engine (``ensemble.py``), which also trains single models
 (``ensemble.train_model``): one training loop serves both, and this module imports nothing of the
 engine.
@@ -12,8 +13,10 @@ import contextlib
 import math
 
 import torch
+from torch import nn
 
 from .config import Config
+from .models import classifier
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the message says when and what to change."""
@@ -67,6 +70,45 @@ def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+
+
+AGC_EPS = 1e-3  # Brock et al.'s floor on a unit's weight norm, so zero-initialised gains can move
+
+
+def unitwise_norms(tensor: torch.Tensor, n_models: int) -> torch.Tensor:
+    """The norm of each unit of ``tensor``, broadcastable to it: a row (one output channel or unit)
+    of a matrix or convolution, and, for a vector or scalar, each model's whole slice (Brock et al.
+    take a gain or bias vector as one unit; in a wide network it is N models' vectors side by side)."""
+    if tensor.ndim > 1:
+        return tensor.flatten(1).norm(dim=1).view(-1, *([1] * (tensor.ndim - 1)))
+    if tensor.ndim == 0:
+        return tensor.abs()
+    return tensor.view(n_models, -1).norm(dim=1).repeat_interleave(tensor.numel() // n_models)
+
+
+def adaptive_clip_(model: nn.Module, clip: float, n_models: int = 1) -> None:
+    """Adaptive Gradient Clipping (Brock et al. 2021), in place on ``model``'s gradients: each unit's
+    gradient ``G`` is scaled down to ``clip * max(|W|, 1e-3) / |G|`` of itself where ``|G| / max(|W|, 1e-3)``
+    exceeds ``clip``. The classifier (last linear layer) is left unclipped, as in NFNets. Every unit
+    belongs to one model (:func:`unitwise_norms`), so on a wide network of ``n_models`` this is
+    exactly each model's own AGC."""
+    exempt = {id(p) for p in classifier(model).parameters()}
+    for p in model.parameters():
+        if p.grad is None or id(p) in exempt:
+            continue
+        weight = unitwise_norms(p.detach(), n_models).clamp_min(AGC_EPS)
+        grad = unitwise_norms(p.grad, n_models)
+        limit = weight * clip
+        # torch.where, not a division by |G|: a unit with a zero gradient stays untouched, never NaN
+        scale = torch.where(grad > limit, limit / grad.clamp_min(1e-6), torch.ones_like(grad))
+        p.grad.mul_(scale)
+
+
+def clip_gradients_(model: nn.Module, cfg: Config, n_models: int = 1) -> None:
+    """The gradient clipping ``cfg``'s recipe asks for: AGC at ``cfg.agc_clip`` under ``norm='nf'``,
+    nothing otherwise."""
+    if cfg.norm == "nf":
+        adaptive_clip_(model, cfg.agc_clip, n_models)
 
 
 def lr_factor(cfg: Config, step: int, total_steps: int) -> float:

@@ -31,7 +31,8 @@ from .family_steps import as_list
 # distance; an interval entirely on one side of 0.5 says which.
 SLOPE_SPLIT = 0.5
 BOUNDED, GROWING, UNCLEAR = "bounded (slope near 0)", "growing about linearly", "unclear"
-PREDICTED_SLOPE = {"batch own": 0.0, "batch loo": 0.0, "batch eval": 1.0, "group": 0.0, "layer": 0.0, "none": 1.0}
+PREDICTED_SLOPE = {"batch own": 0.0, "batch loo": 0.0, "batch eval": 1.0, "group": 0.0, "layer": 0.0, "gn_ws": 0.0,
+                   "nf": 1.0, "none": 1.0}
 FASTER, SLOWER = "BN fits it faster", "BN fits it slower"
 NO_PAIR = "(no BN - none comparison in this run)"
 # The farthest outlier the chapter places, in typical distances: beyond 1e8 float64 cancellation
