@@ -3,6 +3,7 @@
     python benchmarks/engine.py --quick        # CPU: 16 small CNNs (width 16) on digits, then the CIFAR case
     python benchmarks/engine.py --cifar        # CPU: only the CIFAR-shaped case
     python benchmarks/engine.py --gpu          # GPU: the same at N = 32, plus images/s and MFU
+    python benchmarks/engine.py --norms        # each norm's training rate against BN's, same run
 
 The CIFAR-shaped case (3x32x32 images, cnn width 32, N = 8, pool 5,000, test 10,000, batch 128,
 synthetic pixels: throughput does not depend on them) measures the engine end to end, evaluation
@@ -127,11 +128,34 @@ def cifar_case(epochs: int) -> float:
     return first / second
 
 
+def norm_rates(cfg: Config, data, n_models: int, repeats: int) -> dict[str, float]:
+    """Train images/s of the engine (one wide network of ``n_models``) under every norm of
+    :data:`bnprivacy.config.NORMS`, ``cfg`` otherwise; prints each with its cost relative to BN's."""
+    from bnprivacy.config import NORMS
+
+    masks = balanced_masks(n_models, len(data.y_train), seed=0)
+    images = n_models * (int(masks.sum(1).min()) // cfg.batch_size) * cfg.batch_size * cfg.epochs
+    flops = train_flops_per_image(cfg.replace(norm="batch"), data)
+    rates = {}
+    print(f"{cfg.arch} width {cfg.width}, N = {n_models}, {cfg.epochs} epochs, batch {cfg.batch_size}, "
+          f"{cfg.precision}, {torch.get_num_threads()} threads; {flops / 1e9:.3f} GFLOP per training image (BN)")
+    for norm in NORMS:
+        run = cfg.replace(norm=norm)
+        train_ensemble(run.replace(epochs=1), data, masks)  # warm-up
+        seconds = min(timed(lambda: train_ensemble(run, data, masks)) for _ in range(repeats))
+        rates[norm] = images / seconds
+        print(f"  {norm:>6}: {seconds:6.2f} s  {rates[norm]:8,.0f} train images/s  "
+              f"cost x{rates['batch'] / rates[norm]:.2f} of BN's", flush=True)
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CPU comparison at N = 16 (default)")
     parser.add_argument("--gpu", action="store_true", help="GPU comparison at N = 32")
     parser.add_argument("--cifar", action="store_true", help="only the CIFAR-shaped end-to-end case (CPU)")
+    parser.add_argument("--norms", action="store_true", help="each norm's training rate against BN's (digits cnn "
+                        "and the cifar profile's airbench on CIFAR-shaped data)")
     parser.add_argument("--cifar-epochs", type=int, default=3, help="epochs of the CIFAR-shaped case")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
@@ -140,6 +164,18 @@ def main() -> None:
           + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
     if args.cifar:
         cifar_case(args.cifar_epochs)
+        return
+    if args.norms:
+        from bnprivacy.training import cpu_supports_bf16
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        digits = Config(arch="cnn", width=16, epochs=args.epochs, batch_size=64, device=device)
+        norm_rates(digits, load_dataset(digits, device), 16, args.repeats)
+        precision = "bf16" if device == "cuda" or cpu_supports_bf16() else "fp32"
+        cifar = Config(arch="airbench", width=32, epochs=1, batch_size=64, device=device, precision=precision,
+                       label_smoothing=0.2, augment="none")
+        data = synthetic_cifar(pool=3000, test=1000).to(device)
+        norm_rates(cifar, data, 8, args.repeats)
         return
     if args.gpu:
         if not torch.cuda.is_available():

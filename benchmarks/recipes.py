@@ -26,7 +26,7 @@ from bnprivacy.data import load_dataset  # noqa: E402
 from bnprivacy.recipes import check_candidates, trial  # noqa: E402
 from bnprivacy.values import read_yaml  # noqa: E402
 
-COLUMNS = ("arch", "width", "norm", "train_size", "epochs", "lr", "weight_decay", "label_smoothing", "augment",
+COLUMNS = ("arch", "width", "norm", "train_size", "epochs", "lr", "agc_clip", "weight_decay", "label_smoothing", "augment",
            "batch_size", "precision")
 
 
