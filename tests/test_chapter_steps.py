@@ -17,7 +17,7 @@ MEMORIZATION_MARGINS = family_steps.margins(canary_steps.MARGINS, {})
 
 PARAMETERS = dict(dataset="digits", arch="cnn", width=8, train_size=240, imbalance=1.0, norms=["batch", "group", "none"],
                   canaries="noise:3,mislabeled:3", canary_references=7, n_models=6, seeds=2, budgets=[1, 30],
-                  equal_epochs=1, lr=0.1, lr_grid=[1.0], fit_threshold=0.9, batch_size=16, weight_decay=5e-4,
+                  equal_epochs=1, lr=0.1, lr_grid=[1.0], agc_grid=[], fit_threshold=0.9, batch_size=16, weight_decay=5e-4,
                   label_smoothing=0.0, augment="auto", probe_points=3, probe_typical=4, probe_models=1, precision="auto", device="cpu")
 
 
@@ -48,8 +48,12 @@ def test_the_tiny_family_is_comparable_against_group_norm_only_where_both_fit(fa
     assert not sides.loc[("batch", 1), "fit"]
     # BN against GroupNorm, the first reference; both fit only at 30 epochs, so equal epochs where
     # both fit and matched fit read the same runs and are one comparison
-    equal, fit, interpolated = family.comparisons
+    equal, fit, interpolated = family.primary()
     assert family.protocol.reference == "group" and equal.reference == "group"
+    # and BN against each reference: the same settings against none, after GroupNorm's
+    assert [c.reference for c in family.comparisons] == ["group"] * 3 + ["none"] * 3
+    assert [c.settings for c in family.comparisons[3:]] == [c.settings for c in family.primary()]
+    assert family.comparison("matched fit", "none").runs.endswith("none@30")
     assert not equal.comparable and "did not" in equal.reason
     assert fit.setting == "equal epochs, both fit = matched fit" and fit.runs == "batch@30 vs group@30"
     assert fit.comparable == (fit.train_acc_bn >= 0.9 and fit.train_acc_ref >= 0.9 and fit.test_acc_ref >= 0.15)
@@ -71,9 +75,10 @@ def test_canary_rows_carry_comparability_and_read_not_comparable_where_a_side_di
         assert set(protocol.FIELDS) <= set(row)
     equal = [r for r in result.rows if r["setting"] == "equal epochs"][0]
     assert equal["comparable"] is False
-    assert result.tables["canaries"].loc["equal epochs", "reading"].startswith("not comparable")
-    assert "not comparable" in result.sentences["equal epochs"]
-    frontier = result.sentences["matched accuracy, interpolated"]  # one fitting budget per norm: no frontier
+    assert {r["reference"] for r in result.rows} == {"group", "none"}
+    assert result.tables["canaries"].loc["equal epochs, vs group", "reading"].startswith("not comparable")
+    assert "not comparable" in result.sentences[("equal epochs", "group")]
+    frontier = result.sentences[("matched accuracy, interpolated", "group")]  # one fitting budget per norm: no frontier
     assert "there is nothing to measure" in frontier and "nan" not in frontier
     # the measure is the mean memorization of the canaries, recomputed here from one run
     run = family.run("batch", 30, 0)
@@ -181,7 +186,7 @@ def test_a_long_tailed_family_reads_the_attack_on_its_rare_classes_against_their
     assert abs(null.table.auc.mean() - 0.5) < 0.05
     resolvable = [r for r in rare_rows if r["comparable"]]
     assert resolvable and all(r["resolution"] == "" or r["resolution"].startswith("not resolved") for r in resolvable)
-    assert "AUC on rare classes" in result.sentences[family.comparison("matched fit").setting]
+    assert "AUC on rare classes" in result.sentences[(family.comparison("matched fit").setting, "group")]
 
 
 def test_attack_tables_name_their_metrics_in_words():

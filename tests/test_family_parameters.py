@@ -76,7 +76,7 @@ def edit(path, old: str, new: str) -> None:
 def test_family_parameters_are_the_dataclass_fields_and_sweep_uses_them():
     assert FAMILY_PARAMETERS == tuple(field.name for field in dataclasses.fields(FamilyParameters))
     assert family_steps.FAMILY_PARAMETERS == FAMILY_PARAMETERS
-    assert len(FAMILY_PARAMETERS) == len(set(FAMILY_PARAMETERS)) == 24
+    assert len(FAMILY_PARAMETERS) == len(set(FAMILY_PARAMETERS)) == 25
 
 
 def test_every_family_parameter_has_a_meaning_and_an_unknown_name_is_refused():
@@ -88,7 +88,7 @@ def test_every_family_parameter_has_a_meaning_and_an_unknown_name_is_refused():
 def test_defaults_are_fresh_on_every_call_and_the_declaration_is_frozen():
     first = parameters.defaults()
     first["norms"].append("group")
-    assert parameters.defaults()["norms"] == ["batch", "none"]
+    assert parameters.defaults()["norms"] == ["batch", "gn_ws", "nf", "none"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         FamilyParameters().seeds = 5
 

@@ -3,6 +3,8 @@ sweeps (equal epochs, both fit, matched fit, the interpolated frontier, merged s
 rows with comparability fields and tests, and shared runs on a tiny real sweep."""
 
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -210,6 +212,34 @@ def test_the_learning_rate_choice_breaks_ties_towards_the_base_rate(monkeypatch)
     assert protocol.chosen_lr(table) == {"batch": BASE.lr, "none": BASE.lr}
 
 
+def test_nf_chooses_its_agc_threshold_beside_its_learning_rate_and_the_others_do_not_clip(monkeypatch):
+    seen = []
+
+    def score(cfg, *args):
+        seen.append((cfg.norm, cfg.lr, cfg.agc_clip))
+        # nf reads best at lr x4 with AGC 0.02; the others at x1 whatever their (unused) threshold
+        return 0.9 + (cfg.norm == "nf" and cfg.lr == 4 * BASE.lr and cfg.agc_clip == 0.02) * 0.05
+    monkeypatch.setattr(protocol, "_cached_validation", score)
+    from bnprivacy.data import load_dataset
+    import torch
+
+    p = Protocol(BASE, norms=("batch", "nf", "none"), budgets=(1,), seeds=1, n_models=2, agc_grid=(0.02, 0.08))
+    table = protocol.choose_learning_rates(p, load_dataset(BASE, torch.device("cpu")))
+    assert sorted({a for n, _, a in seen if n == "nf"}) == [0.02, 0.08] and len(seen) == 3 + 6 + 3
+    assert {a for n, _, a in seen if n != "nf"} == {BASE.agc_clip}
+    assert protocol.chosen_lr(table) == {"batch": BASE.lr, "nf": 4 * BASE.lr, "none": BASE.lr}
+    assert protocol.chosen_agc(table) == {"batch": None, "nf": 0.02, "none": None}
+    assert p.spec("nf", 1, 0.2, 0, 100, 0.02).config.agc_clip == 0.02
+    shown = protocol.lr_table_shown(table)
+    assert list(shown.index) == ["batch", "nf, AGC 0.02", "nf, AGC 0.08", "none"]
+
+
+@pytest.mark.parametrize("grid", [(0.0,), (-1.0,), (float("nan"),), (True,), ("0.02",)])
+def test_a_bad_agc_grid_is_refused_before_anything_trains(grid):
+    with pytest.raises(ValueError, match="agc_grid=.*thresholds > 0"):
+        Protocol(BASE, norms=("batch", "nf"), agc_grid=grid)
+
+
 def test_the_validation_split_holds_only_typical_samples_and_is_fixed():
     import torch
     from bnprivacy.data import load_dataset
@@ -320,3 +350,30 @@ def test_only_the_curve_seed_measures_every_epoch_and_that_leaves_the_run_keys_a
     specs = [p.spec("batch", 2, 0.1, seed, 256) for seed in range(3)]
     assert [s.epoch_curves for s in specs] == [True, False, False]
     assert RunSpec(BASE, 2, epoch_curves=False).key() == RunSpec(BASE, 2).key()
+
+
+def _family(accuracies, norms):
+    from bnprivacy.analysis.family_steps import TrainedFamily
+
+    sweep = _sweep(accuracies)
+    p = dataclasses.replace(sweep.protocol, norms=norms)
+    sweep = Sweep(p, sweep.lr_table, {}, sweep.table, num_classes=10)
+    return TrainedFamily(p, None, sweep, protocol.compare_each(sweep), 0.0)
+
+
+def test_a_reference_within_two_points_of_bn_is_said_to_train_as_well_and_a_shortfall_is_stated():
+    from bnprivacy.analysis import family_steps
+
+    close = {**DIGITS, **{("nf", b): (1.0, acc - 0.015) for (n, b), (_, acc) in DIGITS.items() if n == "batch"}}
+    family = _family(close, ("batch", "nf", "none"))
+    best = family_steps.best_accuracies(family).set_index("norm")
+    assert best.loc["batch", "test accuracy %"] == pytest.approx(98.1) and best.loc["batch", "epochs"] == 40
+    assert best.loc["none", "epochs"] == 40 and best.loc["none", "fits"]  # none fits at 40 only
+    text = family_steps.reference_gap_markdown(family)
+    assert "**nf**, is within 2 points of BN (+1.5 points behind" in text
+    far = family_steps.reference_gap_markdown(_family(DIGITS, ("batch", "none")))
+    assert "**No reference gets within 2 points of BN:** the closest, none, falls short by 2.2 points" in far
+    assert "x0.25, 1, 4 of the base rate" in far
+    # every reference is compared, the first one's comparisons first
+    assert [c.reference for c in family.comparisons][:1] == ["nf"] and {c.reference for c in family.comparisons} == {"nf", "none"}
+    assert family.comparison("matched fit").reference == "nf" and family.comparison("matched fit", "none").reference == "none"

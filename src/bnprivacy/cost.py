@@ -46,7 +46,8 @@ def image_passes(p: Protocol, pool: int, test: int, references: int) -> tuple[in
     half of the pool for its budget) and forward passes of their signals (every model queries the
     pool, the test split and the canaries' references, :data:`QUERIES` times each)."""
     held_out = int(round(pool * p.validation_fraction))
-    lr_grid = len(p.norms) * len(p.lr_grid) * VALIDATION_MODELS * (pool - held_out) * p.budgets[0]
+    candidates = sum(len(p.agc_candidates(norm)) for norm in p.norms) * len(p.lr_grid)  # nf: x its AGC grid
+    lr_grid = candidates * VALIDATION_MODELS * (pool - held_out) * p.budgets[0]
     shadow = len(p.norms) * p.seeds * p.n_models * (pool // 2) * sum(p.budgets)
     signals = len(p.norms) * p.seeds * len(p.budgets) * p.n_models * (pool + test + references) * QUERIES
     return lr_grid, shadow, signals

@@ -7,7 +7,7 @@ A comparison is evidence only when both sides trained to a comparable state. So,
    training whose learning-rate schedule anneals to its own end (no mid-schedule snapshots).
 2. **Per-norm learning rate**, chosen from a small grid of multiples of the base rate by accuracy
    on a validation split carved from the pool's typical samples (never the test set), at the
-   first budget of the ladder.
+   first budget of the ladder; for ``nf``, jointly with its AGC threshold from ``agc_grid``.
 3. **Fit.** A model has *fit* when its accuracy on its own IN samples (identity query, eval mode)
    reaches ``fit_threshold`` at the end of its budget; a side fits when its models' mean does.
 4. **Comparisons**, BN against the reference, paired by seed (same masks and canaries):
@@ -71,7 +71,8 @@ class Protocol:
     increasing epoch ladder, ``lr_grid`` multiplies ``base.lr``, ``seeds`` runs per (norm, budget)
     with their own masks, ``n_models`` shadow models per run, ``equal_epochs`` the budget of the
     paper's equal-epochs setting (default: the first). ``probe_points`` gradient probes per run on
-    ``probe_models`` models (0: no probes).
+    ``probe_models`` models (0: no probes). ``agc_grid`` lists the AGC thresholds tried for
+    ``norm='nf'`` beside each learning rate (empty: ``base.agc_clip`` only).
     """
 
     base: Config
@@ -87,9 +88,11 @@ class Protocol:
     probe_points: int = 0
     probe_typical: int = 20
     probe_models: int = 2
+    agc_grid: tuple[float, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "norms", tuple(self.norms))
+        object.__setattr__(self, "agc_grid", tuple(self.agc_grid))
         object.__setattr__(self, "budgets", tuple(self.budgets))
         object.__setattr__(self, "lr_grid", tuple(self.lr_grid))
         if not self.equal_epochs and self.budgets:
@@ -98,15 +101,31 @@ class Protocol:
 
     @property
     def reference(self) -> str:
-        """The norm BN is compared with: the first norm of ``norms`` that is not ``batch``."""
-        return next(n for n in self.norms if n != "batch")
+        """The norm a chapter's detail sections set BN against: the first norm of ``norms`` that is
+        not ``batch`` (in the book's order, so a batch-independent reference that trains as well as
+        BN, ``gn_ws`` or ``nf``, comes before ``none``)."""
+        return self.references[0]
 
-    def config(self, norm: str, budget: int, lr: float, seed: int) -> Config:
-        """The Config of one run of the family."""
-        return self.base.replace(norm=norm, epochs=budget, lr=lr, seed=seed)
+    @property
+    def references(self) -> tuple[str, ...]:
+        """Every norm BN is compared with: the norms of ``norms`` but ``batch``, in order."""
+        return tuple(n for n in self.norms if n != "batch")
 
-    def spec(self, norm: str, budget: int, lr: float, seed: int, pool_size: int) -> RunSpec:
-        """The shadow run of (norm, budget, seed) at learning rate ``lr`` (masks seeded by ``seed``)."""
+    def agc_candidates(self, norm: str) -> tuple[float | None, ...]:
+        """The AGC thresholds tried for ``norm``: ``agc_grid`` (or ``base.agc_clip``) for ``nf``, which
+        clips; ``(None,)`` (the base Config's, unused) for every other norm."""
+        if norm != "nf":
+            return (None,)
+        return self.agc_grid or (float(self.base.agc_clip),)
+
+    def config(self, norm: str, budget: int, lr: float, seed: int, agc: float | None = None) -> Config:
+        """The Config of one run of the family (``agc``: nf's AGC threshold, the base's when None)."""
+        changes = {} if agc is None else {"agc_clip": agc}
+        return self.base.replace(norm=norm, epochs=budget, lr=lr, seed=seed, **changes)
+
+    def spec(self, norm: str, budget: int, lr: float, seed: int, pool_size: int, agc: float | None = None) -> RunSpec:
+        """The shadow run of (norm, budget, seed) at learning rate ``lr`` (masks seeded by ``seed``)
+        and, for nf, AGC threshold ``agc``."""
         every = 0
         if self.probe_points:
             steps = (pool_size // 2) // self.base.batch_size
@@ -114,7 +133,7 @@ class Protocol:
         # Chapter 01 draws the per-epoch curves of seed 0 only. The other seeds' per-epoch evaluation
         # (16 models x 1,024 test images of a CIFAR run) took 8.5 of an epoch's 27 s on the CPU
         # (BENCHMARKS.md), read by nothing; their last epoch still measures the whole test split.
-        return RunSpec(self.config(norm, budget, lr, seed), self.n_models, mask_seed=seed, probe_every=every,
+        return RunSpec(self.config(norm, budget, lr, seed, agc), self.n_models, mask_seed=seed, probe_every=every,
                        probe_typical=self.probe_typical, probe_models=self.probe_models,
                        epoch_curves=seed == CURVE_SEED)
 
@@ -163,9 +182,15 @@ def check_protocol(p: Protocol) -> None:
     if p.probe_models > p.n_models:
         raise ValueError(f"probe_models={p.probe_models} is more than the n_models={p.n_models} models of a run; "
                          "allowed values: 1 ... n_models")
+    if any(isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0
+           for a in p.agc_grid):
+        raise ValueError(f"agc_grid={list(p.agc_grid)!r} is not allowed; allowed values: a list of finite AGC "
+                         "thresholds > 0 (the largest ratio of a unit's gradient norm to its weight norm), e.g. "
+                         "[0.02, 0.04], or [] for the base Config's agc_clip")
     for norm in p.norms:  # every Config of the family is valid before anything trains
         for budget in p.budgets:
-            p.config(norm, budget, p.base.lr * max(p.lr_grid), 0)
+            for agc in p.agc_candidates(norm):
+                p.config(norm, budget, p.base.lr * max(p.lr_grid), 0, agc)
 
 
 # --- 2. learning rates ----------------------------------------------------------------------------
@@ -206,22 +231,24 @@ def choose_learning_rates(protocol: Protocol, data, *, progress: bool = False) -
 
     held_out = validation_split(data, protocol.validation_fraction)
     rows = []
-    grid = [(n, m) for n in protocol.norms for m in protocol.lr_grid]
-    configs = {key: protocol.config(key[0], protocol.budgets[0], protocol.base.lr * key[1], 0) for key in grid}
+    grid = [(n, m, a) for n in protocol.norms for m in protocol.lr_grid for a in protocol.agc_candidates(n)]
+    configs = {key: protocol.config(key[0], protocol.budgets[0], protocol.base.lr * key[1], 0, key[2]) for key in grid}
     images = float(len(data.y_train) - len(held_out))
-    planned = {key: PlannedRun(f"{key[0]}, lr x{key[1]:g}", VALIDATION_MODELS, images, protocol.budgets[0])
+    planned = {key: PlannedRun(candidate_name(*key), VALIDATION_MODELS, images, protocol.budgets[0])
                for key, cfg in configs.items()
                if not _validation_path(cfg, protocol.validation_fraction).is_file()}
     clock = TrainingClock("learning-rate candidates", list(planned.values()), loaded=len(grid) - len(planned),
                           shrink=LR_GRID_SHRINK)
     clock.start()
-    for norm, multiplier in tqdm(grid, desc="learning-rate grid", disable=not progress):
-        cfg = configs[norm, multiplier]
+    for key in tqdm(grid, desc="learning-rate grid", disable=not progress):
+        norm, multiplier, agc = key
+        cfg = configs[key]
         started = time.perf_counter()
         accuracy = _cached_validation(cfg, data, held_out, protocol.validation_fraction)
-        if (norm, multiplier) in planned:
-            clock.run_trained(planned[norm, multiplier], time.perf_counter() - started)
-        rows.append({"norm": norm, "multiplier": float(multiplier), "lr": cfg.lr, "val_acc": accuracy})
+        if key in planned:
+            clock.run_trained(planned[key], time.perf_counter() - started)
+        rows.append({"norm": norm, "multiplier": float(multiplier), "lr": cfg.lr,
+                     "agc_clip": math.nan if agc is None else float(agc), "val_acc": accuracy})
     table = pd.DataFrame(rows)
     table["chosen"] = False
     for norm, group in table.groupby("norm", sort=False):
@@ -229,6 +256,26 @@ def choose_learning_rates(protocol: Protocol, data, *, progress: bool = False) -
         best = ranked.sort_values(["val_acc", "distance"], ascending=[False, True]).index[0]
         table.loc[best, "chosen"] = True
     return table
+
+
+def candidate_name(norm: str, multiplier: float, agc: float | None = None) -> str:
+    """A learning-rate candidate in words: ``"nf, lr x4, AGC 0.02"``."""
+    return f"{norm}, lr x{multiplier:g}" + ("" if agc is None else f", AGC {agc:g}")
+
+
+def chosen_agc(lr_table: pd.DataFrame) -> dict[str, float | None]:
+    """``{norm: AGC threshold}`` of the rows marked ``chosen`` (None for a norm that does not clip)."""
+    chosen = lr_table[lr_table.chosen]
+    return {norm: (None if agc != agc else float(agc)) for norm, agc in zip(chosen.norm, chosen.agc_clip)}
+
+
+def lr_table_shown(lr_table: pd.DataFrame) -> pd.DataFrame:
+    """The validation accuracy (%) of every candidate, a row per norm (per norm and AGC threshold
+    for nf) and a column per learning rate, for a chapter's table."""
+    label = [norm if agc != agc else f"{norm}, AGC {agc:g}" for norm, agc in zip(lr_table.norm, lr_table.agc_clip)]
+    return (lr_table.assign(candidate=label, lr=lr_table.lr.map("{:g}".format), val_acc=100 * lr_table.val_acc)
+            .pivot_table(index="candidate", columns="lr", values="val_acc", sort=False)
+            .rename_axis(index="norm", columns="validation accuracy (%) at learning rate"))
 
 
 def _validation_path(cfg: Config, fraction: float) -> Path:
@@ -317,8 +364,8 @@ def run_sweep(protocol: Protocol, data, *, lr_table: pd.DataFrame | None = None,
     rate; a run found in the store is loaded, not retrained."""
     if lr_table is None:
         lr_table = choose_learning_rates(protocol, data, progress=progress)
-    lrs = chosen_lr(lr_table)
-    specs = {(norm, budget, seed): protocol.spec(norm, budget, lrs[norm], seed, len(data.y_train))
+    lrs, agcs = chosen_lr(lr_table), chosen_agc(lr_table)
+    specs = {(norm, budget, seed): protocol.spec(norm, budget, lrs[norm], seed, len(data.y_train), agcs[norm])
              for norm in protocol.norms for budget in protocol.budgets for seed in range(protocol.seeds)}
     planned = {key: planned_run(f"{key[0]}, {key[1]} epochs, seed {key[2]}", spec, len(data.y_train))
                for key, spec in specs.items()}
@@ -334,7 +381,8 @@ def run_sweep(protocol: Protocol, data, *, lr_table: pd.DataFrame | None = None,
             clock.run_trained(planned[key], time.perf_counter() - started)
         runs[key] = run
         norm, budget, seed = key
-        rows.append({"norm": norm, "budget": budget, "seed": seed, "lr": lrs[norm], **run_summary(run)})
+        rows.append({"norm": norm, "budget": budget, "seed": seed, "lr": lrs[norm],
+                     "agc_clip": math.nan if agcs[norm] is None else agcs[norm], **run_summary(run)})
     return Sweep(protocol, lr_table, runs, pd.DataFrame(rows), data.num_classes)
 
 
@@ -466,6 +514,18 @@ def compare(sweep: Sweep, reference: str | None = None) -> list[Comparison]:
                         sweep.num_classes),
         _equal_epochs_both_fit(bn, ref, p, sweep.num_classes), _matched_fit(bn, ref, p, sweep.num_classes),
         _interpolated(bn, ref, p, sweep.num_classes)])
+
+
+def compare_each(sweep: Sweep) -> list[Comparison]:
+    """:func:`compare` for every reference of the protocol (``Protocol.references``), the primary
+    reference's comparisons first: every measure is then read as BN against each reference."""
+    return [c for reference in sweep.protocol.references for c in compare(sweep, reference)]
+
+
+def comparison_label(c: Comparison, comparisons: list[Comparison]) -> str:
+    """``c``'s setting, with ``vs REFERENCE`` when ``comparisons`` set BN against several norms
+    (so a table's rows stay distinct)."""
+    return c.setting if len({d.reference for d in comparisons}) < 2 else f"{c.setting}, vs {c.reference}"
 
 
 def merge_same_runs(comparisons: list[Comparison]) -> list[Comparison]:
@@ -711,7 +771,7 @@ def comparison_table(values: pd.DataFrame, comparisons: list[Comparison], *, mar
         d = difference(values, c)
         both = [fmt_interval(d[side], math.nan, math.nan, digits=digits, scale=scale, signed=False, unit=unit)
                 for side in ("batch", "ref")]
-        rows.append({"setting": c.setting, "runs": c.runs.replace(",", ", "),  # wraps on a narrow page
+        rows.append({"setting": comparison_label(c, comparisons), "runs": c.runs.replace(",", ", "),  # wraps
                      "test accuracy % (BN / ref)": percent_pair(c.test_acc_bn, c.test_acc_ref),
                      "IN accuracy % (BN / ref)": percent_pair(c.train_acc_bn, c.train_acc_ref),
                      "BN / ref": NOT_AVAILABLE if NOT_AVAILABLE in both else " / ".join(both),
@@ -731,7 +791,7 @@ def comparisons_overview(comparisons: list[Comparison]) -> pd.DataFrame:
     """The comparisons for a chapter page, in words and percent: the runs each reads, their
     learning rates, IN and test accuracy (BN / reference), and whether it is evidence."""
     return pd.DataFrame([{
-        "setting": c.setting, "runs (BN vs reference)": c.runs,
+        "setting": comparison_label(c, comparisons), "runs (BN vs reference)": c.runs,
         "learning rate (BN / ref)": f"{c.lr_bn:g} / {c.lr_ref:g}",
         "IN accuracy % (BN / ref)": percent_pair(c.train_acc_bn, c.train_acc_ref),
         "test accuracy % (BN / ref)": percent_pair(c.test_acc_bn, c.test_acc_ref),

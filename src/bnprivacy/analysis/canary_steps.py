@@ -15,7 +15,7 @@ from ..memorization import (canary_curves, epochs_to_memorize, mean_epochs_to_me
                             run_exposure, run_memorization)
 from ..reading import NOT_RESOLVED, fmt_interval, judge, not_comparable
 from ..stats import paired_difference
-from .family_steps import TrainedFamily, Measured, measure_family, sentence_for
+from .family_steps import TrainedFamily, Measured, measure_family, sentence_for, sentences_of
 
 KIND_ORDER = ["typical", "noise", "mislabeled", "ood", "atypical"]
 
@@ -96,8 +96,8 @@ def compare_memorization(family: TrainedFamily, margins: dict[str, float], *, lo
         parts.append(measure_family(family, {k: measures[k] for k in keys}, MEASURES, higher, lambda values, c: "",
                                     margins={k: margins[k] for k in keys}, claim_signs=CLAIM_SIGNS))
     merged = merge_measured(parts)
-    merged.sentences = {c.setting: sentence_for(lambda values, c: setting_sentence(values, c, margins),
-                                                merged.values, c) for c in family.comparisons}
+    merged.sentences = sentences_of(family, lambda c: sentence_for(lambda values, c: setting_sentence(values, c, margins),
+                                                                   merged.values, c))
     return merged
 
 
@@ -146,7 +146,7 @@ def rare_sentence(result: Measured, c: protocol.Comparison, margins: dict[str, f
 
 def fair_sentences(result: Measured) -> str:
     """The sentences of the fair comparisons (``protocol.FAIR_SETTINGS``), one after the other."""
-    return " ".join(s for setting, s in result.sentences.items()
+    return " ".join(s for (setting, _), s in result.sentences.items()
                     if any(part in protocol.FAIR_SETTINGS for part in setting.split(protocol.SAME_RUNS)))
 
 

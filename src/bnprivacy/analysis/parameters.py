@@ -33,17 +33,19 @@ class FamilyParameters:
     width: int = _parameter(16, "channels of the first layer, 0 for the default of the architecture")
     train_size: int = _parameter(0, "pool size (a random subsample of the training split), 0 for all of it")
     imbalance: float = _parameter(1.0, "long-tailed pool: the most frequent class this many times the rarest (10-50 in the literature), 1.0 as drawn")
-    norms: list[str] = _parameter(["batch", "none"], "normalisation layers: batch and at least one reference")
+    norms: list[str] = _parameter(["batch", "gn_ws", "nf", "none"],
+                                  "normalisation layers: batch and at least one reference (batch group layer gn_ws nf none)")
     canaries: str = _parameter("noise:10,mislabeled:10,ood:10,atypical:10",
                                "outliers injected into the pool (chapter 2)")
     canary_references: int = _parameter(63, "never-trained reference candidates per canary kind (exposure)")
     n_models: int = _parameter(16, "shadow models per run, even (each pool sample IN for half of them)")
     seeds: int = _parameter(3, "runs per (norm, budget), each with its own masks and initialisations")
-    budgets: list[int] = _parameter([20, 28, 40, 56], "epoch ladder, increasing, roughly geometric; "
+    budgets: list[int] = _parameter([20, 28, 40], "epoch ladder, increasing, roughly geometric; "
                                                       "each budget a complete cosine schedule")
     equal_epochs: int = _parameter(20, "budget of the paper's equal-epochs comparison, one of the budgets")
     lr: float = _parameter(0.05, "base peak learning rate (SGD, Nesterov momentum 0.9, cosine schedule)")
-    lr_grid: list[float] = _parameter([0.25, 1.0, 4.0], "multipliers of lr tried per norm on the validation split")
+    lr_grid: list[float] = _parameter([0.25, 1.0, 4.0, 16.0], "multipliers of lr tried per norm on the validation split")
+    agc_grid: list[float] = _parameter([0.02, 0.04], "AGC thresholds tried for nf beside each lr, [] for agc_clip 0.04")
     fit_threshold: float = _parameter(0.99, "a model has fit when its accuracy on its IN samples reaches this")
     batch_size: int = _parameter(64, "training batch size")
     weight_decay: float = _parameter(5e-4, "L2 penalty on weights (not on norm gains or biases)")
