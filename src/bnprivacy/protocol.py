@@ -266,13 +266,13 @@ def candidate_name(norm: str, multiplier: float, agc: float | None = None) -> st
 def chosen_agc(lr_table: pd.DataFrame) -> dict[str, float | None]:
     """``{norm: AGC threshold}`` of the rows marked ``chosen`` (None for a norm that does not clip)."""
     chosen = lr_table[lr_table.chosen]
-    return {norm: (None if agc != agc else float(agc)) for norm, agc in zip(chosen.norm, chosen.agc_clip)}
+    return {norm: (None if math.isnan(agc) else float(agc)) for norm, agc in zip(chosen.norm, chosen.agc_clip)}
 
 
 def lr_table_shown(lr_table: pd.DataFrame) -> pd.DataFrame:
     """The validation accuracy (%) of every candidate, a row per norm (per norm and AGC threshold
     for nf) and a column per learning rate, for a chapter's table."""
-    label = [norm if agc != agc else f"{norm}, AGC {agc:g}" for norm, agc in zip(lr_table.norm, lr_table.agc_clip)]
+    label = [norm if math.isnan(agc) else f"{norm}, AGC {agc:g}" for norm, agc in zip(lr_table.norm, lr_table.agc_clip)]
     return (lr_table.assign(candidate=label, lr=lr_table.lr.map("{:g}".format), val_acc=100 * lr_table.val_acc)
             .pivot_table(index="candidate", columns="lr", values="val_acc", sort=False)
             .rename_axis(index="norm", columns="validation accuracy (%) at learning rate"))

@@ -296,12 +296,13 @@ def measure_family(family: TrainedFamily, measures: dict, names: dict[str, str],
     resolution = resolution or {}
     claim_signs = claim_signs or {}
     values = {key: protocol.measure_table(family.sweep, fn) for key, fn in measures.items()}
-    references = family.protocol.references
+    references, primary = family.protocol.references, family.protocol.reference
     # every reference's robustness line goes into its own rows; the chapter shows the primary one's
-    robust_by = {(key, ref): protocol.robustness(protocol.fitting_pairings(family.sweep, values[key], ref))
-                 for key in measures for ref in references}
-    pairings = {key: protocol.fitting_pairings(family.sweep, v, family.protocol.reference) for key, v in values.items()}
-    robust = {key: robust_by[(key, family.protocol.reference)] for key in measures}
+    pairings_by = {(key, ref): protocol.fitting_pairings(family.sweep, values[key], ref)
+                   for key in measures for ref in references}
+    robust_by = {pair: protocol.robustness(table) for pair, table in pairings_by.items()}
+    pairings = {key: pairings_by[(key, primary)] for key in measures}
+    robust = {key: robust_by[(key, primary)] for key in measures}
     rows = [row for key in measures for ref in references
             for row in headlines.headline_rows(values[key], [c for c in family.comparisons if c.reference == ref],
                                               names[key], higher_means, robust_by[(key, ref)], resolution.get(key),
