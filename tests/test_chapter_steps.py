@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bnprivacy import attacks, headlines, protocol
+from bnprivacy import attacks, headlines
+from bnprivacy.protocol.comparisons import FIELDS, SETTINGS, compare, Comparison
+from bnprivacy.protocol.measures import measure_table, read_comparison
 from bnprivacy.analysis import canary_steps
 from bnprivacy.analysis import influence as influence_steps
 from bnprivacy.analysis import membership as attack_steps
@@ -70,9 +72,9 @@ def test_canary_rows_carry_comparability_and_read_not_comparable_where_a_side_di
     result = canary_steps.compare_memorization(family, MEMORIZATION_MARGINS)
     assert len(result.rows) == len(family.comparisons) * len(canary_steps.measured_keys(False))
     assert "rare" not in result.values  # a balanced pool has no rare classes to read
-    assert {part for r in result.rows for part in r["setting"].split(" = ")} == set(protocol.SETTINGS)
+    assert {part for r in result.rows for part in r["setting"].split(" = ")} == set(SETTINGS)
     for row in result.rows:
-        assert set(protocol.FIELDS) <= set(row)
+        assert set(FIELDS) <= set(row)
     equal = [r for r in result.rows if r["setting"] == "equal epochs"][0]
     assert equal["comparable"] is False
     assert {r["reference"] for r in result.rows} == {"group", "none"}
@@ -117,10 +119,10 @@ def test_a_long_tailed_family_compares_the_memorization_of_its_rare_classes(fami
 
 
 def test_against_a_reference_that_never_fits_every_fair_row_is_not_comparable(family):
-    versus_none = protocol.compare(family.sweep, "none")
+    versus_none = compare(family.sweep, "none")
     assert not family.sweep.sides().query("norm == 'none'").fit.any()  # IN accuracy about 0.74 at 30 epochs
     assert not any(c.comparable for c in versus_none)
-    values = protocol.measure_table(family.sweep, canary_steps.mean_memorization)
+    values = measure_table(family.sweep, canary_steps.mean_memorization)
     rows = headlines.headline_rows(values, versus_none, "canary memorization", "BN memorizes more", margin=0.05)
     table = headlines.adjust(pd.DataFrame([dict(r, chapter="02_canaries", dataset="digits", arch="cnn", profile="t")
                                            for r in rows]))
@@ -206,7 +208,7 @@ def test_a_difference_within_the_null_spread_reads_not_resolved():
             for norm in ("batch", "none") for seed in (0, 1) for draw in (0, 1)]
     table = pd.DataFrame(rows)
     calibration = attack_steps.Calibration(table, attacks.null_summary(table), "lira_online")
-    c = protocol.Comparison("matched fit", "none", 10, 10, 0.1, 0.1, 1.0, 1.0, 0.9, 0.9, True, True, True, "",
+    c = Comparison("matched fit", "none", 10, 10, 0.1, 0.1, 1.0, 1.0, 0.9, 0.9, True, True, True, "",
                             pairs=((10, 10),))
     spread = attack_steps.null_spread(calibration, c, "auc")
     assert spread == pytest.approx(2 * np.sqrt((table.auc[:4].var() + table.auc[4:].var()) / 2))
@@ -214,7 +216,7 @@ def test_a_difference_within_the_null_spread_reads_not_resolved():
     assert rule(c, {"diff": 0.5 * spread}).startswith("not resolved")
     assert rule(c, {"diff": 2 * spread}) == ""
     d = {"diff": 0.02, "lo": 0.01, "hi": 0.03, "df": 1}
-    assert protocol.reading(c, d, 0.01, resolution=rule(c, {"diff": 0.5 * spread})).startswith("not resolved")
+    assert read_comparison(c, d, 0.01, resolution=rule(c, {"diff": 0.5 * spread})).startswith("not resolved")
     assert attack_steps.resolution_rule(calibration, "tpr@0.001", nonmembers=9999)(c, {"diff": 1.0}).startswith(
         "not resolvable with 9,999 non-members")
     # A TPR's words are in the percentage points its sentence prints, not in fractions.

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bnprivacy import protocol
+from bnprivacy.protocol.comparisons import Comparison
 from bnprivacy.analysis import canary_steps
 from bnprivacy.analysis import membership as attack_steps
 from bnprivacy.config import Config
@@ -91,9 +91,9 @@ def test_classes_are_bucketed_by_their_count_in_the_pool_and_canaries_apart():
         frequency_buckets([0, 0, 1], ["typical"] * 3)
 
 
-def _comparison(comparable: bool = True) -> protocol.Comparison:
+def _comparison(comparable: bool = True) -> Comparison:
     reason = "" if comparable else "none did not fit (IN accuracy 0.984 < 0.99, at 56 epochs)"
-    return protocol.Comparison("matched fit", "none", 20, 56, 0.05, 0.05, 1.0, 0.984, 0.9, 0.88, True, comparable,
+    return Comparison("matched fit", "none", 20, 56, 0.05, 0.05, 1.0, 0.984, 0.9, 0.88, True, comparable,
                                comparable, reason)
 
 

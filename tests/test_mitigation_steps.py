@@ -10,7 +10,7 @@ import pytest
 from bnprivacy.analysis import mitigation
 from bnprivacy.analysis.mitigation import BN, GN, dp_label
 from bnprivacy.config import Config
-from bnprivacy.protocol import FIELDS as COMPARABILITY
+from bnprivacy.protocol.comparisons import FIELDS as COMPARABILITY
 
 # Tiny digits runs: 4 settings (BN, GN, DP at ε=∞ and ε=8) of 6 models each (the fewest that leave
 # every sample two OUT references for the offline attack), one epoch: nothing trains, so every
@@ -46,7 +46,7 @@ def test_the_reader_is_told_the_plan_then_each_setting_as_it_trains(steps):
 
 
 def side(norm, train_acc, test_acc, budget=2, lr=0.05):
-    """A constructed side of a comparison, as ``protocol.side`` returns it."""
+    """A constructed side of a comparison, as ``protocol.comparisons.side`` returns it."""
     return pd.Series({"norm": norm, "budget": budget, "lr": lr, "train_acc": train_acc, "test_acc": test_acc})
 
 

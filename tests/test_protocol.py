@@ -9,8 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bnprivacy import Config, headlines, protocol
-from bnprivacy.protocol import Protocol, Sweep, compare, guard
+from bnprivacy import Config, headlines
+from bnprivacy.protocol import learning_rates
+from bnprivacy.protocol.comparisons import FIELDS, SETTINGS, compare, compare_each, guard
+from bnprivacy.protocol.family import Protocol
+from bnprivacy.protocol.learning_rates import choose_learning_rates, chosen_agc, chosen_lr, grid_edge_lines, lr_table_shown, validation_split
+from bnprivacy.protocol.measures import comparison_table, curves, difference, fitting_pairings, frontier_values, pairings_shown, read_comparison, robustness
+from bnprivacy.protocol.sweep import run_sweep, Sweep
 from bnprivacy.stats import paired_difference
 
 BASE = Config(dataset="digits", arch="cnn", width=4, batch_size=32, device="cpu")
@@ -58,8 +63,8 @@ def test_the_guard_refuses_a_side_that_did_not_fit_or_did_not_train():
     untrained = guard("equal epochs", _side("batch", 10, 0.999, 0.97), _side("none", 10, 0.2, 0.14), num_classes=10)
     assert not untrained.comparable and "none did not train" in untrained.reason and "1.5x chance" in untrained.reason
     d = {"diff": 0.15, "lo": 0.1, "hi": 0.2, "df": 4}
-    assert protocol.reading(untrained, d, 0.01).startswith("not comparable: none did not train")
-    assert protocol.reading(fine, d, 0.01) == "BN higher"
+    assert read_comparison(untrained, d, 0.01).startswith("not comparable: none did not train")
+    assert read_comparison(fine, d, 0.01) == "BN higher"
 
 
 def test_a_reference_exempt_from_fitting_must_still_train():
@@ -123,10 +128,10 @@ def test_the_interpolated_comparison_reads_both_curves_at_equal_test_accuracy():
     assert interpolated.frontier_bn == (10, 20, 40) and interpolated.frontier_ref == (20, 40)
     assert interpolated.accuracy_range == pytest.approx((0.92, 0.95))
     assert interpolated.runs == "frontier batch@10,20,40 vs none@20,40"
-    d = protocol.difference(_linear_in_accuracy(sweep), interpolated)
+    d = difference(_linear_in_accuracy(sweep), interpolated)
     assert d["diff"] == pytest.approx(0.1) and d["n"] == 3 and d["df"] == 2
     # whole budgets would compare BN at 0.94 or 0.96 with none at 0.95: off by 2 x 0.01 either way
-    fit = protocol.difference(_linear_in_accuracy(sweep), compare(sweep)[2])
+    fit = difference(_linear_in_accuracy(sweep), compare(sweep)[2])
     assert fit["diff"] == pytest.approx(0.1 + 2 * (0.90 - 0.92))
 
 
@@ -138,7 +143,7 @@ def test_a_frontier_is_never_extrapolated():
                                    "(batch 0.900-0.960, none 0.850-0.880); not extrapolated")
     sweep = _sweep(FRONTIER)
     with pytest.raises(ValueError, match="never extrapolated"):
-        protocol.frontier_values(_linear_in_accuracy(sweep), "none", (20, 40), [0.90, 0.93])
+        frontier_values(_linear_in_accuracy(sweep), "none", (20, 40), [0.90, 0.93])
 
 
 def test_equal_epochs_both_fit_averages_the_per_seed_differences_over_the_common_fitting_budgets():
@@ -147,7 +152,7 @@ def test_equal_epochs_both_fit_averages_the_per_seed_differences_over_the_common
     assert both.pairs == ((20, 20), (40, 40)) and both.comparable
     values = sweep.table.assign(value=sweep.table.budget / 10 + sweep.table.seed
                                 + np.where(sweep.table.norm == "batch", sweep.table.budget / 100, 0.0))
-    d = protocol.difference(values, both)
+    d = difference(values, both)
     assert d["diff"] == pytest.approx((0.2 + 0.4) / 2)
 
 
@@ -170,7 +175,7 @@ def test_headline_rows_pair_seeds_at_each_sides_budget_and_carry_the_fields():
     assert fit["diff"] == pytest.approx(-2.0) and fit["batch"] == pytest.approx(2.5)
     assert fit["epochs_bn"] == 10 and fit["epochs_ref"] == 40 and fit["comparable"] is True
     for row in rows:
-        assert set(protocol.FIELDS) <= set(row) and row["margin"] == 0.05
+        assert set(FIELDS) <= set(row) and row["margin"] == 0.05
     assert fit["interval"] == "95% Student-t interval over 2 seeds paired by masks (1 df)" and fit["df"] == 1
     assert by_setting["equal epochs"]["comparable"] is False
     table = pd.DataFrame(rows)
@@ -180,7 +185,7 @@ def test_headline_rows_pair_seeds_at_each_sides_budget_and_carry_the_fields():
 def test_curves_give_a_t_interval_per_norm_and_budget():
     sweep = _sweep(DIGITS)
     values = sweep.table.assign(value=[0.1, 0.3] * (len(sweep.table) // 2))
-    curve = protocol.curves(values)
+    curve = curves(values)
     row = curve[(curve.norm == "none") & (curve.budget == 40)].iloc[0]
     expected = paired_difference([0.1, 0.3], [0.0, 0.0])
     assert row["mean"] == pytest.approx(0.2) and row["lo"] == pytest.approx(expected["lo"])
@@ -203,13 +208,13 @@ def test_a_margin_that_is_not_a_positive_number_is_refused(margin):
 
 def test_the_learning_rate_choice_breaks_ties_towards_the_base_rate(monkeypatch):
     scores = {0.25: 0.9, 1.0: 0.95, 4.0: 0.95}
-    monkeypatch.setattr(protocol, "_cached_validation", lambda cfg, *a: scores[round(cfg.lr / BASE.lr, 2)])
+    monkeypatch.setattr(learning_rates, "_cached_validation", lambda cfg, *a: scores[round(cfg.lr / BASE.lr, 2)])
     from bnprivacy.data import load_dataset
     import torch
 
     p = Protocol(BASE, budgets=(1,), seeds=1, n_models=2)
-    table = protocol.choose_learning_rates(p, load_dataset(BASE, torch.device("cpu")))
-    assert protocol.chosen_lr(table) == {"batch": BASE.lr, "none": BASE.lr}
+    table = choose_learning_rates(p, load_dataset(BASE, torch.device("cpu")))
+    assert chosen_lr(table) == {"batch": BASE.lr, "none": BASE.lr}
 
 
 def test_nf_chooses_its_agc_threshold_beside_its_learning_rate_and_the_others_do_not_clip(monkeypatch):
@@ -219,18 +224,18 @@ def test_nf_chooses_its_agc_threshold_beside_its_learning_rate_and_the_others_do
         seen.append((cfg.norm, cfg.lr, cfg.agc_clip))
         # nf reads best at lr x4 with AGC 0.02; the others at x1 whatever their (unused) threshold
         return 0.9 + (cfg.norm == "nf" and cfg.lr == 4 * BASE.lr and cfg.agc_clip == 0.02) * 0.05
-    monkeypatch.setattr(protocol, "_cached_validation", score)
+    monkeypatch.setattr(learning_rates, "_cached_validation", score)
     from bnprivacy.data import load_dataset
     import torch
 
     p = Protocol(BASE, norms=("batch", "nf", "none"), budgets=(1,), seeds=1, n_models=2, agc_grid=(0.02, 0.08))
-    table = protocol.choose_learning_rates(p, load_dataset(BASE, torch.device("cpu")))
+    table = choose_learning_rates(p, load_dataset(BASE, torch.device("cpu")))
     assert sorted({a for n, _, a in seen if n == "nf"}) == [0.02, 0.08] and len(seen) == 3 + 6 + 3
     assert {a for n, _, a in seen if n != "nf"} == {BASE.agc_clip}
-    assert protocol.chosen_lr(table) == {"batch": BASE.lr, "nf": 4 * BASE.lr, "none": BASE.lr}
-    assert protocol.chosen_agc(table) == {"batch": None, "nf": 0.02, "none": None}
+    assert chosen_lr(table) == {"batch": BASE.lr, "nf": 4 * BASE.lr, "none": BASE.lr}
+    assert chosen_agc(table) == {"batch": None, "nf": 0.02, "none": None}
     assert p.spec("nf", 1, 0.2, 0, 100, 0.02).config.agc_clip == 0.02
-    shown = protocol.lr_table_shown(table)
+    shown = lr_table_shown(table)
     assert list(shown.index) == ["batch", "nf, AGC 0.02", "nf, AGC 0.08", "none"]
 
 
@@ -245,8 +250,8 @@ def test_the_validation_split_holds_only_typical_samples_and_is_fixed():
     from bnprivacy.data import load_dataset
 
     data = load_dataset(BASE.replace(canaries="noise:5,mislabeled:5"), torch.device("cpu"))
-    first = protocol.validation_split(data, 0.2)
-    assert torch.equal(first, protocol.validation_split(data, 0.2))
+    first = validation_split(data, 0.2)
+    assert torch.equal(first, validation_split(data, 0.2))
     assert all(data.kinds[i] == "typical" for i in first.tolist())
     assert len(first) == round(0.2 * sum(k == "typical" for k in data.kinds))
 
@@ -262,7 +267,7 @@ def test_a_tiny_real_sweep_fits_shares_its_runs_and_loads_them_again(isolated_st
     p = Protocol(base, budgets=(1, 3), lr_grid=(1.0,), seeds=2, n_models=2, probe_points=2, probe_typical=2,
                  probe_models=1)
     data = load_dataset(base, torch.device("cpu"))
-    sweep = protocol.run_sweep(p, data, progress=False)
+    sweep = run_sweep(p, data, progress=False)
     assert len(sweep.runs) == 2 * 2 * 2 and set(sweep.table.budget) == {1, 3}
     run = sweep.run("batch", 3, 1)
     assert run.spec.config.epochs == 3 and run.history.epoch.max() == 3 and not run.probe_history.empty
@@ -278,7 +283,7 @@ def test_a_tiny_real_sweep_fits_shares_its_runs_and_loads_them_again(isolated_st
     assert len(trained) == 8 and "about" in trained[0] and trained[-1].endswith(trained[-1].split(";")[-1])
     assert "training done in" in trained[-1]
     folders = sorted((isolated_store / "results" / "runs").iterdir())
-    again = protocol.run_sweep(p, data, progress=False)
+    again = run_sweep(p, data, progress=False)
     told = capsys.readouterr().err
     assert "shadow runs of the family: all 8 runs are in the results store; nothing to train" in told
     assert "learning-rate candidates: all 2 runs are in the results store" in told
@@ -286,7 +291,7 @@ def test_a_tiny_real_sweep_fits_shares_its_runs_and_loads_them_again(isolated_st
     assert again.run("batch", 3, 1).folder == run.folder
     assert torch.equal(again.run("none", 1, 0).logits_pool, sweep.run("none", 1, 0).logits_pool)
     comparisons = compare(again)
-    assert {part for c in comparisons for part in c.settings} == set(protocol.SETTINGS)
+    assert {part for c in comparisons for part in c.settings} == set(SETTINGS)
 
 
 def test_fitting_pairings_show_when_the_answer_depends_on_the_budgets():
@@ -294,17 +299,17 @@ def test_fitting_pairings_show_when_the_answer_depends_on_the_budgets():
     bn_value = {10: 0.60, 20: 0.90, 40: 0.92}
     values = sweep.table.assign(value=[bn_value[b] + 0.01 * s if n == "batch" else 0.80 + 0.01 * s
                                        for n, b, s in zip(sweep.table.norm, sweep.table.budget, sweep.table.seed)])
-    pairs = protocol.fitting_pairings(sweep, values)
+    pairs = fitting_pairings(sweep, values)
     assert list(zip(pairs.epochs_bn, pairs.epochs_ref)) == [(10, 40), (20, 40), (40, 40)]
     assert list(pairs.reading) == ["BN lower", "BN higher", "BN higher"]
     assert pairs["diff"].tolist() == pytest.approx([-0.20, 0.10, 0.12])
-    assert protocol.robustness(pairs) == ("depends on the budgets: 2 BN higher, 1 BN lower of 3 pairs of budgets "
+    assert robustness(pairs) == ("depends on the budgets: 2 BN higher, 1 BN lower of 3 pairs of budgets "
                                           "at which both sides fit (differences -0.2 to +0.12)")
-    assert protocol.robustness(pairs.iloc[1:]) == ("BN higher at all 2 pairs of budgets at which both sides fit "
+    assert robustness(pairs.iloc[1:]) == ("BN higher at all 2 pairs of budgets at which both sides fit "
                                                    "(differences +0.1 to +0.12)")
     never = _sweep({k: ((0.9, 0.9) if k[0] == "none" else v) for k, v in DIGITS.items()})
-    assert protocol.robustness(protocol.fitting_pairings(never, values)) == "no pair of budgets at which both sides fit"
-    shown = protocol.pairings_shown(pairs)
+    assert robustness(fitting_pairings(never, values)) == "no pair of budgets at which both sides fit"
+    shown = pairings_shown(pairs)
     assert list(shown.columns) == ["BN epochs", "reference epochs", "BN", "reference", "BN − reference [95% CI]",
                                    "reading"]
     assert shown["BN − reference [95% CI]"].iloc[0].startswith("-0.200 [") and shown["reference"].iloc[0] == "0.805"
@@ -315,7 +320,7 @@ def test_a_frontier_with_nothing_to_read_says_so_instead_of_printing_nan():
     comparisons = compare(sweep)
     interpolated = comparisons[-1]
     assert not interpolated.measurable and interpolated.where().endswith("no common test accuracy to read")
-    table = protocol.comparison_table(sweep.table.assign(value=1.0), comparisons, margin=0.05)
+    table = comparison_table(sweep.table.assign(value=1.0), comparisons, margin=0.05)
     row = table.loc["matched accuracy, interpolated"]
     assert row["BN / ref"] == "n/a" and row["BN − ref [95% CI]"] == "n/a" and row["reading"].startswith("not comparable")
     assert "nan" not in " ".join(table.astype(str).to_numpy().ravel())
@@ -336,11 +341,11 @@ def test_a_learning_rate_chosen_at_the_edge_of_its_grid_is_reported_and_an_inter
     table = _lr_table([("batch", 0.05, 0.54), ("batch", 0.4, 0.62), ("batch", 0.8, 0.59),
                        ("none", 0.05, 0.48), ("none", 0.1, 0.45), ("none", 0.8, 0.0),
                        ("group", 0.05, 0.3), ("group", 0.1, 0.4), ("group", 0.8, 0.5)])
-    lines = protocol.grid_edge_lines(table)
+    lines = grid_edge_lines(table)
     assert len(lines) == 2
     assert lines[0].startswith("none chose lr 0.05, the lowest of its grid (0.05 to 0.8)") and "smaller" in lines[0]
     assert lines[1].startswith("group chose lr 0.8, the highest of its grid") and "larger" in lines[1]
-    assert protocol.grid_edge_lines(_lr_table([("batch", 0.1, 0.9)])) == []  # one rate: no grid to leave
+    assert grid_edge_lines(_lr_table([("batch", 0.1, 0.9)])) == []  # one rate: no grid to leave
 
 
 def test_only_the_curve_seed_measures_every_epoch_and_that_leaves_the_run_keys_alone():
@@ -358,7 +363,7 @@ def _family(accuracies, norms):
     sweep = _sweep(accuracies)
     p = dataclasses.replace(sweep.protocol, norms=norms)
     sweep = Sweep(p, sweep.lr_table, {}, sweep.table, num_classes=10)
-    return TrainedFamily(p, None, sweep, protocol.compare_each(sweep), 0.0)
+    return TrainedFamily(p, None, sweep, compare_each(sweep), 0.0)
 
 
 def test_a_reference_within_two_points_of_bn_is_said_to_train_as_well_and_a_shortfall_is_stated():

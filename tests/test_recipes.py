@@ -8,7 +8,7 @@ import torch
 
 from bnprivacy.config import Config
 from bnprivacy.data import load_dataset
-from bnprivacy.protocol import validation_split
+from bnprivacy.protocol.learning_rates import validation_split
 from bnprivacy.recipes import PROJECTED_MODELS, PROJECTED_SEEDS, check_candidates, projected_hours, trial, trial_masks
 from bnprivacy.values import read_yaml
 

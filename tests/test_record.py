@@ -10,7 +10,7 @@ import pytest
 
 from bnprivacy import book, headlines, record
 from bnprivacy.analysis import verdict as verdict_steps
-from bnprivacy.protocol import Comparison
+from bnprivacy.protocol.comparisons import Comparison
 
 REPO = Path(__file__).resolve().parents[1]
 

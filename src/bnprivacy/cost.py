@@ -13,7 +13,8 @@ import torch
 
 from .config import Config
 from .models import build_model
-from .protocol import VALIDATION_MODELS, Protocol
+from .protocol.family import Protocol
+from .protocol.learning_rates import VALIDATION_MODELS
 
 # Queries per sample when the signals are computed: the image and its mirror (natural images).
 QUERIES = 2
@@ -41,7 +42,7 @@ class FamilyCost:
 
 def image_passes(p: Protocol, pool: int, test: int, references: int) -> tuple[int, int, int]:
     """``(lr_grid, shadow, signals)``: image-epochs of the learning-rate candidates
-    (:data:`protocol.VALIDATION_MODELS` models per norm and multiplier on the pool less its
+    (:data:`VALIDATION_MODELS` models per norm and multiplier on the pool less its
     validation split, at the first budget), image-epochs of the shadow runs (every model trains on
     half of the pool for its budget) and forward passes of their signals (every model queries the
     pool, the test split and the canaries' references, :data:`QUERIES` times each)."""

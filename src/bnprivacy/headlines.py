@@ -16,14 +16,14 @@ import pandas as pd
 
 import math
 
-from . import protocol
-from .protocol import FIELDS, SAME_RUNS
-from .protocol import SETTINGS as PROTOCOL_SETTINGS
+from .protocol.comparisons import FIELDS, SAME_RUNS, Comparison
+from .protocol.comparisons import SETTINGS as PROTOCOL_SETTINGS
+from .protocol.measures import difference, interval_words
 from .reading import decide, not_comparable
 from .stats import check_margin, difference_p, equivalence_p, holm, paired_difference, standard_error
 from .runs.disk import results_folder, save_json, write_atomic
 
-# The protocol's comparisons (``protocol.py``), DP-SGD against its non-private twin, and the theory
+# The protocol's comparisons (the ``protocol`` package), DP-SGD against its non-private twin, and the theory
 # chapter's linear-model simulation.
 SETTINGS = (*PROTOCOL_SETTINGS, "mitigation", "simulation")
 TESTS = ("margin", "df", "p", "p_equivalence", "p_holm", "p_equivalence_holm", "reading")
@@ -50,11 +50,11 @@ def headline_row(measure: str, setting: str, batch: float, ref: float, diff: flo
     the interval's degrees of freedom (``math.inf`` for a bootstrap interval, read as normal). The
     row carries the two unadjusted tests (``p``: no difference; ``p_equivalence``: TOST within
     ±margin); :func:`adjust` adds the Holm-adjusted ones and the reading across all rows.
-    ``comparison`` (a ``protocol.Comparison``) is required for every setting but "simulation": its
+    ``comparison`` (a ``protocol.comparisons.Comparison``) is required for every setting but "simulation": its
     comparability fields (budgets, learning rates, train and test accuracy of both sides, fit,
     ``comparable`` and the ``reason`` when not) go into the row, so the verdict never reads a row
     whose sides did not train. ``robustness`` says whether the sign holds at every pair of budgets
-    at which both sides fit (``protocol.robustness``). ``resolution`` is empty, or says why the
+    at which both sides fit (``protocol.measures.robustness``). ``resolution`` is empty, or says why the
     measure cannot resolve the comparison ("not resolvable with n non-members", "not resolved:
     within the null spread"); such a row is read as that, never as evidence. ``claim_sign`` is
     the sign of the difference the claim under test predicts (:data:`CLAIM_SIGNS`).
@@ -65,7 +65,7 @@ def headline_row(measure: str, setting: str, batch: float, ref: float, diff: flo
         raise ValueError(f"setting {setting!r} is not one of {SETTINGS} (or several joined by {SAME_RUNS!r})")
     if comparison is None and setting != "simulation":
         raise ValueError(f"a {setting!r} row compares trained models and needs its comparison "
-                         "(protocol.Comparison) for the comparability fields")
+                         "(protocol.comparisons.Comparison) for the comparability fields")
     check_margin(f"margin of {measure!r}", margin)
     values = {"batch": batch, "ref": ref, "diff": diff, "lo": lo, "hi": hi}
     row = {"measure": measure, "setting": setting, "interval": interval, "higher_means": higher_means,
@@ -285,7 +285,7 @@ CURVE_COLUMNS = ["chapter", "measure", "norm", "budget", "seed", "value", "test_
 
 
 def record_curves(chapter: str, profile: str, values: dict[str, pd.DataFrame]) -> Path:
-    """Save the per-run values behind ``chapter``'s curves (``{measure name: protocol.measure_table}``)
+    """Save the per-run values behind ``chapter``'s curves (``{measure name: protocol.measures.measure_table}``)
     beside its headline rows, as one small CSV (what a recorded setting ships)."""
     frames = [table.assign(chapter=chapter, measure=name) for name, table in values.items()]
     if not frames:
@@ -350,7 +350,7 @@ def read_rows(path: Path) -> list[dict]:
 
 def merge_same_runs(table: pd.DataFrame) -> pd.DataFrame:
     """One row per comparison: rows of one chapter and measure that read the same runs (same
-    ``runs`` and reference; rows recorded before ``protocol.merge_same_runs``, e.g. "matched fit"
+    ``runs`` and reference; rows recorded before ``protocol.comparisons.merge_same_runs``, e.g. "matched fit"
     and "matched accuracy" on the same budgets) become the first of them, named by every setting."""
     if table.empty:
         return table
@@ -409,19 +409,19 @@ def from_previous_protocol(table: pd.DataFrame) -> bool:
     return "margin" not in table or table["margin"].isna().all()
 
 
-def headline_rows(values: pd.DataFrame, comparisons: list[protocol.Comparison], measure: str, higher_means: str,
+def headline_rows(values: pd.DataFrame, comparisons: list[Comparison], measure: str, higher_means: str,
                   robust: str = "", resolution=None, *, margin: float, claim_sign: int = 1) -> list[dict]:
     """One headline row per comparison of a measure (``headlines.headline_row`` with the
     comparability fields, the equivalence ``margin`` in the measure's units, both tests and the
-    ``robust`` line of :func:`protocol.robustness`), for the verdict. ``resolution(comparison, difference)
+    ``robust`` line of :func:`protocol.measures.robustness`), for the verdict. ``resolution(comparison, difference)
     -> str`` says when the measure cannot resolve a comparison (empty when it can); ``claim_sign``
     which sign of the difference the claim under test predicts (``headlines.CLAIM_SIGNS``)."""
     check_margin(f"margin of {measure!r}", margin)
     rows = []
     for c in comparisons:
-        d = protocol.difference(values, c)
+        d = difference(values, c)
         rows.append(headline_row(measure, c.setting, d["batch"], d["ref"], d["diff"], d["lo"], d["hi"],
-                                 protocol.interval_words(d), higher_means, reference=c.reference, comparison=c,
+                                 interval_words(d), higher_means, reference=c.reference, comparison=c,
                                  robustness=robust, resolution=resolution(c, d) if resolution else "",
                                  margin=margin, df=d["df"], claim_sign=claim_sign))
     return rows

@@ -163,7 +163,7 @@ def setting_color(setting: str) -> str:
 def frontier(per_measure: dict[str, pd.DataFrame], title: str = ""):
     """The utility frontier: each measure (one panel, its own scale) against test accuracy, one
     line per norm through its budgets in order of accuracy, with the 95% interval over seeds as a
-    band (``protocol.curves`` tables, e.g. ``analysis.verdict.frontier_curves``)."""
+    band (``protocol.measures.curves`` tables, e.g. ``analysis.verdict.frontier_curves``)."""
     measures = list(per_measure)
     if not measures:  # e.g. a verdict over chapters 05-06 only: say so in the figure's place
         fig, ax = plt.subplots(figsize=(6, 1.2))

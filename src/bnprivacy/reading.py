@@ -3,7 +3,7 @@
 A headline difference reads exactly one of ``BN higher``, ``BN lower`` (the difference test at the
 family-wise level), ``equivalent within ±margin`` (TOST at the same level) or ``inconclusive``
 (:func:`decide`); a comparison that is not comparable (a side that did not train, see
-``protocol.py``) is read as such and never as evidence either way. An interval alone (:func:`judge`)
+the ``protocol`` package) is read as such and never as evidence either way. An interval alone (:func:`judge`)
 can say higher, lower or inconclusive, never "no difference".
 """
 

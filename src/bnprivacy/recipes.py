@@ -16,7 +16,7 @@ import torch
 
 from .config import Config
 from .ensemble import build_ensemble, evaluate_ensemble, train_ensemble
-from .protocol import validation_split
+from .protocol.learning_rates import validation_split
 from .training import TrainingDiverged
 
 # The setting a trial's cost is projected to: models per run, seeds, and the epoch ladder as

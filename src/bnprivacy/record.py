@@ -33,7 +33,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import headlines, protocol
+from . import headlines
+from .protocol.comparisons import FIELDS
 from .book import chapter_names, chapter_parameters, check_overrides, execute_chapter, profile_parameters
 from .reading import code_span, markdown_text
 from .training import describe_hardware
@@ -239,7 +240,7 @@ def load_setting(folder: Path) -> RecordedSetting:
         detail = f"nested too deeply ({error})" if isinstance(error, RecursionError) else str(error)
         raise RecordedError(f"recorded setting {folder}: a file is malformed ({detail[:400]}); rerun its recording "
                             "or delete the folder") from None
-    needed = set(protocol.FIELDS) | {"chapter", "measure", "setting", "batch", "ref", "diff", "lo", "hi"}
+    needed = set(FIELDS) | {"chapter", "measure", "setting", "batch", "ref", "diff", "lo", "hi"}
     if rows.empty or not needed <= set(rows.columns):
         raise RecordedError(f"recorded setting {folder}: headlines.json lacks the columns "
                             f"{sorted(needed - set(rows.columns))}")

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import protocol
+from ..protocol.comparisons import FAIR_SETTINGS, SAME_RUNS, Comparison
+from ..protocol.measures import difference, read_comparison
 from ..longtail import BUCKETS, CANARY, frequency_buckets, rare_classes
 from ..memorization import (canary_curves, epochs_to_memorize, mean_epochs_to_memorize, memorization_scores,
                             run_exposure, run_memorization)
@@ -112,45 +113,45 @@ def merge_measured(parts: list[Measured]) -> Measured:
     return merged
 
 
-def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison, margins: dict[str, float]) -> str:
+def setting_sentence(values: dict[str, pd.DataFrame], c: Comparison, margins: dict[str, float]) -> str:
     """What one comparison says about canary memorization and epochs to memorize, in words."""
-    d = protocol.difference(values["canaries"], c)
-    e = protocol.difference(values["epochs"], c)
+    d = difference(values["canaries"], c)
+    e = difference(values["epochs"], c)
     mem = fmt_interval(d["diff"], d["lo"], d["hi"])
     epochs = fmt_interval(e["diff"], e["lo"], e["hi"])
     if not c.comparable:
         return (f"At {c.setting} ({c.where()}), BN minus {c.reference} is {mem} in canary memorization and "
                 f"{epochs} in epochs to memorize, but this comparison is **not comparable** ({c.reason}) and is "
                 "not evidence either way.")
-    reading = protocol.reading(c, d, margins["canaries"], "BN memorizes more", "BN memorizes less")
-    timing = protocol.reading(c, e, margins["epochs"], "BN memorizes later", "BN memorizes earlier")
+    reading = read_comparison(c, d, margins["canaries"], "BN memorizes more", "BN memorizes less")
+    timing = read_comparison(c, e, margins["epochs"], "BN memorizes later", "BN memorizes earlier")
     return (f"At {c.setting} ({c.where()}), BN minus {c.reference} in mean canary memorization is {mem} "
             f"(95% interval over {d['n']} seeds): **{reading}**; in epochs to memorize (fraction of the "
             f"budget) it is {epochs}: **{timing}**.")
 
 
-def rare_sentence(result: Measured, c: protocol.Comparison, margins: dict[str, float]) -> str:
+def rare_sentence(result: Measured, c: Comparison, margins: dict[str, float]) -> str:
     """What comparison ``c`` says about the rare classes' memorization (``result.values["rare"]``,
     a long-tailed family), in words."""
-    def sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:
-        d = protocol.difference(values["rare"], c)
+    def sentence(values: dict[str, pd.DataFrame], c: Comparison) -> str:
+        d = difference(values["rare"], c)
         mem = fmt_interval(d["diff"], d["lo"], d["hi"])
         if not c.comparable:
             return (f"At {c.setting} ({c.where()}), BN minus {c.reference} in rare-class memorization is {mem}, "
                     f"but this comparison is **not comparable** ({c.reason}) and is not evidence either way.")
-        reading = protocol.reading(c, d, margins["rare"], "BN memorizes more", "BN memorizes less")
+        reading = read_comparison(c, d, margins["rare"], "BN memorizes more", "BN memorizes less")
         return (f"At {c.setting} ({c.where()}), BN minus {c.reference} in the mean memorization of the rare "
                 f"classes' samples is {mem} (95% interval over {d['n']} seeds): **{reading}**.")
     return sentence_for(sentence, result.values, c)
 
 
 def fair_sentences(result: Measured) -> str:
-    """The sentences of the fair comparisons (``protocol.FAIR_SETTINGS``), one after the other."""
+    """The sentences of the fair comparisons (``protocol.comparisons.FAIR_SETTINGS``), one after the other."""
     return " ".join(s for (setting, _), s in result.sentences.items()
-                    if any(part in protocol.FAIR_SETTINGS for part in setting.split(protocol.SAME_RUNS)))
+                    if any(part in FAIR_SETTINGS for part in setting.split(SAME_RUNS)))
 
 
-def memorization_timing(family: TrainedFamily, c: protocol.Comparison) -> pd.DataFrame:
+def memorization_timing(family: TrainedFamily, c: Comparison) -> pd.DataFrame:
     """Per canary kind and norm, over the IN models of every seed of comparison ``c``'s two sides:
     mean fraction of the budget to memorize (censored at 1), the share memorized by the end, and
     the mean epoch of memorization among those memorized."""
@@ -168,7 +169,7 @@ def memorization_timing(family: TrainedFamily, c: protocol.Comparison) -> pd.Dat
                                                      ["batch", c.reference]], names=["kind", "norm"]))
 
 
-def typical_gap(family: TrainedFamily, c: protocol.Comparison) -> pd.DataFrame:
+def typical_gap(family: TrainedFamily, c: Comparison) -> pd.DataFrame:
     """Typical-sample memorization beside the generalization gap, per side of comparison ``c``
     (mean over seeds): the typical samples' accuracy in their IN models (``in_acc``) and OUT models
     (``out_acc``), their difference ``mem`` (the memorization score averaged over typical samples),
@@ -201,7 +202,7 @@ class SettingDetail:
     learning: pd.DataFrame
 
 
-def setting_detail(family: TrainedFamily, c: protocol.Comparison, *, n_boot: int = 200, exposure_bits: float | None = None) -> SettingDetail:
+def setting_detail(family: TrainedFamily, c: Comparison, *, n_boot: int = 200, exposure_bits: float | None = None) -> SettingDetail:
     """Detail of the two sides of comparison ``c``, over all seeds."""
     scores, groups, exposures, learning = [], [], [], []
     for norm, budget in (("batch", c.epochs_bn), (c.reference, c.epochs_ref)):
@@ -234,7 +235,7 @@ def exposure_table(detail: SettingDetail, kinds: list[str], norms: list[str]) ->
     return table
 
 
-def frequency_table(detail: SettingDetail, c: protocol.Comparison) -> pd.DataFrame:
+def frequency_table(detail: SettingDetail, c: Comparison) -> pd.DataFrame:
     """Memorization of the typical samples of each class-frequency bucket
     (:func:`longtail.frequency_buckets`: the frequent, middle and rare third of the classes), with
     BN and with ``c.reference`` at comparison ``c``'s budgets, and BN − reference over seeds (paired
@@ -265,7 +266,7 @@ def _seed_reading(d: dict) -> str:
     return judge(d["lo"], d["hi"])
 
 
-def frequency_sentence(table: pd.DataFrame, c: protocol.Comparison) -> str:
+def frequency_sentence(table: pd.DataFrame, c: Comparison) -> str:
     """:func:`frequency_table` in one sentence, rare classes first; a comparison that is not
     evidence says so once, first, and its buckets give only their numbers."""
     guard = "" if c.comparable else f"These runs are not evidence ({not_comparable(c.reason)}). "

@@ -15,9 +15,13 @@ import time
 
 import pandas as pd
 
-from .. import headlines, protocol
+from .. import headlines
 from ..config import Config, norm_order
-from ..protocol import Comparison, Protocol, Sweep
+from ..protocol.comparisons import compare_each, Comparison
+from ..protocol.family import Protocol
+from ..protocol.learning_rates import choose_learning_rates, chosen_agc, chosen_lr, grid_edge_lines
+from ..protocol.measures import comparison_table, curves, fitting_pairings, measure_table, robustness
+from ..protocol.sweep import run_sweep, Sweep
 from .parameters import FAMILY_PARAMETERS  # declared once, with defaults and meanings: FamilyParameters
 from ..data import load_dataset
 from ..runs import shadow
@@ -57,7 +61,7 @@ def check_family_names(given) -> None:
 
 
 def family_protocol(**values) -> Protocol:
-    """The shared family's :class:`protocol.Protocol` from exactly the family parameters by keyword,
+    """The shared family's :class:`protocol.family.Protocol` from exactly the family parameters by keyword,
     as :class:`bnprivacy.analysis.parameters.FamilyParameters` declares them (e.g.
     ``family_protocol(**parameters.defaults())``). Validated: a missing or unknown name, or a bad value,
     raises ``ValueError`` naming it before any training."""
@@ -100,11 +104,11 @@ class TrainedFamily:
 
 def train_family(p: Protocol, *, progress: bool = True) -> TrainedFamily:
     """Load the data, choose each norm's learning rate, train (or load) every run of the family,
-    and make the comparisons (``protocol.compare``)."""
+    and make the comparisons (``protocol.comparisons.compare_each``)."""
     started = time.perf_counter()
     data = load_dataset(p.base, resolve_device(p.base))
-    sweep = protocol.run_sweep(p, data, progress=progress)
-    return TrainedFamily(p, data, sweep, protocol.compare_each(sweep), time.perf_counter() - started)
+    sweep = run_sweep(p, data, progress=progress)
+    return TrainedFamily(p, data, sweep, compare_each(sweep), time.perf_counter() - started)
 
 
 def setting_table(family: TrainedFamily, *, profile: str, hardware: str) -> pd.DataFrame:
@@ -230,10 +234,10 @@ def train_family_shard(p: Protocol, *, shard: str = "0/1", chunk_size: int = 16,
     runner = shadow.executor_for(executor, options)
     check_chunk_size(chunk_size)
     data = load_dataset(p.base, resolve_device(p.base))
-    lr_table = protocol.choose_learning_rates(p, data, progress=progress)
-    for line in protocol.grid_edge_lines(lr_table):
+    lr_table = choose_learning_rates(p, data, progress=progress)
+    for line in grid_edge_lines(lr_table):
         print(f"warning: {line}")  # before the long training, while extending the grid is still cheap
-    lrs, agcs = protocol.chosen_lr(lr_table), protocol.chosen_agc(lr_table)
+    lrs, agcs = chosen_lr(lr_table), chosen_agc(lr_table)
     keys = [(n, b, s) for n in p.norms for b in p.budgets for s in range(p.seeds)]
     specs = [p.spec(norm, budget, lrs[norm], seed, len(data.y_train), agcs[norm]) for norm, budget, seed in keys]
     runs = shadow.train_runs(specs, data, chunk_size, runner, options, ChunkJob(progress=progress))
@@ -292,23 +296,23 @@ def measure_family(family: TrainedFamily, measures: dict, names: dict[str, str],
     ``headlines.headline_rows``) says when the measure cannot resolve a comparison, and
     ``claim_signs[key]`` (default +1) which sign of BN − reference the claim predicts.
     ``printed[key]`` (optional) changes how the chapter's table prints a measure: ``digits``,
-    ``scale`` and ``unit`` of ``protocol.comparison_table`` (a rate in percent, say)."""
+    ``scale`` and ``unit`` of ``protocol.measures.comparison_table`` (a rate in percent, say)."""
     resolution = resolution or {}
     claim_signs = claim_signs or {}
-    values = {key: protocol.measure_table(family.sweep, fn) for key, fn in measures.items()}
+    values = {key: measure_table(family.sweep, fn) for key, fn in measures.items()}
     references, primary = family.protocol.references, family.protocol.reference
     # every reference's robustness line goes into its own rows; the chapter shows the primary one's
-    pairings_by = {(key, ref): protocol.fitting_pairings(family.sweep, values[key], ref)
+    pairings_by = {(key, ref): fitting_pairings(family.sweep, values[key], ref)
                    for key in measures for ref in references}
-    robust_by = {pair: protocol.robustness(table) for pair, table in pairings_by.items()}
+    robust_by = {pair: robustness(table) for pair, table in pairings_by.items()}
     pairings = {key: pairings_by[(key, primary)] for key in measures}
     robust = {key: robust_by[(key, primary)] for key in measures}
     rows = [row for key in measures for ref in references
             for row in headlines.headline_rows(values[key], [c for c in family.comparisons if c.reference == ref],
                                               names[key], higher_means, robust_by[(key, ref)], resolution.get(key),
                                               margin=margins[key], claim_sign=claim_signs.get(key, 1))]
-    return Measured(values, {k: protocol.curves(v) for k, v in values.items()},
-                    {k: protocol.comparison_table(v, family.comparisons, margin=margins[k], resolution=resolution.get(k),
+    return Measured(values, {k: curves(v) for k, v in values.items()},
+                    {k: comparison_table(v, family.comparisons, margin=margins[k], resolution=resolution.get(k),
                                                   **{"digits": digits, **(printed or {}).get(k, {})})
                      for k, v in values.items()},
                     rows, sentences_of(family, lambda c: sentence_for(sentence, values, c)), pairings, robust)

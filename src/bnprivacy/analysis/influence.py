@@ -8,7 +8,8 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from .. import protocol
+from ..protocol.comparisons import Comparison
+from ..protocol.measures import difference, read_comparison
 from ..memorization import run_memorization
 from ..stats import t_interval
 from .family_steps import TrainedFamily, Measured, measure_family
@@ -70,26 +71,26 @@ def compare_ratios(family: TrainedFamily, margins: dict[str, float]) -> Measured
     words = exploratory(family.protocol)
     rules = {c: (lambda comparison, d: words) for c in RATIOS}
 
-    def sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:
+    def sentence(values: dict[str, pd.DataFrame], c: Comparison) -> str:
         return setting_sentence(values, c, margins, words)
 
     return measure_family(family, measures, RATIOS, "BN makes canaries' gradients stand out more", sentence,
                           digits=2, resolution=rules, margins=margins)
 
 
-def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison, margins: dict[str, float],
+def setting_sentence(values: dict[str, pd.DataFrame], c: Comparison, margins: dict[str, float],
                      exploratory_words: str = "") -> str:
     """What one comparison says about both ratios, in words."""
     parts = []
     for column, name in (("own ratio", "own gradient (a)"), ("loo ratio", "leave-one-out influence (b)")):
-        d = protocol.difference(values[column], c)
-        reading = protocol.reading(c, d, margins[column], "larger with BN", "smaller with BN", exploratory_words)
+        d = difference(values[column], c)
+        reading = read_comparison(c, d, margins[column], "larger with BN", "smaller with BN", exploratory_words)
         parts.append(f"{name}: canary/typical ratio {d['batch']:.2f} with BN, {d['ref']:.2f} with {c.reference} "
                      f"(difference {fmt_interval(d['diff'], d['lo'], d['hi'], digits=2)}; {reading})")
     return f"At {c.setting} ({c.where()}), " + "; ".join(parts) + "."
 
 
-def setting_probes(family: TrainedFamily, c: protocol.Comparison) -> pd.DataFrame:
+def setting_probes(family: TrainedFamily, c: Comparison) -> pd.DataFrame:
     """Member probes of both sides of comparison ``c``, every seed, tagged with norm and seed."""
     frames = [member_probes(family.run(norm, budget, seed)).assign(norm=norm, seed=seed)
               for norm, budget in (("batch", c.epochs_bn), (c.reference, c.epochs_ref))
@@ -123,7 +124,7 @@ class Link:
     rho: dict[str, float]
 
 
-def gradient_memorization_link(family: TrainedFamily, c: protocol.Comparison, probes: pd.DataFrame) -> Link:
+def gradient_memorization_link(family: TrainedFamily, c: Comparison, probes: pd.DataFrame) -> Link:
     """Each probed sample's mean own-gradient norm set against its memorization score in the same
     runs (averaged over seeds)."""
     from scipy import stats

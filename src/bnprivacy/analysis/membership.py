@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import protocol
+from ..protocol.comparisons import Comparison
+from ..protocol.measures import difference, read_comparison
 from ..attacks import (ATTACK_NAMES, HEADLINE_PREFERENCE, AttackInput, LiraOptions, attack_scores, calibrate, evaluate,
                        headline_attack, null_summary, resolvable, shuffled_masks, summarize, vulnerability)
 from ..longtail import rare_classes
@@ -106,7 +107,7 @@ def run_metrics(run, attack: str, targets: list[int], *, long_tailed: bool = Fal
     return metrics
 
 
-def null_spread(calibration: Calibration, c: protocol.Comparison, metric: str) -> float:
+def null_spread(calibration: Calibration, c: Comparison, metric: str) -> float:
     """Two standard deviations of BN − reference of ``metric`` (mean over seeds, as the comparison)
     when neither side has any membership signal: from the headline attack's null at the
     comparison's budgets (spread over seeds and draws of each side; pooled over the budgets a
@@ -129,7 +130,7 @@ def resolution_rule(calibration: Calibration, metric: str, nonmembers: int):
     """``rule(comparison, difference) -> str``: "not resolvable with n non-members" for a TPR the
     pooled non-members cannot resolve, "not resolved" for a difference within the null spread, ""
     otherwise (``headlines.headline_rows``)."""
-    def rule(c: protocol.Comparison, d: dict) -> str:
+    def rule(c: Comparison, d: dict) -> str:
         if metric.startswith("tpr@") and not resolvable(float(metric[4:]), nonmembers):
             return not_resolvable(nonmembers, float(metric[4:]))
         spread = null_spread(calibration, c, metric)
@@ -162,7 +163,7 @@ def compare_attacks(family: TrainedFamily, targets: list[int], calibration: Cali
         rare_nonmembers = min(m["rare nonmembers"] for m in metrics.values())
         rules[RARE] = resolution_rule(calibrate_rare_classes(family, targets, calibration), "auc", rare_nonmembers)
 
-    def sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison) -> str:
+    def sentence(values: dict[str, pd.DataFrame], c: Comparison) -> str:
         return setting_sentence(values, c, names, rules, margins)
 
     # A TPR prints in percent with 2 decimals: 0.0007 reads 0.07%, where 3 decimals would show 0.001.
@@ -176,14 +177,14 @@ def measured_keys(long_tailed: bool) -> list[str]:
     return list(METRICS) + ([RARE] if long_tailed else [])
 
 
-def setting_sentence(values: dict[str, pd.DataFrame], c: protocol.Comparison, names: dict, rules: dict,
+def setting_sentence(values: dict[str, pd.DataFrame], c: Comparison, names: dict, rules: dict,
                      margins: dict[str, float]) -> str:
     """What one comparison says about the headline attack's AUC and TPRs, in words."""
     parts = []
     for m, name in names.items():
-        d = protocol.difference(values[m], c)
+        d = difference(values[m], c)
         units = metric_units(m)
-        reading = protocol.reading(c, d, margins[m], "higher with BN", "lower with BN", rules[m](c, d), **units)
+        reading = read_comparison(c, d, margins[m], "higher with BN", "lower with BN", rules[m](c, d), **units)
         if reading.startswith("not resolvable"):
             parts.append(f"{name}: {reading}")
         else:
@@ -215,7 +216,7 @@ class Attacked:
         return pd.DataFrame(rows)
 
 
-def attack_setting(family: TrainedFamily, c: protocol.Comparison, targets: list[int], seed: int = 0,
+def attack_setting(family: TrainedFamily, c: Comparison, targets: list[int], seed: int = 0,
                    query_mode: str = "eval", norms=None, null_draws: int = 4) -> Attacked:
     """Score every shown attack on seed ``seed`` of both sides of comparison ``c`` (or of ``norms``),
     and calibrate each on the same runs (``null_draws`` shuffled-mask draws). ``query_mode="train"``
@@ -281,7 +282,7 @@ def by_group(attacked: Attacked, groups, attack: str, n_boot: int = 200, *, orde
     return pd.DataFrame(rows).set_index(["samples", "norm"]).reindex(index)
 
 
-def group_sentence(table: pd.DataFrame, attack: str, c: protocol.Comparison) -> str:
+def group_sentence(table: pd.DataFrame, attack: str, c: Comparison) -> str:
     """One sentence per group of :func:`by_group`: the AUC of ``attack`` with BN and with
     ``c.reference``, each with its interval; intervals that overlap are said to. A comparison that
     is not evidence (a side that did not fit) says so first."""

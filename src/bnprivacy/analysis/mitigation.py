@@ -7,7 +7,7 @@ epochs and inclusion masks. The steps, in the order the chapter calls them:
 :func:`prepare` (specs and data, checked before anything trains) → :func:`train` (runs, attack
 scores, privacy accounting) → :func:`summarize` (utility, attack success, memorization per setting)
 → :func:`attack_variants` (every attack's AUC) → :func:`effects` (each change with its interval,
-guarded by ``protocol.guard``) → :func:`headline_rows` (for the verdict) → :func:`audit` (empirical
+guarded by ``protocol.comparisons.guard``) → :func:`headline_rows` (for the verdict) → :func:`audit` (empirical
 ε against the accountant's).
 
 Every comparison is guarded: BN against GroupNorm ("equal epochs") is evidence only when both sides
@@ -25,7 +25,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from .. import protocol
+from ..protocol.comparisons import Comparison, guard, side
+from ..protocol.measures import percent_pair, read_comparison
 from ..attacks import ATTACK_NAMES, AttackInput, attack_scores, compare, evaluate, min_nonmembers, resolvable
 from ..config import Config
 from ..data import load_dataset
@@ -408,12 +409,12 @@ def effect_pairs(plan: Plan) -> dict[str, tuple[str, str]]:
 
 
 def guard_change(plan: Plan, before: pd.Series, after: pd.Series, *, num_classes: int,
-                 after_is_dp: bool) -> protocol.Comparison:
+                 after_is_dp: bool) -> Comparison:
     """The guard of one change: "equal epochs" with both sides required to fit between
     non-private settings; "mitigation" when the after side trained with DP-SGD, which must not fit
     by design (``ref_must_fit=False``) but must still train above ``chance_factor`` × chance."""
     setting = "mitigation" if after_is_dp else "equal epochs"
-    return protocol.guard(setting, before, after, num_classes=num_classes, fit_threshold=plan.fit_threshold,
+    return guard(setting, before, after, num_classes=num_classes, fit_threshold=plan.fit_threshold,
                           chance_factor=plan.chance_factor, ref_must_fit=not after_is_dp)
 
 
@@ -424,7 +425,7 @@ class Effect:
 
     before: str
     after: str
-    comparison: protocol.Comparison
+    comparison: Comparison
     auc: tuple
     tpr: tuple
     canary_mem: tuple
@@ -436,7 +437,7 @@ class Effect:
         higher, lower = ACCURACY_WORDS if measure == "accuracy" else RISK_WORDS
         value, lo, hi = getattr(self, measure)
         scale, unit = (100, " points") if measure == "accuracy" else (1.0, "")
-        return protocol.reading(self.comparison, {"diff": value, "lo": lo, "hi": hi, "df": math.inf},
+        return read_comparison(self.comparison, {"diff": value, "lo": lo, "hi": hi, "df": math.inf},
                                 MARGINS[measure][0], higher, lower, scale=scale, unit=unit)
 
     def phrase(self, measure: str) -> str:
@@ -465,7 +466,7 @@ def effect(setup: Setup, trained: Trained, summary: Summary, before: str, after:
     mem = summary.table.loc[before, "canary mem"] - summary.table.loc[after, "canary mem"]
     accuracy = paired_difference(runs[after].final_accuracy()["test_acc"].to_numpy(),
                                  runs[before].final_accuracy()["test_acc"].to_numpy())
-    comparison = guard_change(plan, protocol.side(before, [runs[before]]), protocol.side(after, [runs[after]]),
+    comparison = guard_change(plan, side(before, [runs[before]]), side(after, [runs[after]]),
                               num_classes=setup.data.num_classes, after_is_dp=after in setup.dp_settings)
     return Effect(before, after, comparison,
                   auc=(attack["auc"], attack["auc_lo"], attack["auc_hi"]),
@@ -521,8 +522,8 @@ def comparability_table(found: dict) -> pd.DataFrame:
     for name, e in found.items():
         c = e.comparison
         rows[name] = {"setting": c.setting, "epochs": pair(c, "epochs", "d"), "lr": pair(c, "lr", "g"),
-                      "IN acc %": protocol.percent_pair(c.train_acc_bn, c.train_acc_ref),
-                      "test acc %": protocol.percent_pair(c.test_acc_bn, c.test_acc_ref),
+                      "IN acc %": percent_pair(c.train_acc_bn, c.train_acc_ref),
+                      "test acc %": percent_pair(c.test_acc_bn, c.test_acc_ref),
                       "fit": f"{'yes' if c.fit_bn else 'no'} / {'yes' if c.fit_ref else 'no'}",
                       "comparable": "yes" if c.comparable else f"no: {c.reason}"}
     table = pd.DataFrame(rows).T
@@ -596,7 +597,7 @@ def _headline_row(setup: Setup, summary: Summary, change: Effect, column: str, r
                        summary.table.loc[change.after, column], value, lo, hi, HEADLINE_INTERVAL, higher,
                        reference=reference, comparison=change.comparison, margin=margin, df=math.inf)
     d = {"diff": value, "lo": lo, "hi": hi, "df": math.inf}
-    return row, protocol.reading(change.comparison, d, margin, higher, lower)
+    return row, read_comparison(change.comparison, d, margin, higher, lower)
 
 
 # --- 7. empirical epsilon -------------------------------------------------------------------------

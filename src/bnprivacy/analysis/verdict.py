@@ -11,7 +11,8 @@ import math
 import pandas as pd
 
 from .. import headlines
-from ..protocol import FAIR_SETTINGS, SAME_RUNS, curves, percent_pair
+from ..protocol.comparisons import FAIR_SETTINGS, SAME_RUNS
+from ..protocol.measures import curves, percent_pair
 from ..reading import EQUIVALENT, INCONCLUSIVE, NOT_RESOLVABLE, NOT_RESOLVED, fmt_interval, markdown_text
 
 PRIVACY_CHAPTERS = ("02_canaries", "03_gradient_influence", "04_membership_inference")
@@ -344,7 +345,7 @@ def readable_fraction(table: pd.DataFrame) -> float:
 
 def frontier_curves(curve_values: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per measure of the privacy chapters, each norm's curve against test accuracy
-    (``protocol.curves``: mean over seeds with its t-interval at every budget), for the frontier
+    (``protocol.measures.curves``: mean over seeds with its t-interval at every budget), for the frontier
     figure."""
     privacy = curve_values[curve_values.chapter.isin(PRIVACY_CHAPTERS)]
     return {measure: curves(group) for measure, group in privacy.groupby("measure", sort=False)}
