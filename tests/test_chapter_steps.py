@@ -17,7 +17,7 @@ from bnprivacy.analysis import verdict as verdict_steps
 
 MEMORIZATION_MARGINS = family_steps.margins(canary_steps.MARGINS, {})
 
-PARAMETERS = dict(dataset="digits", arch="cnn", width=8, train_size=240, imbalance=1.0, norms=["batch", "group", "none"],
+PARAMETERS = dict(dataset="digits", arch="cnn", width=8, widths=[1.0], train_size=240, imbalance=1.0, norms=["batch", "group", "none"],
                   canaries="noise:3,mislabeled:3", canary_references=7, n_models=6, seeds=2, budgets=[1, 30],
                   equal_epochs=1, lr=0.1, lr_grid=[1.0], agc_grid=[], fit_threshold=0.9, batch_size=16, weight_decay=5e-4,
                   label_smoothing=0.0, augment="auto", probe_points=3, probe_typical=4, probe_models=1, precision="auto", device="cpu")

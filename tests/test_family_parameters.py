@@ -76,7 +76,7 @@ def edit(path, old: str, new: str) -> None:
 def test_family_parameters_are_the_dataclass_fields_and_sweep_uses_them():
     assert FAMILY_PARAMETERS == tuple(field.name for field in dataclasses.fields(FamilyParameters))
     assert family_steps.FAMILY_PARAMETERS == FAMILY_PARAMETERS
-    assert len(FAMILY_PARAMETERS) == len(set(FAMILY_PARAMETERS)) == 25
+    assert len(FAMILY_PARAMETERS) == len(set(FAMILY_PARAMETERS)) == 26
 
 
 def test_every_family_parameter_has_a_meaning_and_an_unknown_name_is_refused():

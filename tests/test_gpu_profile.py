@@ -83,3 +83,19 @@ def test_image_passes_count_the_grid_the_runs_and_the_signals():
     cost = family_cost(p, 1000, 100, 20, (3, 32, 32), 10)
     assert cost.minutes_at(100) == pytest.approx(3 * cost.minutes_at(300))
     assert cost.total_flops == pytest.approx((lr_grid + shadow) * 880_327_680 + signals * 293_884_928)
+
+
+def test_the_width_points_are_counted_at_their_own_width_and_first_budget():
+    import dataclasses
+
+    from bnprivacy.cost import width_point_passes
+
+    ladder = family_steps.protocol_from({**family_values(REPO, "gpu", {"device": "cpu"}), "margins": {}})
+    p = dataclasses.replace(ladder, widths=(0.5, 1.0, 2.0))
+    passes = width_point_passes(p, pool=1000, test=100, references=20)
+    runs = 2 * 2 * 64  # norms x seeds x models, at the first budget (10) only
+    assert passes == {0.5: (runs * 500 * 10, runs * 1120 * 2), 2.0: (runs * 500 * 10, runs * 1120 * 2)}
+    extra = family_cost(p, 1000, 100, 20, (3, 32, 32), 10).total_flops - \
+        family_cost(ladder, 1000, 100, 20, (3, 32, 32), 10).total_flops
+    half, double = (flops_per_image(p.base.replace(norm="batch", width=w), (3, 32, 32), 10) for w in (32, 128))
+    assert extra == pytest.approx(sum(runs * 500 * 10 * t + runs * 1120 * 2 * f for t, f in (half, double)))

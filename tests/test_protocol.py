@@ -2,8 +2,8 @@
 sweeps (equal epochs, both fit, matched fit, the interpolated frontier, merged settings), headline
 rows with comparability fields and tests, and shared runs on a tiny real sweep."""
 
-
 import dataclasses
+import math
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,11 @@ BASE = Config(dataset="digits", arch="cnn", width=4, batch_size=32, device="cpu"
     (dict(n_models=3), "even"),
     (dict(equal_epochs=15), "one of the budgets"),
     (dict(n_models=4, probe_points=2, probe_models=9), "probe_models=9 is more than the n_models=4"),
+    (dict(widths=(0.5, 2.0)), "1 among them"),
+    (dict(widths=(1.0, 1.0)), "distinct"),
+    (dict(widths=(1.0, float("nan"))), "finite multipliers"),
+    (dict(widths=(1.0, -2.0)), "finite multipliers"),
+    (dict(widths=(1.0, 0.1)), "gives width 0, fewer than one channel per group"),
 ])
 def test_bad_protocols_are_refused_before_anything_is_written(changes, message, isolated_store):
     with pytest.raises(ValueError, match=message):
@@ -76,11 +81,16 @@ def test_a_reference_exempt_from_fitting_must_still_train():
     assert not dead.comparable and "group did not train" in dead.reason
 
 
-def _sweep(accuracies, fit_threshold=0.99, equal_epochs=10, seeds=2):
-    """A sweep from ``{(norm, budget): (train_acc, test_acc)}`` with ``seeds`` seeds each, no runs."""
-    p = Protocol(BASE, budgets=(10, 20, 40), seeds=seeds, fit_threshold=fit_threshold, equal_epochs=equal_epochs)
-    rows = [dict(norm=n, budget=b, seed=s, lr=0.05, train_acc=tr, test_acc=te)
-            for (n, b), (tr, te) in accuracies.items() for s in range(seeds)]
+def _sweep(accuracies, fit_threshold=0.99, equal_epochs=10, seeds=2, widths=(1.0,)):
+    """A sweep from ``{(norm, budget): (train_acc, test_acc)}`` (or ``(norm, width, budget)`` keys, for
+    points off the ladder) with ``seeds`` seeds each, no runs. Each point's clean IN loss is
+    ``1 - train_acc + (1 - test_acc)``, so that it falls as the point fits and generalises."""
+    p = Protocol(BASE, budgets=(10, 20, 40), seeds=seeds, fit_threshold=fit_threshold, equal_epochs=equal_epochs,
+                 widths=widths)
+    keyed = {(k if len(k) == 3 else (k[0], 1.0, k[1])): v for k, v in accuracies.items()}
+    rows = [dict(norm=n, width=w, budget=b, seed=s, lr=0.05, train_acc=tr, test_acc=te,
+                 in_loss=(1 - tr) + (1 - te), out_loss=2.0, in_margin=1.0, out_margin=0.5)
+            for (n, w, b), (tr, te) in keyed.items() for s in range(seeds)]
     return Sweep(p, pd.DataFrame(), {}, pd.DataFrame(rows), num_classes=10)
 
 
@@ -90,20 +100,21 @@ DIGITS = {("batch", 10): (0.998, 0.978), ("batch", 20): (1.0, 0.980), ("batch", 
 
 
 def test_comparisons_on_a_known_sweep():
-    equal, both, fit, interpolated = compare(_sweep(DIGITS))
+    equal, both, fit, interpolated, loss = compare(_sweep(DIGITS))
     assert (equal.epochs_bn, equal.epochs_ref, equal.comparable) == (10, 10, False)
     assert "none did not fit" in equal.reason
     assert both.setting == "equal epochs, both fit" and both.pairs == ((40, 40),) and both.comparable
     assert (fit.epochs_bn, fit.epochs_ref, fit.comparable, fit.runs) == (10, 40, True, "batch@10 vs none@40")
     # none fits at one budget only: no frontier to interpolate along, and the row says why
     assert interpolated.setting == "matched accuracy, interpolated" and not interpolated.comparable
-    assert interpolated.reason == ("a frontier needs at least 2 fitting budgets per norm; of the ladder 10,20,40, "
-                                   "none fits at 1 (40)")
+    assert interpolated.reason == ("a frontier needs at least 2 fitting points (width, budget) per norm; of "
+                                   "10,20,40, none fits at 1 (40)")
+    assert loss.setting == "matched training loss, interpolated" and loss.reason == interpolated.reason
 
 
 def test_matched_fit_without_a_fitting_budget_is_not_comparable_and_says_so():
     never = {k: ((0.9, 0.9) if k[0] == "none" else v) for k, v in DIGITS.items()}
-    equal, both, fit, interpolated = compare(_sweep(never))
+    equal, both, fit, interpolated, loss = compare(_sweep(never))
     assert not fit.comparable and fit.epochs_ref == 40 and "no budget of the ladder fits for none" in fit.note
     assert not both.comparable and "no budget of the ladder at which both sides fit" in both.note
     assert "none fits at 0 (none)" in interpolated.reason
@@ -123,10 +134,11 @@ def _linear_in_accuracy(sweep, offset=0.1):
 
 def test_the_interpolated_comparison_reads_both_curves_at_equal_test_accuracy():
     sweep = _sweep(FRONTIER, seeds=3)
-    interpolated = compare(sweep)[-1]
+    interpolated = compare(sweep)[-2]
     assert interpolated.comparable and interpolated.pairs == ()
-    assert interpolated.frontier_bn == (10, 20, 40) and interpolated.frontier_ref == (20, 40)
-    assert interpolated.accuracy_range == pytest.approx((0.92, 0.95))
+    assert interpolated.frontier_bn == ((1.0, 10), (1.0, 20), (1.0, 40))
+    assert interpolated.frontier_ref == ((1.0, 20), (1.0, 40))
+    assert interpolated.frontier_range == pytest.approx((0.92, 0.95))
     assert interpolated.runs == "frontier batch@10,20,40 vs none@20,40"
     d = difference(_linear_in_accuracy(sweep), interpolated)
     assert d["diff"] == pytest.approx(0.1) and d["n"] == 3 and d["df"] == 2
@@ -137,9 +149,9 @@ def test_the_interpolated_comparison_reads_both_curves_at_equal_test_accuracy():
 
 def test_a_frontier_is_never_extrapolated():
     apart = {**FRONTIER, ("none", 20): (0.995, 0.85), ("none", 40): (0.999, 0.88)}
-    interpolated = compare(_sweep(apart))[-1]
+    interpolated = compare(_sweep(apart))[-2]
     assert not interpolated.comparable
-    assert interpolated.reason == ("the test-accuracy ranges of the fitting budgets do not overlap "
+    assert interpolated.reason == ("the test accuracy ranges of the fitting points do not overlap "
                                    "(batch 0.900-0.960, none 0.850-0.880); not extrapolated")
     sweep = _sweep(FRONTIER)
     with pytest.raises(ValueError, match="never extrapolated"):
@@ -160,7 +172,7 @@ def test_two_settings_that_read_the_same_runs_are_one_comparison():
     # equal epochs at 40, where alone both fit: the plain row and the both-fit row are the same runs
     comparisons = compare(_sweep(DIGITS, equal_epochs=40))
     assert [c.setting for c in comparisons] == ["equal epochs = equal epochs, both fit", "matched fit",
-                                                "matched accuracy, interpolated"]
+                                                "matched accuracy, interpolated", "matched training loss, interpolated"]
     assert comparisons[0].settings == ["equal epochs", "equal epochs, both fit"]
     assert {c.runs for c in comparisons if c.pairs} == {"batch@40 vs none@40", "batch@10 vs none@40"}
 
@@ -318,7 +330,7 @@ def test_fitting_pairings_show_when_the_answer_depends_on_the_budgets():
 def test_a_frontier_with_nothing_to_read_says_so_instead_of_printing_nan():
     sweep = _sweep(DIGITS)
     comparisons = compare(sweep)
-    interpolated = comparisons[-1]
+    interpolated = comparisons[-2]
     assert not interpolated.measurable and interpolated.where().endswith("no common test accuracy to read")
     table = comparison_table(sweep.table.assign(value=1.0), comparisons, margin=0.05)
     row = table.loc["matched accuracy, interpolated"]
@@ -382,3 +394,129 @@ def test_a_reference_within_two_points_of_bn_is_said_to_train_as_well_and_a_shor
     # every reference is compared, the first one's comparisons first
     assert [c.reference for c in family.comparisons][:1] == ["nf"] and {c.reference for c in family.comparisons} == {"nf", "none"}
     assert family.comparison("matched fit").reference == "nf" and family.comparison("matched fit", "none").reference == "none"
+
+
+def _linear_in_loss(sweep, offset=0.1):
+    """A measure that is 3 x clean IN loss + seed/100, plus ``offset`` with BN."""
+    t = sweep.table
+    return t.assign(value=3 * t.in_loss + 0.01 * t.seed + np.where(t.norm == "batch", offset, 0.0))
+
+
+def test_the_matched_loss_comparison_reads_both_curves_at_equal_clean_in_loss():
+    sweep = _sweep(FRONTIER, seeds=3)
+    loss = compare(sweep)[-1]
+    assert loss.setting == "matched training loss, interpolated" and loss.comparable
+    # in_loss = 2 - train - test: BN 0.102, 0.06, 0.04 against none 0.085, 0.051 (fitting points)
+    assert loss.frontier_axis == "in_loss" and loss.frontier_range == pytest.approx((0.051, 0.085))
+    assert loss.in_loss_bn == loss.in_loss_ref == pytest.approx(0.068)
+    assert loss.where().startswith("at equal clean IN loss from 0.051 to 0.085")
+    d = difference(_linear_in_loss(sweep), loss)
+    assert d["diff"] == pytest.approx(0.1) and d["n"] == 3
+
+
+def test_width_points_join_the_frontier_and_let_disjoint_ladders_overlap():
+    # On the ladder BN (0.94-0.96) and none (0.85-0.88) never meet; BN at half width and none at
+    # double width reach 0.90 and 0.91, so the accuracy frontier reads 0.90-0.91.
+    ladders = {**FRONTIER, ("none", 20): (0.995, 0.85), ("none", 40): (0.999, 0.88), ("batch", 10): (1.0, 0.94)}
+    points = {**ladders, ("batch", 0.5, 10): (0.999, 0.90), ("none", 2.0, 10): (0.999, 0.91)}
+    without = compare(_sweep(ladders, widths=(0.5, 1.0, 2.0)))[-2]
+    assert not without.comparable and "do not overlap (batch 0.940-0.960, none 0.850-0.880)" in without.reason
+    sweep = _sweep(points, seeds=3, widths=(0.5, 1.0, 2.0))
+    interpolated = compare(sweep)[-2]
+    assert interpolated.comparable and interpolated.frontier_range == pytest.approx((0.90, 0.91))
+    assert interpolated.frontier_bn == ((1.0, 10), (1.0, 20), (1.0, 40), (0.5, 10))
+    assert interpolated.runs == "frontier batch@10,20,40,10@x0.5 vs none@20,40,10@x2"
+    d = difference(_linear_in_accuracy(sweep), interpolated)
+    assert d["diff"] == pytest.approx(0.1)
+    # the per-budget readers see only the ladder: curves and equal-epoch pairs ignore the width points
+    curve = curves(_linear_in_accuracy(sweep))
+    assert len(curve) == 6 and set(curve.budget) == {10, 20, 40}
+
+
+def test_the_width_grid_trains_its_points_at_the_first_budget_only():
+    p = Protocol(BASE, budgets=(10, 20), widths=(0.5, 1.0, 2.0))
+    assert p.width_points == ((0.5, 10), (2.0, 10))
+    assert p.config("batch", 10, 0.1, 0, width=0.5).width == 2 and p.config("batch", 10, 0.1, 0).width == 4
+    assert p.spec("batch", 10, 0.1, 0, 100, width=2.0).config.width == 8
+    # the ladder's runs keep their keys: a family without a width grid names the same runs as before
+    assert Protocol(BASE, budgets=(10, 20)).spec("batch", 10, 0.1, 0, 100) == p.spec("batch", 10, 0.1, 0, 100)
+
+
+def test_the_run_state_is_the_clean_loss_and_margin_of_in_and_out_samples():
+    import math
+    import types
+
+    import torch
+    from bnprivacy.protocol.sweep import run_state
+
+    # two models, three samples, three classes; model 0 holds samples 0 and 1, model 1 sample 2
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+                           [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 3.0]]])
+    run = types.SimpleNamespace(logits_pool=logits[:, None], y_pool=torch.tensor([0, 1, 2]),
+                                masks=torch.tensor([[True, True, False], [False, False, True]]))
+    state = run_state(run)
+    ce = lambda z, y: float(torch.logsumexp(torch.tensor(z), 0) - z[y])  # noqa: E731
+    in_loss = ((ce([2, 0, 0], 0) + ce([0, 0, 0], 1)) / 2 + ce([0, 0, 3], 2)) / 2
+    out_loss = (ce([0, 1, 0], 2) + (ce([0, 0, 0], 0) + ce([0, 0, 0], 1)) / 2) / 2
+    assert state["in_loss"] == pytest.approx(in_loss) and state["out_loss"] == pytest.approx(out_loss)
+    assert state["in_margin"] == pytest.approx(((2 + 0) / 2 + 3) / 2)
+    assert state["out_margin"] == pytest.approx((-1 + 0) / 2)
+    assert ce([0, 0, 0], 0) == pytest.approx(math.log(3))  # uniform logits: log K
+
+
+def test_the_best_accuracy_of_a_norm_may_lie_at_a_width_point_and_says_where():
+    from bnprivacy.analysis import family_steps
+    from bnprivacy.analysis.family_steps import TrainedFamily
+
+    wide = {**DIGITS, ("none", 2.0, 10): (0.999, 0.975)}
+    sweep = _sweep(wide, widths=(1.0, 2.0))
+    family = TrainedFamily(sweep.protocol, None, sweep, compare_each(sweep), 0.0)
+    best = family_steps.best_accuracies(family).set_index("norm")
+    assert best.loc["none", "width"] == 2.0 and best.loc["none", "test accuracy %"] == pytest.approx(97.5)
+    assert best.loc["none", "clean IN loss"] == pytest.approx(0.001 + 0.025)
+    assert "none 97.5% (10 epochs at width x2, lr 0.05)" in family_steps.reference_gap_markdown(family)
+
+
+def test_a_tiny_sweep_trains_its_width_points_and_the_rate_ablation_pairs_each_side_at_the_others_rate(
+        isolated_store, monkeypatch):
+    import math
+
+    import torch
+    from bnprivacy.data import load_dataset
+    from bnprivacy.protocol import learning_rates
+    from bnprivacy.protocol.ablation import ARMS, ablation_rates, train_rate_ablation
+    from bnprivacy.protocol.measures import measure_table
+    from bnprivacy.protocol.sweep import run_summary
+
+    base = BASE.replace(train_size=128)
+    p = Protocol(base, budgets=(1,), lr_grid=(1.0, 4.0), seeds=2, n_models=2, widths=(0.5, 1.0))
+    data = load_dataset(base, torch.device("cpu"))
+    # BN chooses x4, none x1: the ablation has a rate to move each side to
+    monkeypatch.setattr(learning_rates, "_cached_validation",
+                        lambda cfg, *a: {("batch", 4): 0.9, ("none", 1): 0.8}.get((cfg.norm, round(cfg.lr / base.lr)), 0.1))
+    sweep = run_sweep(p, data, progress=False)
+    assert set(sweep.width_runs) == {("batch", 0.5, 1, 0), ("batch", 0.5, 1, 1), ("none", 0.5, 1, 0), ("none", 0.5, 1, 1)}
+    assert sweep.width_runs["batch", 0.5, 1, 0].spec.config.width == 2
+    values = measure_table(sweep, lambda run: run_summary(run)["in_loss"])
+    assert len(values) == 8 and set(values.width) == {0.5, 1.0}
+    assert values["value"].equals(values["in_loss"]) and all(math.isfinite(v) for v in values.out_margin)
+    assert ablation_rates(sweep) == [("batch", 4 * base.lr), ("none", base.lr), ("batch", base.lr), ("none", 4 * base.lr)]
+    ablation = train_rate_ablation(sweep, data)
+    assert [arm for arm, *_ in ablation.arms("none")] == list(ARMS)
+    assert ablation.runs["batch", 4 * base.lr][1].folder == sweep.run("batch", 1, 1).folder  # the family's own runs
+    assert ablation.runs["none", 4 * base.lr][0].spec.config.lr == 4 * base.lr
+    moved = ablation.comparison("none", 4 * base.lr, 4 * base.lr)
+    assert (moved.lr_bn, moved.lr_ref, moved.setting) == (4 * base.lr, 4 * base.lr, "lr ablation")
+    d = ablation.difference("none", 4 * base.lr, 4 * base.lr, lambda run: run_summary(run)["test_acc"])
+    assert d["n"] == 2 and d["batch"] == pytest.approx(moved.test_acc_bn)
+
+
+def test_a_side_that_diverges_makes_its_ablation_row_not_comparable():
+    from bnprivacy.protocol.ablation import RateAblation
+
+    ablation = RateAblation(10, {"batch": 0.4, "none": 0.025}, {("batch", 0.4): None, ("none", 0.4): None},
+                            10, 0.99, 1.5)
+    c = ablation.comparison("none", 0.4, 0.4)
+    assert not c.comparable and c.reason == "batch diverged at lr 0.4; none diverged at lr 0.4"
+    assert math.isnan(ablation.difference("none", 0.4, 0.4, len)["diff"])
+    assert [arm for arm, *_ in RateAblation(10, {"batch": 0.1, "nf": 0.1}, {}, 10, 0.99, 1.5).arms("nf")] == ["chosen rates"]

@@ -368,7 +368,7 @@ def test_a_dp_run_on_ray_equals_the_local_dp_run_with_its_privacy_accounting(clu
 def test_a_family_trained_on_ray_is_found_complete_by_the_chapters(cluster, monkeypatch, submitted):
     from bnprivacy.analysis import family_steps
 
-    p = family_steps.family_protocol(dataset="digits", arch="cnn", width=4, train_size=128, imbalance=1.0, norms=["batch", "none"],
+    p = family_steps.family_protocol(dataset="digits", arch="cnn", width=4, widths=[1.0], train_size=128, imbalance=1.0, norms=["batch", "none"],
                      canaries="noise:2", canary_references=2, n_models=2, seeds=1, budgets=[1, 2], equal_epochs=1,
                      lr=0.1, lr_grid=[1.0], agc_grid=[], fit_threshold=0.9, batch_size=32, weight_decay=5e-4, label_smoothing=0.0,
                      augment="auto",

@@ -33,7 +33,14 @@ def _curves():
 def _provenance(name="cifar10-cnn"):
     return {"name": name, "commit": "0123456789abcdef", "dirty": False, "changed_files": [], "command": "make record",
             "profile": "cifar", "parameters": {}, "overrides": {}, "versions": record.versions(),
-            "hardware": "CPU x86_64", "chapter_seconds": {"02_canaries": 1.0}, "date": "2026-11-29T20:00:00+00:00"}
+            "hardware": "CPU x86_64", "chapter_seconds": {"02_canaries": 1.0}, "date": "2026-11-29T20:00:00+00:00",
+            "learning_rates": None}
+
+
+# A learning-rate table as chapter 01 records it (headlines.record_learning_rates).
+RATES = [{"norm": "batch", "multiplier": 4.0, "lr": 0.2, "agc_clip": None, "val_acc": 0.97, "chosen": True},
+         {"norm": "batch", "multiplier": 1.0, "lr": 0.05, "agc_clip": None, "val_acc": 0.95, "chosen": False},
+         {"norm": "nf", "multiplier": 4.0, "lr": 0.2, "agc_clip": 0.02, "val_acc": 0.96, "chosen": True}]
 
 
 def test_a_written_setting_reads_back_with_readings_and_its_provenance_label(tmp_path):
@@ -297,3 +304,39 @@ def test_write_settings_hidden_temporaries_are_skipped_not_read_as_settings(tmp_
     record.write_setting(tmp_path / "recorded" / "kept", _rows(), _curves(), _provenance("kept"))
     (tmp_path / "recorded" / ".kept.old").mkdir()  # a swap interrupted between its renames
     assert [s.name for s in record.load_all(tmp_path)] == ["kept"]
+
+
+def test_a_recording_keeps_every_norms_learning_rates_and_an_older_folder_without_them_still_reads(tmp_path):
+    import math
+
+    from bnprivacy import headlines
+
+    table = pd.DataFrame(RATES).assign(agc_clip=lambda t: t.agc_clip.astype(float).fillna(math.nan))
+    headlines.record_learning_rates("01_training", "quick", table)
+    assert headlines.load_learning_rates("quick", ["01_training"]) == RATES
+    assert headlines.load_learning_rates("quick", ["02_canaries"]) is None
+    folder = record.write_setting(tmp_path / "recorded" / "new", _rows(), _curves(),
+                                  {**_provenance("new"), "learning_rates": RATES})
+    old = record.write_setting(tmp_path / "recorded" / "old", _rows(), _curves(), _provenance("old"))
+    provenance = json.loads((old / "provenance.json").read_text())
+    del provenance["learning_rates"]  # as recorded before issue 39
+    (old / "provenance.json").write_text(json.dumps(provenance))
+    new, before = record.load_all(tmp_path)
+    assert new.provenance["learning_rates"] == RATES and "learning_rates" not in before.provenance
+    assert "chosen learning rates: batch lr 0.2; nf lr 0.2, AGC 0.02" in new.label()
+    assert "learning rates" not in before.label()
+    with pytest.raises(ValueError, match="provenance lacks"):
+        record.write_setting(tmp_path / "recorded" / "x", _rows(), _curves(), provenance)  # a new one must keep them
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([], "expected a non-empty list"),
+    ([{**RATES[0], "chosen": "yes"}], "field 'chosen' is str"),
+    ([{**RATES[0], "lr": -1.0}], "out of range"),
+    ([{**RATES[0], "val_acc": 1.5}], "out of range"),
+    ([RATES[0], {**RATES[1], "chosen": True}], "norm 'batch' has 2 chosen candidates"),
+    ([{k: v for k, v in RATES[0].items() if k != "norm"}], "field 'norm' is"),
+])
+def test_a_damaged_learning_rate_table_in_provenance_is_refused_naming_the_field(rows, message):
+    with pytest.raises(ValueError, match=message):
+        record.check_provenance({**_provenance(), "learning_rates": rows})

@@ -20,3 +20,11 @@ def check_real(name: str, value, allowed: str, ok: bool) -> None:
     number (not a bool) and ``ok`` (the caller's range test) holds."""
     if not ok or isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name}={value!r} is not allowed; allowed values: {allowed}")
+
+
+def check_flag(name: str, value) -> bool:
+    """``value`` if it is a real bool, else ``ValueError`` naming ``name`` (a papermill ``-p x 0`` or
+    ``-p x no`` arrives as an int or a string, which would read as true or false by accident)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is not allowed; allowed values: true or false (-p {name} True)")
+    return value

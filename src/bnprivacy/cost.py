@@ -29,11 +29,13 @@ class FamilyCost:
     signal_forwards: int
     train_flops_per_image: float
     forward_flops_per_image: float
+    # The runs off the ladder (Protocol.width_points), training and signals, at their own widths.
+    width_point_flops: float = 0.0
 
     @property
     def total_flops(self) -> float:
         training = (self.lr_grid_image_epochs + self.shadow_image_epochs) * self.train_flops_per_image
-        return training + self.signal_forwards * self.forward_flops_per_image
+        return training + self.signal_forwards * self.forward_flops_per_image + self.width_point_flops
 
     def minutes_at(self, tflops: float) -> float:
         """Wall time at ``tflops`` TFLOP/s achieved."""
@@ -52,6 +54,13 @@ def image_passes(p: Protocol, pool: int, test: int, references: int) -> tuple[in
     shadow = len(p.norms) * p.seeds * p.n_models * (pool // 2) * sum(p.budgets)
     signals = len(p.norms) * p.seeds * len(p.budgets) * p.n_models * (pool + test + references) * QUERIES
     return lr_grid, shadow, signals
+
+
+def width_point_passes(p: Protocol, pool: int, test: int, references: int) -> dict[float, tuple[int, int]]:
+    """``{width multiplier: (shadow, signals)}`` of the runs off the ladder, counted as
+    :func:`image_passes` counts the ladder's."""
+    runs = len(p.norms) * p.seeds * p.n_models
+    return {m: (runs * (pool // 2) * budget, runs * (pool + test + references) * QUERIES) for m, budget in p.width_points}
 
 
 def flops_per_image(cfg: Config, input_shape: tuple[int, int, int], num_classes: int) -> tuple[float, float]:
@@ -77,4 +86,9 @@ def family_cost(p: Protocol, pool: int, test: int, references: int, input_shape:
     lr_grid, shadow, signals = image_passes(p, pool, test, references)
     # BN's model: the other norms' layers cost the same to within a fraction of a percent.
     train, forward = flops_per_image(p.base.replace(norm="batch"), input_shape, num_classes)
-    return FamilyCost(lr_grid, shadow, signals, train, forward)
+    widths = 0.0
+    for m, (point_shadow, point_signals) in width_point_passes(p, pool, test, references).items():
+        cfg = p.base.replace(norm="batch", width=p.scaled_width(m))
+        point_train, point_forward = flops_per_image(cfg, input_shape, num_classes)
+        widths += point_shadow * point_train + point_signals * point_forward
+    return FamilyCost(lr_grid, shadow, signals, train, forward, widths)

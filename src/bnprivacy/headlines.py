@@ -16,9 +16,10 @@ import pandas as pd
 
 import math
 
-from .protocol.comparisons import FIELDS, SAME_RUNS, Comparison
+from .protocol.comparisons import FIELDS, SAME_RUNS, STATE_FIELDS, Comparison
 from .protocol.comparisons import SETTINGS as PROTOCOL_SETTINGS
 from .protocol.measures import difference, interval_words
+from .protocol.sweep import STATE
 from .reading import decide, not_comparable
 from .stats import check_margin, difference_p, equivalence_p, holm, paired_difference, standard_error
 from .runs.disk import results_folder, save_json, write_atomic
@@ -141,7 +142,7 @@ def _truthy(value) -> bool:
 TEXT_FIELDS = ("chapter", "measure", "setting", "reference", "runs", "interval", "higher_means", "reason",
                "resolution", "robustness", "dataset", "arch", "profile", "reading")
 NUMBER_FIELDS = ("batch", "ref", "diff", "lo", "hi", "margin", "df", "epochs_bn", "epochs_ref", "lr_bn", "lr_ref",
-                 "train_acc_bn", "train_acc_ref", "test_acc_bn", "test_acc_ref")
+                 "train_acc_bn", "train_acc_ref", "test_acc_bn", "test_acc_ref", *STATE_FIELDS)
 PROBABILITY_FIELDS = ("p", "p_equivalence", "p_holm", "p_equivalence_holm")
 BOOLEAN_FIELDS = ("comparable", "fit_bn", "fit_ref")
 MAX_TEXT = 2000
@@ -281,7 +282,11 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-CURVE_COLUMNS = ["chapter", "measure", "norm", "budget", "seed", "value", "test_acc", "train_acc"]
+# The columns of a chapter's curves.csv: every run's value with its state (protocol.sweep.STATE) and
+# width multiplier. A file recorded before the width grid and the state lacks the optional ones.
+CURVE_REQUIRED = ["chapter", "measure", "norm", "budget", "seed", "value", "test_acc", "train_acc"]
+CURVE_OPTIONAL = ["width", *STATE]
+CURVE_COLUMNS = CURVE_REQUIRED + CURVE_OPTIONAL
 
 
 def record_curves(chapter: str, profile: str, values: dict[str, pd.DataFrame]) -> Path:
@@ -292,7 +297,8 @@ def record_curves(chapter: str, profile: str, values: dict[str, pd.DataFrame]) -
         raise ValueError(f"chapter {chapter} recorded no curve values")
     path = headline_folder(profile) / f"{chapter}.curves.csv"
 
-    write_atomic(path, pd.concat(frames, ignore_index=True)[CURVE_COLUMNS].to_csv(index=False).encode())
+    table = pd.concat(frames, ignore_index=True).reindex(columns=CURVE_COLUMNS)
+    write_atomic(path, table.to_csv(index=False).encode())
     return path
 
 
@@ -302,6 +308,28 @@ def record_cost(chapter: str, profile: str, training_seconds: float) -> Path:
     path = headline_folder(profile) / f"{chapter}.cost.json"
     save_json(path, {"chapter": chapter, "training_seconds": round(float(training_seconds), 1)})
     return path
+
+
+def record_learning_rates(chapter: str, profile: str, lr_table: pd.DataFrame) -> Path:
+    """Save the family's learning-rate table (``protocol.learning_rates.choose_learning_rates``:
+    every candidate's validation accuracy, nf's AGC threshold, the chosen row per norm) as
+    ``<chapter>.learning_rates.json``, which a recording copies into its provenance."""
+    rows = [{"norm": str(r.norm), "multiplier": float(r.multiplier), "lr": float(r.lr),
+             "agc_clip": None if math.isnan(r.agc_clip) else float(r.agc_clip), "val_acc": float(r.val_acc),
+             "chosen": bool(r.chosen)} for r in lr_table.itertuples()]
+    path = headline_folder(profile) / f"{chapter}.learning_rates.json"
+    save_json(path, rows)
+    return path
+
+
+def load_learning_rates(profile: str, chapters: list[str]) -> list[dict] | None:
+    """The learning-rate table the first of ``chapters`` that recorded one saved, or None."""
+    folder = headline_folder(profile)
+    for chapter in chapters:
+        path = folder / f"{chapter}.learning_rates.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
 
 
 def load_cost(profile: str, chapters: list[str]) -> float | None:

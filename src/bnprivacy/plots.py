@@ -151,6 +151,7 @@ def roc_panels(attacked, attacks, title: str = ""):
 
 SETTING_COLORS = {"equal epochs": "#c0392b", "equal epochs, both fit": "#e67e22", "matched fit": "#2471a3",
                   "matched accuracy, interpolated": "#1abc9c", "matched accuracy": "#1abc9c",
+                  "matched training loss, interpolated": "#16a085",
                   "mitigation": "#8e44ad", "simulation": "#7f8c8d"}
 
 

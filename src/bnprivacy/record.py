@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import platform
 import shutil
 import subprocess
@@ -34,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import headlines
-from .protocol.comparisons import FIELDS
+from .protocol.comparisons import FIELDS, STATE_FIELDS
 from .book import chapter_names, chapter_parameters, check_overrides, execute_chapter, profile_parameters
 from .reading import code_span, markdown_text
 from .training import describe_hardware
@@ -43,6 +44,11 @@ RECORDED = "recorded"
 FILES = ("headlines.json", "curves.csv", "provenance.json")
 PROVENANCE_FIELDS = ("name", "commit", "dirty", "changed_files", "command", "profile", "parameters",
                      "overrides", "versions", "hardware", "chapter_seconds", "date")
+# Written by every recording since the references that train as well as BN (issue 39), checked
+# when present: a folder recorded before them lacks it and is still read.
+WRITTEN_FIELDS = (*PROVENANCE_FIELDS, "learning_rates")
+LEARNING_RATE_FIELDS = {"norm": str, "multiplier": (int, float), "lr": (int, float), "agc_clip": (int, float, type(None)),
+                        "val_acc": (int, float), "chosen": bool}
 # The chapter that reads the recordings: executing it in one records nothing.
 VERDICT_CHAPTER = "07_verdict"
 # Every chapter whose headline rows depend on the profile's data. Chapter 05's headline is the
@@ -74,8 +80,10 @@ class RecordedSetting:
         trained = (f"; its shadow models trained for {p['training_seconds'] / 60:.0f} min"
                    if p.get("training_seconds") else "")
         # Recorded text is data: escaped, so a forged provenance shows as written, never as markup.
+        rates = chosen_rates_words(p)
+        rates = f"; chosen learning rates: {markdown_text(rates)}" if rates else ""
         return (f"recorded on {markdown_text(p['date'][:10])}, {markdown_text(p['hardware'])}, commit "
-                f"{markdown_text(p['commit'][:10])}{dirty}{trained}; rerun with {code_span(p['command'])}")
+                f"{markdown_text(p['commit'][:10])}{dirty}{trained}{rates}; rerun with {code_span(p['command'])}")
 
 
 def parse_chapters(text: str) -> tuple[str, ...]:
@@ -175,6 +183,8 @@ def record(root: Path, profile: str, name: str, overrides: dict | None = None,
         # The models' own training time, recorded when they trained: chapter_seconds is short
         # when the chapters load runs that an earlier invocation trained.
         "training_seconds": headlines.load_cost(profile, list(chapters)),
+        # Every norm's learning-rate candidates, the chosen rate and nf's AGC threshold (chapter 01).
+        "learning_rates": headlines.load_learning_rates(profile, list(chapters)),
     }
     return write_setting(root / RECORDED / name, headlines.load(profile, list(chapters)),
                          headlines.load_curves(profile, list(chapters)), provenance)
@@ -191,7 +201,7 @@ def write_setting(folder: Path, rows: pd.DataFrame, curves: pd.DataFrame, proven
     """Write one recorded folder all or nothing: the new folder is written under a temporary name,
     the old one (if any) is renamed aside, the new one renamed into place, and only then is the old
     one deleted; a failure at any step leaves the old recording where it was."""
-    missing = [f for f in PROVENANCE_FIELDS if f not in provenance]
+    missing = [f for f in WRITTEN_FIELDS if f not in provenance]
     if missing:
         raise ValueError(f"provenance lacks {missing}")
     tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
@@ -240,7 +250,8 @@ def load_setting(folder: Path) -> RecordedSetting:
         detail = f"nested too deeply ({error})" if isinstance(error, RecursionError) else str(error)
         raise RecordedError(f"recorded setting {folder}: a file is malformed ({detail[:400]}); rerun its recording "
                             "or delete the folder") from None
-    needed = set(FIELDS) | {"chapter", "measure", "setting", "batch", "ref", "diff", "lo", "hi"}
+    # A row recorded before the runs carried their state (clean loss, logit margins) lacks those fields.
+    needed = (set(FIELDS) - set(STATE_FIELDS)) | {"chapter", "measure", "setting", "batch", "ref", "diff", "lo", "hi"}
     if rows.empty or not needed <= set(rows.columns):
         raise RecordedError(f"recorded setting {folder}: headlines.json lacks the columns "
                             f"{sorted(needed - set(rows.columns))}")
@@ -320,7 +331,40 @@ def check_provenance(provenance) -> dict:
                                 or not 0 <= seconds < float("inf")):
         raise ValueError(f"provenance.json field 'training_seconds' is {headlines.describe(seconds)}; expected a "
                          "number of seconds >= 0 or null")
+    check_learning_rates(provenance.get("learning_rates"))
     return provenance
+
+
+def check_learning_rates(rows) -> None:
+    """The provenance's learning-rate table (None: not recorded), else ValueError naming the row and
+    field: a list of candidates with :data:`LEARNING_RATE_FIELDS` of the right types, finite rates
+    > 0, validation accuracies in [0, 1], and exactly one chosen candidate per norm."""
+    if rows is None:
+        return
+    where = "provenance.json field 'learning_rates'"
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"{where} is {headlines.describe(rows)}; expected a non-empty list of candidates or null")
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{where} row {index} is {headlines.describe(row)}, not an object")
+        for field, kind in LEARNING_RATE_FIELDS.items():
+            value = row.get(field)
+            if field not in row or not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise ValueError(f"{where} row {index} field {field!r} is {headlines.describe(value)}")
+        if not (math.isfinite(row["lr"]) and row["lr"] > 0 and 0 <= row["val_acc"] <= 1):
+            raise ValueError(f"{where} row {index}: lr {row['lr']!r} or val_acc {row['val_acc']!r} is out of range")
+    for norm in {row["norm"] for row in rows}:
+        chosen = sum(row["chosen"] for row in rows if row["norm"] == norm)
+        if chosen != 1:
+            raise ValueError(f"{where}: norm {norm!r} has {chosen} chosen candidates; expected exactly one")
+
+
+def chosen_rates_words(provenance: dict) -> str:
+    """"batch lr 0.2; nf lr 0.2, AGC 0.02; none lr 0.05" from a recording's learning-rate table, or
+    "" for a folder recorded before it was kept."""
+    rows = provenance.get("learning_rates") or []
+    return "; ".join(f"{row['norm']} lr {row['lr']:g}" + ("" if row["agc_clip"] is None else f", AGC {row['agc_clip']:g}")
+                     for row in rows if row["chosen"])
 
 
 def _texts(value, where: str):
@@ -338,17 +382,17 @@ def _texts(value, where: str):
 
 
 # The numeric columns of curves.csv; every other column (an unexpected one included) is text.
-CURVE_NUMBERS = ("budget", "seed", "value", "test_acc", "train_acc")
+CURVE_NUMBERS = ("budget", "seed", "value", "test_acc", "train_acc", *headlines.CURVE_OPTIONAL)
 
 
 def check_curves(curves: pd.DataFrame) -> pd.DataFrame:
     """``curves.csv`` if it has the curve columns, numeric values that are numbers (finite, or
     missing), and column names and every other value text that follows ``headlines.check_text``
     (the rule of headline text); else ValueError naming the column (and the row of a bad text)."""
-    lacking = sorted(set(headlines.CURVE_COLUMNS) - set(curves.columns))
+    lacking = sorted(set(headlines.CURVE_REQUIRED) - set(curves.columns))
     if lacking:
         raise ValueError(f"curves.csv lacks {lacking}")
-    for column in CURVE_NUMBERS:
+    for column in (c for c in CURVE_NUMBERS if c in curves):  # the optional ones where recorded
         values = pd.to_numeric(curves[column], errors="coerce")
         if (values.isna() & curves[column].notna()).any() or values.abs().eq(float("inf")).any():
             raise ValueError(f"curves.csv column {column!r} holds a value that is not a finite number")

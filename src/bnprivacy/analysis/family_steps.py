@@ -28,6 +28,7 @@ from ..runs import shadow
 from ..runs.chunks import check_chunk_size, is_run_complete
 from ..runs.executor import ChunkJob, ExecutorOptions
 from ..runs.shadow import training_seconds as run_seconds
+from ..reading import NOT_AVAILABLE
 from ..stats import check_margin
 from ..training import resolve_device
 
@@ -75,7 +76,8 @@ def family_protocol(**values) -> Protocol:
     return Protocol(Config(**config), norms=tuple(norm_order(norms)),
                     budgets=tuple(as_list("budgets", values["budgets"])),
                     lr_grid=tuple(as_list("lr_grid", values["lr_grid"])),
-                    agc_grid=tuple(as_list("agc_grid", values["agc_grid"])), **protocol_only)
+                    agc_grid=tuple(as_list("agc_grid", values["agc_grid"])),
+                    widths=tuple(as_list("widths", values["widths"])), **protocol_only)
 
 
 @dataclasses.dataclass
@@ -141,13 +143,33 @@ def sides_shown(family: TrainedFamily) -> pd.DataFrame:
         "trained": sides["trained"].map({True: "yes", False: "no"})})
 
 
+def points_shown(family: TrainedFamily) -> pd.DataFrame:
+    """Every point (width, budget) of every norm, ladder and width grid, for a reader: test and IN
+    accuracy, clean loss and logit margin on IN and OUT samples (``protocol.sweep.STATE``, means
+    over seeds), and whether it fits; the frontier settings read the points that fit."""
+    points = family.sweep.points()
+    shown = pd.DataFrame({
+        "norm": points["norm"], "width": points["width"].map("x{:g}".format), "epochs": points["budget"],
+        "test accuracy %": (100 * points["test_acc"]).map("{:.1f}".format),
+        "IN accuracy %": (100 * points["train_acc"]).map("{:.1f}".format)})
+    for column, label in (("in_loss", "clean loss IN"), ("out_loss", "clean loss OUT"),
+                          ("in_margin", "margin IN"), ("out_margin", "margin OUT")):
+        shown[label] = points[column].map("{:.3f}".format) if column in points else NOT_AVAILABLE
+    shown["fits"] = points["fit"].map({True: "yes", False: "no"})
+    return shown
+
+
 def comparison_sentence(c: Comparison) -> str:
     """One sentence per comparison: the runs it reads, both sides' state, and whether it is evidence."""
     head = (f"**{c.setting}**: {c.where()}; BN at lr {c.lr_bn:g} (IN accuracy {100 * c.train_acc_bn:.1f}%, test "
-            f"{100 * c.test_acc_bn:.1f}%) against {c.reference} at lr {c.lr_ref:g} (IN {100 * c.train_acc_ref:.1f}%, "
-            f"test {100 * c.test_acc_ref:.1f}%)")
+            f"{100 * c.test_acc_bn:.1f}%{_loss_words(c.in_loss_bn)}) against {c.reference} at lr {c.lr_ref:g} "
+            f"(IN {100 * c.train_acc_ref:.1f}%, test {100 * c.test_acc_ref:.1f}%{_loss_words(c.in_loss_ref)})")
     verdict = "comparable" if c.comparable else f"**not comparable**: {c.reason}"
     return f"{head}; {verdict}." + (f" {c.note[0].upper()}{c.note[1:]}." if c.note else "")
+
+
+def _loss_words(loss: float) -> str:
+    return "" if math.isnan(loss) else f", clean IN loss {loss:.3f}"
 
 
 def comparisons_markdown(family: TrainedFamily) -> str:
@@ -158,7 +180,7 @@ def comparisons_markdown(family: TrainedFamily) -> str:
 def training_seconds(family: TrainedFamily) -> float:
     """Seconds the family's shadow models trained for when they were trained (the learning-rate
     choice not included), whether this call trained them or loaded them."""
-    return sum(run_seconds(run) for run in family.sweep.runs.values())
+    return sum(run_seconds(run) for _, run in family.sweep.every_run())
 
 
 def epochs_to_fit(family: TrainedFamily) -> dict[str, float]:
@@ -177,15 +199,18 @@ REFERENCE_TARGET_POINTS = 2.0
 
 
 def best_accuracies(family: TrainedFamily) -> pd.DataFrame:
-    """Per norm: the best mean test accuracy (over seeds) among the budgets at which it fits and
-    trained, the budget and learning rate it was reached at, and whether it fits at all (when it
-    never does, its best budget of the ladder is shown, flagged). Accuracies in percent."""
+    """Per norm: the best mean test accuracy (over seeds) among the points (width, budget) at which
+    it fits and trained, the width multiplier, budget and learning rate it was reached at, its
+    clean IN loss there, and whether it fits at all (when it never does, its best point is shown,
+    flagged). Accuracies in percent."""
     rows = []
-    for norm, group in family.sweep.sides().groupby("norm", sort=False):
+    for norm, group in family.sweep.points().groupby("norm", sort=False):
         usable = group[group.fit & group.trained]
-        pick = (usable if len(usable) else group).sort_values(["test_acc", "budget"], ascending=[False, True]).iloc[0]
-        rows.append({"norm": norm, "test accuracy %": 100 * float(pick.test_acc), "epochs": int(pick.budget),
-                     "lr": float(pick.lr), "fits": bool(len(usable))})
+        pick = (usable if len(usable) else group).sort_values(["test_acc", "budget", "width"],
+                                                              ascending=[False, True, True]).iloc[0]
+        rows.append({"norm": norm, "test accuracy %": 100 * float(pick.test_acc), "width": float(pick.width),
+                     "epochs": int(pick.budget), "lr": float(pick.lr),
+                     "clean IN loss": float(pick.get("in_loss", math.nan)), "fits": bool(len(usable))})
     return pd.DataFrame(rows)
 
 
@@ -196,11 +221,11 @@ def reference_gap_markdown(family: TrainedFamily, target: float = REFERENCE_TARG
     best = best_accuracies(family).set_index("norm")
     bn = best.loc["batch", "test accuracy %"]
     refs = [n for n in family.protocol.references if n in best.index]
-    parts = [f"{n} {best.loc[n, 'test accuracy %']:.1f}% ({best.loc[n, 'epochs']} epochs, lr "
+    parts = [f"{n} {best.loc[n, 'test accuracy %']:.1f}% ({_where(best.loc[n])}, lr "
              f"{best.loc[n, 'lr']:g}{'' if best.loc[n, 'fits'] else ', does not fit'})" for n in refs]
     top = max(refs, key=lambda n: best.loc[n, "test accuracy %"])
     gap = bn - best.loc[top, "test accuracy %"]
-    head = (f"Best test accuracy at a fitting budget: BN {bn:.1f}% ({best.loc['batch', 'epochs']} epochs); "
+    head = (f"Best test accuracy at a fitting point: BN {bn:.1f}% ({_where(best.loc['batch'])}); "
             + "; ".join(parts) + ". ")
     if gap <= target:
         return head + (f"The closest reference, **{top}**, is within {target:g} points of BN ({gap:+.1f} points "
@@ -209,6 +234,11 @@ def reference_gap_markdown(family: TrainedFamily, target: float = REFERENCE_TARG
     return head + (f"**No reference gets within {target:g} points of BN:** the closest, {top}, falls short by "
                    f"{gap:.1f} points, after the search of the learning-rate grid x{grid} of the base rate "
                    f"{family.protocol.base.lr:g} on the validation split.")
+
+
+def _where(best: pd.Series) -> str:
+    """Where a norm reached its best accuracy: "20 epochs", or "20 epochs at width x2"."""
+    return f"{best['epochs']} epochs" + ("" if best["width"] == 1 else f" at width x{best['width']:g}")
 
 
 def protocol_from(parameters: dict) -> Protocol:
@@ -238,8 +268,10 @@ def train_family_shard(p: Protocol, *, shard: str = "0/1", chunk_size: int = 16,
     for line in grid_edge_lines(lr_table):
         print(f"warning: {line}")  # before the long training, while extending the grid is still cheap
     lrs, agcs = chosen_lr(lr_table), chosen_agc(lr_table)
-    keys = [(n, b, s) for n in p.norms for b in p.budgets for s in range(p.seeds)]
-    specs = [p.spec(norm, budget, lrs[norm], seed, len(data.y_train), agcs[norm]) for norm, budget, seed in keys]
+    points = [(1.0, b) for b in p.budgets] + list(p.width_points)
+    keys = [(n, w, b, s) for n in p.norms for w, b in points for s in range(p.seeds)]
+    specs = [p.spec(norm, budget, lrs[norm], seed, len(data.y_train), agcs[norm], width)
+             for norm, width, budget, seed in keys]
     runs = shadow.train_runs(specs, data, chunk_size, runner, options, ChunkJob(progress=progress))
     return sum(is_run_complete(run.folder, run.spec.n_models, chunk_size) for run in runs), len(keys)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..protocol.ablation import ARMS, RateAblation
 from ..protocol.comparisons import Comparison
 from ..protocol.measures import difference, read_comparison
 from ..attacks import (ATTACK_NAMES, HEADLINE_PREFERENCE, AttackInput, LiraOptions, attack_scores, calibrate, evaluate,
@@ -111,10 +112,11 @@ def null_spread(calibration: Calibration, c: Comparison, metric: str) -> float:
     """Two standard deviations of BN − reference of ``metric`` (mean over seeds, as the comparison)
     when neither side has any membership signal: from the headline attack's null at the
     comparison's budgets (spread over seeds and draws of each side; pooled over the budgets a
-    comparison averages or interpolates over)."""
+    comparison averages or interpolates over; for a frontier, over the budgets of its points, the
+    null being calibrated on the ladder's runs)."""
     t = calibration.table[calibration.table.attack == calibration.attack]
-    bn_budgets = [b for b, _ in c.pairs] or list(c.frontier_bn)
-    ref_budgets = [r for _, r in c.pairs] or list(c.frontier_ref)
+    bn_budgets = [b for b, _ in c.pairs] or [b for _, b in c.frontier_bn]
+    ref_budgets = [r for _, r in c.pairs] or [b for _, b in c.frontier_ref]
     bn = t[(t.norm == "batch") & t.budget.isin(bn_budgets)][metric]
     ref = t[(t.norm == c.reference) & t.budget.isin(ref_budgets)][metric]
     seeds = max(t.seed.nunique(), 1)
@@ -154,7 +156,7 @@ def compare_attacks(family: TrainedFamily, targets: list[int], calibration: Cali
     keys = measured_keys(long_tailed)
     # Score each run once; every metric reads the same scores (runs are keyed by their folder).
     metrics = {run.folder: run_metrics(run, attack, targets, long_tailed=long_tailed)
-               for run in family.sweep.runs.values()}
+               for _, run in family.sweep.every_run()}
     nonmembers = min(m["nonmembers"] for m in metrics.values())
     names = {m: f"{ATTACK_NAMES[attack]} {LABELS[m]}" for m in keys}
     measures = {m: (lambda run, m=m: metrics[run.folder][m]) for m in keys}
@@ -397,3 +399,60 @@ def vulnerability_link(attacked: Attacked, attack: str = "lira_online") -> Vulne
     rho = {norm: float(stats.spearmanr(g["mem"], g["vulnerability"], nan_policy="omit").statistic)
            for norm, g in table.groupby("norm")}
     return Vulnerability(table, rho)
+
+
+# The metrics the learning-rate ablation reads (0.1% FPR needs more non-members than its runs pool).
+ABLATION_METRICS = ("auc", "tpr@0.01")
+
+
+def rate_ablation_table(ablation: RateAblation, references, calibration: Calibration, targets: list[int]) -> pd.DataFrame:
+    """Chapter 04's learning-rate ablation (``protocol.ablation``): per reference and arm (chosen
+    rates; both at BN's rate; both at the reference's rate), both sides' rates and IN and test
+    accuracy, BN − reference of the headline attack's AUC and TPR at 1% FPR with a 95% t-interval
+    over seeds, and the share of the chosen-rate difference that stays at equal rate. A row whose
+    side diverged, did not fit or did not train reads "not comparable"."""
+    scored: dict = {}
+
+    def metric(name):
+        def value(run):
+            if run.folder not in scored:
+                scored[run.folder] = run_metrics(run, calibration.attack, targets)
+            return scored[run.folder][name]
+        return value
+
+    rows = []
+    for reference in references:
+        chosen = {}
+        for arm, lr_bn, lr_ref in ablation.arms(reference):
+            c = ablation.comparison(reference, lr_bn, lr_ref)
+            row = {"reference": reference, "arm": arm, "lr (BN / ref)": f"{lr_bn:g} / {lr_ref:g}",
+                   "IN accuracy % (BN / ref)": _percents(c.train_acc_bn, c.train_acc_ref),
+                   "test accuracy % (BN / ref)": _percents(c.test_acc_bn, c.test_acc_ref)}
+            for name in ABLATION_METRICS:
+                d = ablation.difference(reference, lr_bn, lr_ref, metric(name)) if c.comparable else None
+                units = metric_units(name)
+                label = LABELS[name]
+                if d is None:
+                    row[f"{label}: BN − ref [95% CI]"] = not_comparable(c.reason)
+                    row[f"{label}: share of the chosen-rate difference"] = NOT_AVAILABLE
+                    continue
+                if arm == ARMS[0]:
+                    chosen[name] = d["diff"]
+                row[f"{label}: BN − ref [95% CI]"] = fmt_interval(d["diff"], d["lo"], d["hi"], **units)
+                row[f"{label}: share of the chosen-rate difference"] = _share(d["diff"], chosen.get(name), arm)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _percents(a: float, b: float) -> str:
+    return NOT_AVAILABLE if np.isnan(a) or np.isnan(b) else f"{100 * a:.1f} / {100 * b:.1f}"
+
+
+def _share(diff: float, chosen: float | None, arm: str) -> str:
+    """How much of the chosen-rate difference a row keeps, in percent; none for the chosen-rate row
+    itself, or when that difference is too close to zero to divide by."""
+    if arm == ARMS[0]:
+        return "(reference row)"
+    if chosen is None or not np.isfinite(chosen) or abs(chosen) < 1e-9:
+        return NOT_AVAILABLE
+    return f"{100 * diff / chosen:.0f}%"

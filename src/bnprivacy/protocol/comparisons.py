@@ -4,24 +4,29 @@ makes a comparison evidence or "not comparable"."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pandas as pd
 
 from ..runs.shadow import ShadowRun
 from .family import Protocol
-from .sweep import Sweep, run_summary
+from .sweep import LADDER_WIDTH, STATE, Sweep, run_summary
 
-SETTINGS = ("equal epochs", "equal epochs, both fit", "matched fit", "matched accuracy, interpolated")
-FAIR_SETTINGS = ("equal epochs, both fit", "matched fit", "matched accuracy, interpolated")
 INTERPOLATED = "matched accuracy, interpolated"
+MATCHED_LOSS = "matched training loss, interpolated"
+SETTINGS = ("equal epochs", "equal epochs, both fit", "matched fit", INTERPOLATED, MATCHED_LOSS)
+FAIR_SETTINGS = ("equal epochs, both fit", "matched fit", INTERPOLATED, MATCHED_LOSS)
+# The frontier settings: the column of a point they match the two norms on, and its name in words.
+FRONTIERS = {INTERPOLATED: ("test_acc", "test accuracy"), MATCHED_LOSS: ("in_loss", "clean IN loss")}
 # A merged comparison's setting names every setting that selected its runs, joined by this.
 SAME_RUNS = " = "
 # Test accuracies at which the interpolated comparison reads both curves, across the common range.
 FRONTIER_POINTS = 5
 # Comparability fields of every headline row that compares trained models.
+STATE_FIELDS = tuple(f"{name}_{side}" for name in STATE for side in ("bn", "ref"))
 FIELDS = ("epochs_bn", "epochs_ref", "lr_bn", "lr_ref", "train_acc_bn", "train_acc_ref", "test_acc_bn",
-          "test_acc_ref", "fit_bn", "fit_ref", "comparable", "reason")
+          "test_acc_ref", *STATE_FIELDS, "fit_bn", "fit_ref", "comparable", "reason")
 
 
 @dataclasses.dataclass
@@ -45,18 +50,29 @@ class Comparison:
     reason: str
     note: str = ""
     # The (BN budget, reference budget) pairs whose runs it compares, paired by seed; empty for
-    # the interpolated comparison, which reads each norm's curve over ``frontier_bn``/``frontier_ref``
-    # at test accuracies spanning ``accuracy_range``.
+    # a frontier comparison, which reads each norm's curve over its (width, budget) points
+    # ``frontier_bn``/``frontier_ref`` at values of ``frontier_axis`` (a column of Sweep.points:
+    # test_acc, in_loss) spanning ``frontier_range``.
     pairs: tuple = ()
     frontier_bn: tuple = ()
     frontier_ref: tuple = ()
-    accuracy_range: tuple = ()
+    frontier_range: tuple = ()
+    frontier_axis: str = ""
+    # Both sides' STATE (clean loss and logit margin on IN and OUT samples), means over their runs.
+    in_loss_bn: float = math.nan
+    in_loss_ref: float = math.nan
+    out_loss_bn: float = math.nan
+    out_loss_ref: float = math.nan
+    in_margin_bn: float = math.nan
+    in_margin_ref: float = math.nan
+    out_margin_bn: float = math.nan
+    out_margin_ref: float = math.nan
 
     @property
     def measurable(self) -> bool:
         """Whether it reads any runs: false for a frontier refused before reading (too few fitting
         budgets, no common test accuracy), whose values are NaN."""
-        return bool(self.pairs or self.accuracy_range)
+        return bool(self.pairs or self.frontier_range)
 
     def fields(self) -> dict:
         """The comparability fields a headline row carries."""
@@ -70,10 +86,11 @@ class Comparison:
     @property
     def runs(self) -> str:
         """Which runs it reads, in words: ``"batch@10 vs none@40"``, ``"batch@20,40 vs none@20,40"``
-        (averaged over budgets), or ``"frontier batch@10,20 vs none@20,40"``."""
+        (averaged over budgets), or ``"frontier batch@10,20,10@x0.5 vs none@20,40"`` (a point off the
+        ladder is ``budget@xWIDTH``)."""
         if not self.pairs:
-            return (f"frontier batch@{_budgets(self.frontier_bn)} vs "
-                    f"{self.reference}@{_budgets(self.frontier_ref)}")
+            return (f"frontier batch@{points_words(self.frontier_bn)} vs "
+                    f"{self.reference}@{points_words(self.frontier_ref)}")
         return (f"batch@{_budgets(b for b, _ in self.pairs)} vs "
                 f"{self.reference}@{_budgets(r for _, r in self.pairs)}")
 
@@ -81,11 +98,13 @@ class Comparison:
     def where(self) -> str:
         """Where the comparison reads the two norms, for a sentence: "BN at 10 epochs, none at 40"."""
         if not self.pairs:
-            along = f"along BN's budgets {_budgets(self.frontier_bn)} and {self.reference}'s {_budgets(self.frontier_ref)}"
-            if not self.accuracy_range:
-                return f"{along}, no common test accuracy to read"
-            lo, hi = self.accuracy_range
-            return f"at equal test accuracy from {lo:.3f} to {hi:.3f}, {along}"
+            words = FRONTIERS.get(self.setting.split(SAME_RUNS)[0], ("", "test accuracy"))[1]
+            along = (f"along BN's points {points_words(self.frontier_bn)} and {self.reference}'s "
+                     f"{points_words(self.frontier_ref)}")
+            if not self.frontier_range:
+                return f"{along}, no common {words} to read"
+            lo, hi = self.frontier_range
+            return f"at equal {words} from {lo:.3f} to {hi:.3f}, {along}"
         bn = sorted({b for b, _ in self.pairs})
         ref = sorted({r for _, r in self.pairs})
         averaged = " (averaged over them)" if len(self.pairs) > 1 else ""
@@ -94,6 +113,12 @@ class Comparison:
 
 def _budgets(budgets) -> str:
     return ",".join(str(int(b)) for b in budgets) or "-"
+
+
+def points_words(points) -> str:
+    """Frontier points ``((width, budget), ...)`` in words: a ladder point (width 1) is its budget,
+    another ``budget@xWIDTH`` (``"20,28,20@x0.5"``)."""
+    return ",".join(str(int(b)) if w == LADDER_WIDTH else f"{int(b)}@x{w:g}" for w, b in points) or "-"
 
 
 def guard(setting: str, bn: pd.Series, ref: pd.Series, *, num_classes: int, fit_threshold: float = 0.99,
@@ -112,10 +137,11 @@ def guard(setting: str, bn: pd.Series, ref: pd.Series, *, num_classes: int, fit_
         elif must_fit and side.train_acc < fit_threshold:
             reasons.append(f"{side.norm} did not fit (IN accuracy {side.train_acc:.3f} < "
                            f"{fit_threshold:g}, at {int(side.budget)} epochs)")
+    state = {f"{name}_{key}": float(s.get(name, math.nan)) for name in STATE for key, s in (("bn", bn), ("ref", ref))}
     return Comparison(setting, str(ref.norm), int(bn.budget), int(ref.budget), float(bn.lr), float(ref.lr),
                       float(bn.train_acc), float(ref.train_acc), float(bn.test_acc), float(ref.test_acc),
                       bool(bn.train_acc >= fit_threshold), bool(ref.train_acc >= fit_threshold),
-                      not reasons, "; ".join(reasons), note, pairs=((int(bn.budget), int(ref.budget)),))
+                      not reasons, "; ".join(reasons), note, pairs=((int(bn.budget), int(ref.budget)),), **state)
 
 
 def side(norm: str, runs: list[ShadowRun]) -> pd.Series:
@@ -123,9 +149,8 @@ def side(norm: str, runs: list[ShadowRun]) -> pd.Series:
     (train) and test accuracy of their models, as :func:`guard` reads it."""
     summaries = [run_summary(run) for run in runs]
     cfg = runs[0].spec.config
-    return pd.Series({"norm": norm, "budget": int(cfg.epochs), "lr": float(cfg.lr),
-                      "train_acc": float(np.mean([s["train_acc"] for s in summaries])),
-                      "test_acc": float(np.mean([s["test_acc"] for s in summaries]))})
+    means = {name: float(np.mean([s[name] for s in summaries])) for name in ("train_acc", "test_acc", *STATE)}
+    return pd.Series({"norm": norm, "budget": int(cfg.epochs), "lr": float(cfg.lr), **means})
 
 
 def _protocol_guard(setting: str, bn: pd.Series, ref: pd.Series, p: Protocol, num_classes: int,
@@ -149,7 +174,7 @@ def compare(sweep: Sweep, reference: str | None = None) -> list[Comparison]:
         _protocol_guard("equal epochs", _side_at(bn, p.equal_epochs), _side_at(ref, p.equal_epochs), p,
                         sweep.num_classes),
         _equal_epochs_both_fit(bn, ref, p, sweep.num_classes), _matched_fit(bn, ref, p, sweep.num_classes),
-        _interpolated(bn, ref, p, sweep.num_classes)])
+        *(_frontier(setting, sweep, reference) for setting in FRONTIERS)])
 
 
 def compare_each(sweep: Sweep) -> list[Comparison]:
@@ -185,10 +210,13 @@ def _usable(table: pd.DataFrame) -> pd.DataFrame:
     return table[table.fit & table.trained]
 
 
-def _mean_side(table: pd.DataFrame, budgets: list[int]) -> pd.Series:
-    """One side averaged over ``budgets`` (at the first of them, for the guard's messages)."""
-    means = table.loc[budgets, ["lr", "train_acc", "test_acc"]].mean()
-    return pd.Series({"norm": table.norm.iloc[0], "budget": int(budgets[0]), **means.to_dict()})
+def _mean_side(table: pd.DataFrame, index: list) -> pd.Series:
+    """One side averaged over the rows ``index`` of its table (budgets, or (width, budget) points),
+    at the first of their budgets for the guard's messages."""
+    columns = ["lr", "train_acc", "test_acc", *(name for name in STATE if name in table)]
+    means = table.loc[index, columns].mean()
+    first = index[0][-1] if isinstance(index[0], tuple) else index[0]
+    return pd.Series({"norm": table.norm.iloc[0], "budget": int(first), **means.to_dict()})
 
 
 def _equal_epochs_both_fit(bn, ref, p: Protocol, num_classes: int) -> Comparison:
@@ -202,41 +230,54 @@ def _equal_epochs_both_fit(bn, ref, p: Protocol, num_classes: int) -> Comparison
     return dataclasses.replace(c, pairs=tuple((b, b) for b in common))
 
 
-def _interpolated(bn, ref, p: Protocol, num_classes: int) -> Comparison:
-    """BN minus the reference at equal test accuracy, along both norms' curves over their fitting
-    budgets (at least two each), across the accuracy range both reach; not comparable otherwise."""
-    usable = {"batch": _usable(bn), str(ref.norm.iloc[0]): _usable(ref)}
-    largest = _protocol_guard(INTERPOLATED, _side_at(bn, p.budgets[-1]), _side_at(ref, p.budgets[-1]), p,
-                              num_classes)
-    short = [f"{norm} fits at {len(t)} ({_budgets(t.index) if len(t) else 'none'})" for norm, t in usable.items()
+def _frontier(setting: str, sweep: Sweep, reference: str) -> Comparison:
+    """BN minus the reference at equal values of the setting's axis (:data:`FRONTIERS`: test
+    accuracy, or clean IN loss), along both norms' curves over their fitting (width, budget) points
+    (at least two each), across the range both reach; never extrapolated, not comparable otherwise."""
+    p, axis, words = sweep.protocol, *FRONTIERS[setting]
+    points = sweep.points().set_index(["width", "budget"])
+    tables = {norm: points[points.norm == norm] for norm in ("batch", reference)}
+    usable = {norm: _usable(t) for norm, t in tables.items()}
+    largest = _protocol_guard(setting, *(_side_at(t, (LADDER_WIDTH, p.budgets[-1])) for t in tables.values()), p,
+                              sweep.num_classes)
+    frontiers = dict(pairs=(), frontier_axis=axis, frontier_bn=_points(usable["batch"]),
+                     frontier_ref=_points(usable[reference]))
+    short = [f"{norm} fits at {len(t)} ({points_words(_points(t)) if len(t) else 'none'})" for norm, t in usable.items()
              if len(t) < 2]
-    frontiers = dict(pairs=(), frontier_bn=tuple(int(b) for b in usable["batch"].index),
-                     frontier_ref=tuple(int(b) for b in list(usable.values())[1].index))
     if short:
         return dataclasses.replace(largest, comparable=False, reason=(
-            "a frontier needs at least 2 fitting budgets per norm; of the ladder "
-            f"{_budgets(p.budgets)}, " + " and ".join(short)), note="no frontier to read", **frontiers)
-    (name_bn, t_bn), (name_ref, t_ref) = usable.items()
-    lo = max(t_bn.test_acc.min(), t_ref.test_acc.min())
-    hi = min(t_bn.test_acc.max(), t_ref.test_acc.max())
+            "a frontier needs at least 2 fitting points (width, budget) per norm; of "
+            f"{points_words(_points(tables['batch']))}, " + " and ".join(short)), note="no frontier to read",
+            **frontiers)
+    if any(t[axis].isna().any() for t in usable.values()):
+        return dataclasses.replace(largest, comparable=False, reason=f"the runs do not record {words}",
+                                   note="no frontier to read", **frontiers)
+    lo = max(t[axis].min() for t in usable.values())
+    hi = min(t[axis].max() for t in usable.values())
     if lo > hi:
-        ranges = ", ".join(f"{n} {t.test_acc.min():.3f}-{t.test_acc.max():.3f}" for n, t in usable.items())
+        ranges = ", ".join(f"{n} {t[axis].min():.3f}-{t[axis].max():.3f}" for n, t in usable.items())
         return dataclasses.replace(largest, comparable=False, reason=(
-            f"the test-accuracy ranges of the fitting budgets do not overlap ({ranges}); not extrapolated"),
-            note="no common accuracy to read", **frontiers)
-    c = _protocol_guard(INTERPOLATED, _mean_side(bn, list(t_bn.index)), _mean_side(ref, list(t_ref.index)), p,
-                        num_classes, f"read at {FRONTIER_POINTS} test accuracies from {lo:.3f} to {hi:.3f}, "
-                        f"along BN's budgets {_budgets(t_bn.index)} and {name_ref}'s {_budgets(t_ref.index)}")
+            f"the {words} ranges of the fitting points do not overlap ({ranges}); not extrapolated"),
+            note=f"no common {words} to read", **frontiers)
+    c = _protocol_guard(setting, *(_mean_side(t, list(t.index)) for t in usable.values()), p, sweep.num_classes,
+                        f"read at {FRONTIER_POINTS} values of {words} from {lo:.3f} to {hi:.3f}, along BN's points "
+                        f"{points_words(frontiers['frontier_bn'])} and {reference}'s "
+                        f"{points_words(frontiers['frontier_ref'])}")
     middle = float((lo + hi) / 2)
-    return dataclasses.replace(c, pairs=(), frontier_bn=tuple(int(b) for b in t_bn.index),
-                               frontier_ref=tuple(int(b) for b in t_ref.index), accuracy_range=(float(lo), float(hi)),
-                               test_acc_bn=middle, test_acc_ref=middle)
+    matched = {f"{axis}_bn": middle, f"{axis}_ref": middle}
+    return dataclasses.replace(c, frontier_range=(float(lo), float(hi)), **frontiers, **matched)
 
 
-def _side_at(table: pd.DataFrame, budget: int) -> pd.Series:
-    """The row of one budget of a norm's sides (indexed by budget), with the budget in it."""
-    side = table.loc[budget].copy()
-    side["budget"] = int(budget)
+def _points(table: pd.DataFrame) -> tuple:
+    """The (width, budget) points of a table indexed by them, ladder first, then by width."""
+    return tuple(sorted(((float(w), int(b)) for w, b in table.index), key=lambda wb: (wb[0] != LADDER_WIDTH, wb)))
+
+
+def _side_at(table: pd.DataFrame, at) -> pd.Series:
+    """The row of one budget of a norm's sides (indexed by budget), or of one (width, budget) point
+    of its points (indexed by both), with the budget in it."""
+    side = table.loc[at].copy()
+    side["budget"] = int(at[-1] if isinstance(at, tuple) else at)
     return side
 
 

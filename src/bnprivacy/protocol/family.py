@@ -8,6 +8,7 @@ import math
 
 from ..checks import check_whole
 from ..config import NORMS, Config
+from ..models import DEFAULT_WIDTH, group_count
 from ..runs.spec import RunSpec
 
 @dataclasses.dataclass(frozen=True)
@@ -19,7 +20,10 @@ class Protocol:
     with their own masks, ``n_models`` shadow models per run, ``equal_epochs`` the budget of the
     paper's equal-epochs setting (default: the first). ``probe_points`` gradient probes per run on
     ``probe_models`` models (0: no probes). ``agc_grid`` lists the AGC thresholds tried for
-    ``norm='nf'`` beside each learning rate (empty: ``base.agc_clip`` only).
+    ``norm='nf'`` beside each learning rate (empty: ``base.agc_clip`` only). ``widths`` lists
+    multipliers of the base width (1 among them): the ladder trains at x1, and every other
+    multiplier is trained at the ladder's first budget, so that the frontier settings have points
+    that move test accuracy and training loss while they stay fit (a point is a (width, budget)).
     """
 
     base: Config
@@ -36,9 +40,11 @@ class Protocol:
     probe_typical: int = 20
     probe_models: int = 2
     agc_grid: tuple[float, ...] = ()
+    widths: tuple[float, ...] = (1.0,)
 
     def __post_init__(self):
         object.__setattr__(self, "norms", tuple(self.norms))
+        object.__setattr__(self, "widths", tuple(self.widths))
         object.__setattr__(self, "agc_grid", tuple(self.agc_grid))
         object.__setattr__(self, "budgets", tuple(self.budgets))
         object.__setattr__(self, "lr_grid", tuple(self.lr_grid))
@@ -65,14 +71,30 @@ class Protocol:
             return (None,)
         return self.agc_grid or (float(self.base.agc_clip),)
 
-    def config(self, norm: str, budget: int, lr: float, seed: int, agc: float | None = None) -> Config:
-        """The Config of one run of the family (``agc``: nf's AGC threshold, the base's when None)."""
+    @property
+    def width_points(self) -> tuple[tuple[float, int], ...]:
+        """The (width multiplier, budget) points trained off the ladder: every multiplier but 1, at
+        the ladder's first budget."""
+        return tuple((m, self.budgets[0]) for m in self.widths if m != 1)
+
+    def scaled_width(self, multiplier: float) -> int:
+        """The width of a run at ``multiplier`` times the base width (the architecture's default when
+        ``base.width`` is 0), rounded to whole channels."""
+        return int(round(multiplier * (self.base.width or DEFAULT_WIDTH[self.base.arch])))
+
+    def config(self, norm: str, budget: int, lr: float, seed: int, agc: float | None = None,
+               width: float = 1.0) -> Config:
+        """The Config of one run of the family (``agc``: nf's AGC threshold, the base's when None;
+        ``width``: a multiplier of the base width)."""
         changes = {} if agc is None else {"agc_clip": agc}
+        if width != 1:
+            changes["width"] = self.scaled_width(width)
         return self.base.replace(norm=norm, epochs=budget, lr=lr, seed=seed, **changes)
 
-    def spec(self, norm: str, budget: int, lr: float, seed: int, pool_size: int, agc: float | None = None) -> RunSpec:
-        """The shadow run of (norm, budget, seed) at learning rate ``lr`` (masks seeded by ``seed``)
-        and, for nf, AGC threshold ``agc``."""
+    def spec(self, norm: str, budget: int, lr: float, seed: int, pool_size: int, agc: float | None = None,
+             width: float = 1.0) -> RunSpec:
+        """The shadow run of (norm, budget, seed) at learning rate ``lr`` (masks seeded by ``seed``),
+        for nf at AGC threshold ``agc``, at ``width`` times the base width."""
         every = 0
         if self.probe_points:
             steps = (pool_size // 2) // self.base.batch_size
@@ -80,9 +102,9 @@ class Protocol:
         # Chapter 01 draws the per-epoch curves of seed 0 only. The other seeds' per-epoch evaluation
         # (16 models x 1,024 test images of a CIFAR run) took 8.5 of an epoch's 27 s on the CPU
         # (BENCHMARKS.md), read by nothing; their last epoch still measures the whole test split.
-        return RunSpec(self.config(norm, budget, lr, seed, agc), self.n_models, mask_seed=seed, probe_every=every,
+        return RunSpec(self.config(norm, budget, lr, seed, agc, width), self.n_models, mask_seed=seed, probe_every=every,
                        probe_typical=self.probe_typical, probe_models=self.probe_models,
-                       epoch_curves=seed == CURVE_SEED)
+                       epoch_curves=seed == CURVE_SEED and width == 1)
 
 
 # The seed whose runs keep per-epoch test curves (chapter 01's "Complete schedules").
@@ -134,7 +156,31 @@ def check_protocol(p: Protocol) -> None:
         raise ValueError(f"agc_grid={list(p.agc_grid)!r} is not allowed; allowed values: a list of finite AGC "
                          "thresholds > 0 (the largest ratio of a unit's gradient norm to its weight norm), e.g. "
                          "[0.02, 0.04], or [] for the base Config's agc_clip")
+    check_widths(p)
     for norm in p.norms:  # every Config of the family is valid before anything trains
         for budget in p.budgets:
             for agc in p.agc_candidates(norm):
-                p.config(norm, budget, p.base.lr * max(p.lr_grid), 0, agc)
+                for width in p.widths:
+                    p.config(norm, budget, p.base.lr * max(p.lr_grid), 0, agc, width)
+
+
+def check_widths(p: Protocol) -> None:
+    """Refuse a width grid without 1 (the ladder's width), with a multiplier that is not a finite
+    number > 0, or one that leaves a normalisation group of some norm without a channel."""
+    widths = list(p.widths)
+    if any(isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m <= 0 for m in widths) \
+            or 1 not in widths or len(set(widths)) < len(widths):
+        raise ValueError(f"widths={widths!r} is not allowed; allowed values: distinct finite multipliers > 0 of the "
+                         "base width, 1 among them (the ladder's width), e.g. [0.5, 1, 2]")
+    for m in widths:
+        channels = p.scaled_width(m)
+        for norm in p.norms:
+            groups = _groups(norm, max(channels, 1))
+            if channels < groups:
+                raise ValueError(f"widths: x{m:g} gives width {channels}, fewer than one channel per group of "
+                                 f"{norm} ({groups} groups); use a larger multiplier")
+
+
+def _groups(norm: str, channels: int) -> int:
+    """The groups a norm layer of the narrowest layer (``channels`` channels) splits into."""
+    return group_count(channels) if norm in ("group", "gn_ws") else 1

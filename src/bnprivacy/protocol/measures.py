@@ -11,22 +11,25 @@ import pandas as pd
 from ..reading import NOT_AVAILABLE, decide, fmt_interval, fmt_signed, judge, not_comparable
 from ..stats import difference_p, equivalence_p, paired_difference, standard_error, t_interval
 from .comparisons import FRONTIER_POINTS, Comparison, _protocol_guard, _side_at, comparison_label
-from .sweep import Sweep
+from .sweep import LADDER_WIDTH, STATE, Sweep, ladder, widths_of
 
 def measure_table(sweep: Sweep, measure) -> pd.DataFrame:
-    """``measure(run) -> float`` of every run: one row per (norm, budget, seed) with the run's
-    test accuracy beside the value."""
-    rows = [dict(norm=norm, budget=budget, seed=seed, value=float(measure(run)))
-            for (norm, budget, seed), run in sweep.runs.items()]
-    return pd.DataFrame(rows).merge(sweep.table[["norm", "budget", "seed", "test_acc", "train_acc"]],
-                                    on=["norm", "budget", "seed"])
+    """``measure(run) -> float`` of every run: one row per (norm, width, budget, seed), the ladder's
+    (width 1) first, with the run's test and IN accuracy and :data:`sweep.STATE` beside the value.
+    Per-budget readers take :func:`sweep.ladder` of it."""
+    rows = [dict(norm=norm, width=width, budget=budget, seed=seed, value=float(measure(run)))
+            for (norm, width, budget, seed), run in sweep.every_run()]
+    keys = ["norm", "width", "budget", "seed"]
+    table = sweep.table.assign(width=widths_of(sweep.table))
+    state = [name for name in STATE if name in table]
+    return pd.DataFrame(rows, columns=[*keys, "value"]).merge(table[[*keys, "test_acc", "train_acc", *state]], on=keys)
 
 
 def curves(values: pd.DataFrame) -> pd.DataFrame:
     """Per (norm, budget): mean of the measure over seeds with its 95% t-interval, and the mean
     test accuracy (the data of the protocol's curve figures)."""
     rows = []
-    for (norm, budget), group in values.groupby(["norm", "budget"], sort=False):
+    for (norm, budget), group in ladder(values).groupby(["norm", "budget"], sort=False):
         t = t_interval(group.value)
         rows.append({"norm": norm, "budget": int(budget), "mean": t["mean"], "lo": t["lo"], "hi": t["hi"],
                      "seeds": t["n"], "test_acc": float(group.test_acc.mean()),
@@ -43,37 +46,43 @@ def difference(values: pd.DataFrame, comparison: Comparison) -> dict:
     if comparison.pairs:
         a = _seed_means(values, "batch", [b for b, _ in comparison.pairs])
         b = _seed_means(values, comparison.reference, [r for _, r in comparison.pairs])
-    elif not comparison.accuracy_range:  # a frontier that could not be read: no values, no test
+    elif not comparison.frontier_range:  # a frontier that could not be read: no values, no test
         nan = float("nan")
         return {"batch": nan, "ref": nan, "diff": nan, "lo": nan, "hi": nan, "n": 0, "df": 0}
     else:
-        grid = np.linspace(*comparison.accuracy_range, FRONTIER_POINTS)
-        a = frontier_values(values, "batch", comparison.frontier_bn, grid).mean(axis=1)
-        b = frontier_values(values, comparison.reference, comparison.frontier_ref, grid).mean(axis=1)
+        grid = np.linspace(*comparison.frontier_range, FRONTIER_POINTS)
+        axis = comparison.frontier_axis
+        a = frontier_values(values, "batch", comparison.frontier_bn, grid, axis).mean(axis=1)
+        b = frontier_values(values, comparison.reference, comparison.frontier_ref, grid, axis).mean(axis=1)
     d = paired_difference(a, b)
     return {"batch": float(np.mean(a)), "ref": float(np.mean(b)), **d, "df": max(d["n"] - 1, 0)}
 
 
 def _seed_means(values: pd.DataFrame, norm: str, budgets: list[int]) -> np.ndarray:
     """Per seed (in seed order), the measure of ``norm`` averaged over the pairs' ``budgets``."""
+    values = ladder(values)
     rows = [values[(values.norm == norm) & (values.budget == b)].sort_values("seed").value.to_numpy()
             for b in budgets]
     return np.mean(rows, axis=0)
 
 
-def frontier_values(values: pd.DataFrame, norm: str, budgets, grid) -> np.ndarray:
+def frontier_values(values: pd.DataFrame, norm: str, points, grid, axis: str = "test_acc") -> np.ndarray:
     """``[seeds, len(grid)]``: each seed's measure of ``norm``, linearly interpolated along the
-    norm's curve (its ``budgets`` placed at their mean test accuracy over seeds) at the test
-    accuracies ``grid``. Points outside the curve's range are refused, never extrapolated."""
-    rows = values[(values.norm == norm) & values.budget.isin(list(budgets))]
-    accuracy = rows.groupby("budget").test_acc.mean()
+    norm's curve (its ``points``, (width, budget) pairs or ladder budgets, placed at their mean
+    ``axis`` over seeds: test accuracy, or clean IN loss) at the values ``grid``. Values outside the
+    curve's range are refused, never extrapolated."""
+    points = [(LADDER_WIDTH, p) if not isinstance(p, tuple) else p for p in points]
+    table = values.assign(width=widths_of(values))
+    keyed = table.set_index(["width", "budget"]).index
+    rows = table[(table.norm == norm) & keyed.isin(points)]
+    position = rows.groupby(["width", "budget"])[axis].mean()
     grid = np.asarray(grid, dtype=float)
-    if grid.min() < accuracy.min() - 1e-12 or grid.max() > accuracy.max() + 1e-12:
-        raise ValueError(f"test accuracies {grid.min():.3f}-{grid.max():.3f} are outside {norm}'s curve "
-                         f"({accuracy.min():.3f}-{accuracy.max():.3f}); a frontier is never extrapolated")
-    order = accuracy.sort_values(kind="stable")
-    table = rows.pivot(index="seed", columns="budget", values="value")[order.index]
-    return np.stack([np.interp(grid, order.to_numpy(), seed_values) for seed_values in table.to_numpy()])
+    if grid.min() < position.min() - 1e-12 or grid.max() > position.max() + 1e-12:
+        raise ValueError(f"{axis} {grid.min():.3f}-{grid.max():.3f} is outside {norm}'s curve "
+                         f"({position.min():.3f}-{position.max():.3f}); a frontier is never extrapolated")
+    order = position.sort_values(kind="stable")
+    per_seed = rows.pivot_table(index="seed", columns=["width", "budget"], values="value")[order.index]
+    return np.stack([np.interp(grid, order.to_numpy(), seed_values) for seed_values in per_seed.to_numpy()])
 
 
 def tests(d: dict, margin: float) -> dict:
