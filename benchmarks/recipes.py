@@ -5,7 +5,7 @@ validation split of the pool (never the test split), with its cost. Prints a Mar
     python benchmarks/recipes.py ... --only 1 3     # candidates 1 and 3 of the list
 
 Each row: validation accuracy and IN accuracy (the fit rule's reading; 0.99 is the fit threshold)
-of ``--models`` models, each trained on half of the pool (as a shadow model), images/s of that
+and the clean loss on IN and on OUT samples (eval mode, no label smoothing) of ``--models`` models, each trained on half of the pool (as a shadow model), images/s of that
 training and the hours one norm's side of a setting would take (3 seeds x 16 models x budgets E
 and 2E) at that rate. The rate is measured at ``--models`` models: the engine trains 16 models
 faster per model, so the projection errs long. Run nothing else beside it (timings).
@@ -44,8 +44,9 @@ def main() -> None:
         sys.exit(f"--only {chosen}: the list has candidates 1 to {len(configs)}")
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{args.models} models per candidate")
-    print("| # | " + " | ".join(COLUMNS) + " | validation acc | IN acc | images/s | projected h per norm |")
-    print("| " + " | ".join(["---"] * (len(COLUMNS) + 5)) + " |")
+    print("| # | " + " | ".join(COLUMNS) + " | validation acc | IN acc | clean loss IN / OUT | images/s "
+          "| projected h per norm |")
+    print("| " + " | ".join(["---"] * (len(COLUMNS) + 6)) + " |")
     data_by_pool = {}
     for number in chosen:
         cfg = configs[number - 1]
@@ -54,7 +55,8 @@ def main() -> None:
             data_by_pool[key] = load_dataset(cfg)
         r = trial(cfg, data_by_pool[key], models=args.models)
         values = " | ".join(str(getattr(cfg, c)) for c in COLUMNS)
-        print(f"| {number} | {values} | {100 * r['val_acc']:.1f}% | {100 * r['in_acc']:.1f}% | {r['images_per_s']:,.0f} "
+        print(f"| {number} | {values} | {100 * r['val_acc']:.1f}% | {100 * r['in_acc']:.1f}% "
+              f"| {r['in_loss']:.3f} / {r['out_loss']:.3f} | {r['images_per_s']:,.0f} "
               f"| {r['projected_hours']:.2f} |", flush=True)
 
 

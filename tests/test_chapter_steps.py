@@ -50,18 +50,19 @@ def test_the_tiny_family_is_comparable_against_group_norm_only_where_both_fit(fa
     assert not sides.loc[("batch", 1), "fit"]
     # BN against GroupNorm, the first reference; both fit only at 30 epochs, so equal epochs where
     # both fit and matched fit read the same runs and are one comparison
-    equal, fit, interpolated = family.primary()
+    equal, fit, interpolated, loss = family.primary()
     assert family.protocol.reference == "group" and equal.reference == "group"
     # and BN against each reference: the same settings against none, after GroupNorm's
-    assert [c.reference for c in family.comparisons] == ["group"] * 3 + ["none"] * 3
-    assert [c.settings for c in family.comparisons[3:]] == [c.settings for c in family.primary()]
+    assert [c.reference for c in family.comparisons] == ["group"] * 4 + ["none"] * 4
+    assert [c.settings for c in family.comparisons[4:]] == [c.settings for c in family.primary()]
     assert family.comparison("matched fit", "none").runs.endswith("none@30")
     assert not equal.comparable and "did not" in equal.reason
     assert fit.setting == "equal epochs, both fit = matched fit" and fit.runs == "batch@30 vs group@30"
     assert fit.comparable == (fit.train_acc_bn >= 0.9 and fit.train_acc_ref >= 0.9 and fit.test_acc_ref >= 0.15)
     assert fit.comparable, f"the tiny family should fit at 30 epochs with BN and GroupNorm: {fam_sides(family)}"
     assert family.comparison("matched fit") is fit and family.comparison("equal epochs, both fit") is fit
-    assert not interpolated.comparable and "a frontier needs at least 2 fitting budgets" in interpolated.reason
+    assert not interpolated.comparable and "a frontier needs at least 2 fitting points" in interpolated.reason
+    assert not loss.comparable and loss.setting == "matched training loss, interpolated"
 
 
 def fam_sides(family):
@@ -292,3 +293,12 @@ def test_a_chapters_margins_are_checked_before_anything_runs(given, message):
     words = family_steps.margins_markdown(stated, {"auc": 0.02, "tpr@0.01": 0.005, "tpr@0.001": 0.001},
                                           attack_steps.METRICS)
     assert "- AUC: ±0.02 (set by the reader with -p margins)" in words
+
+
+def test_the_rate_ablation_gives_a_share_only_of_a_resolved_chosen_rate_difference():
+    from bnprivacy.analysis.membership import _share
+
+    resolved = {"diff": 0.02, "lo": 0.01, "hi": 0.03}
+    assert _share(0.01, resolved, "both at BN's rate") == "50%"
+    assert _share(0.01, {"diff": 0.02, "lo": -0.01, "hi": 0.05}, "both at BN's rate").startswith("n/a: the chosen")
+    assert _share(0.02, resolved, "chosen rates") == "(reference row)"

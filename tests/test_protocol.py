@@ -139,7 +139,7 @@ def test_the_interpolated_comparison_reads_both_curves_at_equal_test_accuracy():
     assert interpolated.frontier_bn == ((1.0, 10), (1.0, 20), (1.0, 40))
     assert interpolated.frontier_ref == ((1.0, 20), (1.0, 40))
     assert interpolated.frontier_range == pytest.approx((0.92, 0.95))
-    assert interpolated.runs == "frontier batch@10,20,40 vs none@20,40"
+    assert interpolated.runs == "test-accuracy frontier batch@10,20,40 vs none@20,40"
     d = difference(_linear_in_accuracy(sweep), interpolated)
     assert d["diff"] == pytest.approx(0.1) and d["n"] == 3 and d["df"] == 2
     # whole budgets would compare BN at 0.94 or 0.96 with none at 0.95: off by 2 x 0.01 either way
@@ -410,6 +410,10 @@ def test_the_matched_loss_comparison_reads_both_curves_at_equal_clean_in_loss():
     assert loss.frontier_axis == "in_loss" and loss.frontier_range == pytest.approx((0.051, 0.085))
     assert loss.in_loss_bn == loss.in_loss_ref == pytest.approx(0.068)
     assert loss.where().startswith("at equal clean IN loss from 0.051 to 0.085")
+    assert loss.runs == "IN-loss frontier batch@10,20,40 vs none@20,40"
+    # two frontiers read the same runs along different axes: two rows, never merged into one
+    rows = headlines.headline_rows(_linear_in_loss(sweep), compare(sweep), "m", "BN more", margin=0.05)
+    assert {"matched accuracy, interpolated", "matched training loss, interpolated"} <= {r["setting"] for r in rows}
     d = difference(_linear_in_loss(sweep), loss)
     assert d["diff"] == pytest.approx(0.1) and d["n"] == 3
 
@@ -425,7 +429,7 @@ def test_width_points_join_the_frontier_and_let_disjoint_ladders_overlap():
     interpolated = compare(sweep)[-2]
     assert interpolated.comparable and interpolated.frontier_range == pytest.approx((0.90, 0.91))
     assert interpolated.frontier_bn == ((1.0, 10), (1.0, 20), (1.0, 40), (0.5, 10))
-    assert interpolated.runs == "frontier batch@10,20,40,10@x0.5 vs none@20,40,10@x2"
+    assert interpolated.runs == "test-accuracy frontier batch@10,20,40,10@x0.5 vs none@20,40,10@x2"
     d = difference(_linear_in_accuracy(sweep), interpolated)
     assert d["diff"] == pytest.approx(0.1)
     # the per-budget readers see only the ladder: curves and equal-epoch pairs ignore the width points

@@ -28,6 +28,9 @@ def test_a_trial_reads_validation_and_in_accuracy_and_its_cost():
     r = trial(cfg, load_dataset(cfg), models=2)
     assert 0 <= r["val_acc"] <= 1 and 0 <= r["in_acc"] <= 1 and r["images_per_s"] > 0
     assert r["projected_hours"] == pytest.approx(projected_hours(r["images_per_s"], 300, 2))
+    # the clean loss of a model on samples it trained on is below the loss on the others, and both
+    # are cross-entropies of a 10-class model that learned something (below log 10 = 2.303)
+    assert 0 < r["in_loss"] < r["out_loss"] < 2.303
 
 
 def test_the_projection_is_seeds_times_models_times_half_the_pool_times_the_ladder():

@@ -59,8 +59,9 @@ def trial_masks(pool: int, held_out: torch.Tensor, models: int, seed: int = 0) -
 
 def trial(cfg: Config, data, *, models: int = 2, validation_fraction: float = 0.2, seed: int = 0) -> dict:
     """Train ``models`` models of ``cfg`` (:func:`trial_masks`) and read them: mean accuracy on the
-    validation split (``val_acc``), on their own IN samples (``in_acc``, what the fit rule reads), the
-    training time and images/s (IN images x epochs / seconds), and the projected hours of a setting
+    validation split (``val_acc``), on their own IN samples (``in_acc``, what the fit rule reads), their
+    clean loss (eval mode, no label smoothing) on their IN samples and on the pool's other samples
+    (``in_loss``, ``out_loss``: the state a membership attack reads), the training time and images/s (IN images x epochs / seconds), and the projected hours of a setting
     of :data:`PROJECTED_SEEDS` seeds x :data:`PROJECTED_MODELS` models x the ladder
     :data:`PROJECTED_LADDER` at this rate, per norm. A diverged training reads accuracy 0."""
     pool = len(data.y_train)
@@ -70,20 +71,25 @@ def trial(cfg: Config, data, *, models: int = 2, validation_fraction: float = 0.
     try:
         result = train_ensemble(cfg, data, masks)
     except TrainingDiverged:
-        return {"val_acc": 0.0, "in_acc": 0.0, "seconds": time.perf_counter() - started, "images_per_s": float("nan"),
-                "projected_hours": float("nan")}
+        nan = float("nan")
+        return {"val_acc": 0.0, "in_acc": 0.0, "in_loss": nan, "out_loss": nan, "seconds": time.perf_counter() - started,
+                "images_per_s": nan, "projected_hours": nan}
     seconds = time.perf_counter() - started
     wide = build_ensemble(cfg, data, result.states)
     x, y = data.x_train, data.y_train
     idx = held_out.to(x.device)
     _, val = evaluate_ensemble(cfg, wide, models, x[idx], y[idx])
-    in_acc = []
+    in_acc, in_loss, out_loss = [], [], []
     for m in range(models):
         inside = torch.nonzero(masks[m]).flatten().to(x.device)
-        _, acc = evaluate_ensemble(cfg, wide, models, x[inside], y[inside])
+        outside = torch.nonzero(~masks[m]).flatten().to(x.device)
+        loss, acc = evaluate_ensemble(cfg, wide, models, x[inside], y[inside])
         in_acc.append(float(acc[m]))
+        in_loss.append(float(loss[m]))
+        out_loss.append(float(evaluate_ensemble(cfg, wide, models, x[outside], y[outside])[0][m]))
     images_per_s = float(masks.sum()) * cfg.epochs / seconds
-    return {"val_acc": float(val.mean()), "in_acc": sum(in_acc) / models, "seconds": seconds,
+    return {"val_acc": float(val.mean()), "in_acc": sum(in_acc) / models, "in_loss": sum(in_loss) / models,
+            "out_loss": sum(out_loss) / models, "seconds": seconds,
             "images_per_s": images_per_s, "projected_hours": projected_hours(images_per_s, pool, cfg.epochs)}
 
 

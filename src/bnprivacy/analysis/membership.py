@@ -409,7 +409,8 @@ def rate_ablation_table(ablation: RateAblation, references, calibration: Calibra
     """Chapter 04's learning-rate ablation (``protocol.ablation``): per reference and arm (chosen
     rates; both at BN's rate; both at the reference's rate), both sides' rates and IN and test
     accuracy, BN − reference of the headline attack's AUC and TPR at 1% FPR with a 95% t-interval
-    over seeds, and the share of the chosen-rate difference that stays at equal rate. A row whose
+    over seeds, and the share of the chosen-rate difference that stays at equal rate (where that
+    difference is resolved). A row whose
     side diverged, did not fit or did not train reads "not comparable"."""
     scored: dict = {}
 
@@ -437,7 +438,7 @@ def rate_ablation_table(ablation: RateAblation, references, calibration: Calibra
                     row[f"{label}: share of the chosen-rate difference"] = NOT_AVAILABLE
                     continue
                 if arm == ARMS[0]:
-                    chosen[name] = d["diff"]
+                    chosen[name] = d
                 row[f"{label}: BN − ref [95% CI]"] = fmt_interval(d["diff"], d["lo"], d["hi"], **units)
                 row[f"{label}: share of the chosen-rate difference"] = _share(d["diff"], chosen.get(name), arm)
             rows.append(row)
@@ -448,11 +449,11 @@ def _percents(a: float, b: float) -> str:
     return NOT_AVAILABLE if np.isnan(a) or np.isnan(b) else f"{100 * a:.1f} / {100 * b:.1f}"
 
 
-def _share(diff: float, chosen: float | None, arm: str) -> str:
-    """How much of the chosen-rate difference a row keeps, in percent; none for the chosen-rate row
-    itself, or when that difference is too close to zero to divide by."""
+def _share(diff: float, chosen: dict | None, arm: str) -> str:
+    """How much of the chosen-rate difference a row keeps, in percent: only where that difference
+    is resolved (its interval excludes 0), since a share of a difference that may be 0 means nothing."""
     if arm == ARMS[0]:
         return "(reference row)"
-    if chosen is None or not np.isfinite(chosen) or abs(chosen) < 1e-9:
-        return NOT_AVAILABLE
-    return f"{100 * diff / chosen:.0f}%"
+    if chosen is None or not (chosen["lo"] > 0 or chosen["hi"] < 0):
+        return "n/a: the chosen-rate difference is not resolved"
+    return f"{100 * diff / chosen['diff']:.0f}%"

@@ -31,7 +31,7 @@ class FamilyParameters:
     dataset: str = _parameter("digits", "digits | mnist | fashion-mnist | cifar10 | cifar100 | imagefolder:ROOT")
     arch: str = _parameter("cnn", "mlp | cnn | resnet18 | vgg11 | densenet | airbench")
     width: int = _parameter(16, "channels of the first layer, 0 for the default of the architecture")
-    widths: list[float] = _parameter([0.5, 1.0, 2.0], "multipliers of width; each but 1 is trained at the first budget, for the frontiers")
+    widths: list[float] = _parameter([0.5, 1.0], "multipliers of width; each but 1 is trained at the first budget, for the frontiers")
     train_size: int = _parameter(0, "pool size (a random subsample of the training split), 0 for all of it")
     imbalance: float = _parameter(1.0, "long-tailed pool: the most frequent class this many times the rarest (10-50 in the literature), 1.0 as drawn")
     norms: list[str] = _parameter(["batch", "gn_ws", "nf", "none"],

@@ -19,6 +19,7 @@ SETTINGS = ("equal epochs", "equal epochs, both fit", "matched fit", INTERPOLATE
 FAIR_SETTINGS = ("equal epochs, both fit", "matched fit", INTERPOLATED, MATCHED_LOSS)
 # The frontier settings: the column of a point they match the two norms on, and its name in words.
 FRONTIERS = {INTERPOLATED: ("test_acc", "test accuracy"), MATCHED_LOSS: ("in_loss", "clean IN loss")}
+FRONTIER_NAMES = {"test_acc": "test-accuracy", "in_loss": "IN-loss"}
 # A merged comparison's setting names every setting that selected its runs, joined by this.
 SAME_RUNS = " = "
 # Test accuracies at which the interpolated comparison reads both curves, across the common range.
@@ -86,11 +87,12 @@ class Comparison:
     @property
     def runs(self) -> str:
         """Which runs it reads, in words: ``"batch@10 vs none@40"``, ``"batch@20,40 vs none@20,40"``
-        (averaged over budgets), or ``"frontier batch@10,20,10@x0.5 vs none@20,40"`` (a point off the
-        ladder is ``budget@xWIDTH``)."""
+        (averaged over budgets), or ``"test-accuracy frontier batch@10,20,10@x0.5 vs none@20,40"`` (a
+        point off the ladder is ``budget@xWIDTH``; the two frontiers read the same runs along
+        different axes, so the axis is part of the name)."""
         if not self.pairs:
-            return (f"frontier batch@{points_words(self.frontier_bn)} vs "
-                    f"{self.reference}@{points_words(self.frontier_ref)}")
+            return (f"{FRONTIER_NAMES.get(self.frontier_axis, 'test-accuracy')} frontier "
+                    f"batch@{points_words(self.frontier_bn)} vs {self.reference}@{points_words(self.frontier_ref)}")
         return (f"batch@{_budgets(b for b, _ in self.pairs)} vs "
                 f"{self.reference}@{_budgets(r for _, r in self.pairs)}")
 
