@@ -300,5 +300,5 @@ def test_the_rate_ablation_gives_a_share_only_of_a_resolved_chosen_rate_differen
 
     resolved = {"diff": 0.02, "lo": 0.01, "hi": 0.03}
     assert _share(0.01, resolved, "both at BN's rate") == "50%"
-    assert _share(0.01, {"diff": 0.02, "lo": -0.01, "hi": 0.05}, "both at BN's rate").startswith("n/a: the chosen")
+    assert _share(0.01, {"diff": 0.02, "lo": -0.01, "hi": 0.05}, "both at BN's rate") == "n/a (not resolved)"
     assert _share(0.02, resolved, "chosen rates") == "(reference row)"

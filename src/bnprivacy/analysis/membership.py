@@ -403,15 +403,23 @@ def vulnerability_link(attacked: Attacked, attack: str = "lira_online") -> Vulne
 
 # The metrics the learning-rate ablation reads (0.1% FPR needs more non-members than its runs pool).
 ABLATION_METRICS = ("auc", "tpr@0.01")
+# The ablation table's two halves, each narrow enough for a page: the state of both sides, and the
+# differences with the share of the chosen-rate difference each arm keeps.
+ABLATION_STATE = ("lr (BN / ref)", "IN accuracy % (BN / ref)", "test accuracy % (BN / ref)")
+# Each metric's two columns (its difference, the share kept) and how its difference prints.
+_ABLATION_COLUMNS = {"auc": ("AUC: BN − ref [95% CI]", "AUC: kept", {}),
+                     "tpr@0.01": ("TPR at 1% FPR (points): BN − ref [95% CI]", "TPR at 1% FPR: kept",
+                                  {"scale": 100.0, "digits": 2})}
+ABLATION_DIFFERENCES = tuple(column for difference, kept, _ in _ABLATION_COLUMNS.values() for column in (difference, kept))
 
 
 def rate_ablation_table(ablation: RateAblation, references, calibration: Calibration, targets: list[int]) -> pd.DataFrame:
     """Chapter 04's learning-rate ablation (``protocol.ablation``): per reference and arm (chosen
-    rates; both at BN's rate; both at the reference's rate), both sides' rates and IN and test
-    accuracy, BN − reference of the headline attack's AUC and TPR at 1% FPR with a 95% t-interval
-    over seeds, and the share of the chosen-rate difference that stays at equal rate (where that
-    difference is resolved). A row whose
-    side diverged, did not fit or did not train reads "not comparable"."""
+    rates; both at BN's rate; both at ref's rate), both sides' rates and IN and test
+    accuracy (:data:`ABLATION_STATE`), BN − reference of the headline attack's AUC and TPR at 1%
+    FPR with a 95% t-interval over seeds, and the share of the chosen-rate difference each arm keeps
+    at equal rate, where that difference is resolved (:data:`ABLATION_DIFFERENCES`). A row whose
+    side diverged, did not fit or did not train reads "not comparable", its ``reason`` beside it."""
     scored: dict = {}
 
     def metric(name):
@@ -428,21 +436,24 @@ def rate_ablation_table(ablation: RateAblation, references, calibration: Calibra
             c = ablation.comparison(reference, lr_bn, lr_ref)
             row = {"reference": reference, "arm": arm, "lr (BN / ref)": f"{lr_bn:g} / {lr_ref:g}",
                    "IN accuracy % (BN / ref)": _percents(c.train_acc_bn, c.train_acc_ref),
-                   "test accuracy % (BN / ref)": _percents(c.test_acc_bn, c.test_acc_ref)}
+                   "test accuracy % (BN / ref)": _percents(c.test_acc_bn, c.test_acc_ref), "reason": c.reason}
             for name in ABLATION_METRICS:
-                d = ablation.difference(reference, lr_bn, lr_ref, metric(name)) if c.comparable else None
-                units = metric_units(name)
-                label = LABELS[name]
-                if d is None:
-                    row[f"{label}: BN − ref [95% CI]"] = not_comparable(c.reason)
-                    row[f"{label}: share of the chosen-rate difference"] = NOT_AVAILABLE
+                difference_column, kept_column, printed = _ABLATION_COLUMNS[name]
+                if not c.comparable:
+                    row[difference_column], row[kept_column] = "not comparable", NOT_AVAILABLE
                     continue
+                d = ablation.difference(reference, lr_bn, lr_ref, metric(name))
                 if arm == ARMS[0]:
                     chosen[name] = d
-                row[f"{label}: BN − ref [95% CI]"] = fmt_interval(d["diff"], d["lo"], d["hi"], **units)
-                row[f"{label}: share of the chosen-rate difference"] = _share(d["diff"], chosen.get(name), arm)
+                row[difference_column] = fmt_interval(d["diff"], d["lo"], d["hi"], **printed)
+                row[kept_column] = _share(d["diff"], chosen.get(name), arm)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def ablation_reasons(table: pd.DataFrame) -> str:
+    """One Markdown bullet per ablation row that is not comparable: which reference and arm, and why."""
+    return "\n".join(f"- {r.reference}, {r.arm}: not comparable: {r.reason}" for r in table.itertuples() if r.reason)
 
 
 def _percents(a: float, b: float) -> str:
@@ -455,5 +466,5 @@ def _share(diff: float, chosen: dict | None, arm: str) -> str:
     if arm == ARMS[0]:
         return "(reference row)"
     if chosen is None or not (chosen["lo"] > 0 or chosen["hi"] < 0):
-        return "n/a: the chosen-rate difference is not resolved"
+        return "n/a (not resolved)"
     return f"{100 * diff / chosen['diff']:.0f}%"

@@ -7,7 +7,7 @@ family's seeds and masks, BN at each reference's chosen rate and each reference 
 them as the family pairs its runs:
 
 - *chosen rates*: BN at its rate against the reference at its rate (the family's own runs);
-- *both at BN's rate* and *both at the reference's rate*: one of the two sides moved.
+- *both at BN's rate* and *both at ref's rate* (the reference's): one of the two sides moved.
 
 A side that diverges, or does not fit or train, makes its row "not comparable" through the guard,
 as everywhere in the protocol.
@@ -29,7 +29,7 @@ from .learning_rates import chosen_agc, chosen_lr
 from .sweep import Sweep
 
 SHRINK = "lr_ablation false, seeds or n_models"
-ARMS = ("chosen rates", "both at BN's rate", "both at the reference's rate")
+ARMS = ("chosen rates", "both at BN's rate", "both at ref's rate")
 
 
 @dataclasses.dataclass
