@@ -268,8 +268,7 @@ def train_family_shard(p: Protocol, *, shard: str = "0/1", chunk_size: int = 16,
     for line in grid_edge_lines(lr_table):
         print(f"warning: {line}")  # before the long training, while extending the grid is still cheap
     lrs, agcs = chosen_lr(lr_table), chosen_agc(lr_table)
-    points = [(1.0, b) for b in p.budgets] + list(p.width_points)
-    keys = [(n, w, b, s) for n in p.norms for w, b in points for s in range(p.seeds)]
+    keys = [(n, w, b, s) for n in p.norms for w, b in p.points for s in range(p.seeds)]
     specs = [p.spec(norm, budget, lrs[norm], seed, len(data.y_train), agcs[norm], width)
              for norm, width, budget, seed in keys]
     runs = shadow.train_runs(specs, data, chunk_size, runner, options, ChunkJob(progress=progress))

@@ -11,7 +11,7 @@ import torch
 
 from ..protocol.ablation import ARMS, RateAblation
 from ..protocol.comparisons import Comparison
-from ..protocol.measures import difference, read_comparison
+from ..protocol.measures import difference, percent_pair, read_comparison
 from ..attacks import (ATTACK_NAMES, HEADLINE_PREFERENCE, AttackInput, LiraOptions, attack_scores, calibrate, evaluate,
                        headline_attack, null_summary, resolvable, shuffled_masks, summarize, vulnerability)
 from ..longtail import rare_classes
@@ -457,7 +457,8 @@ def ablation_reasons(table: pd.DataFrame) -> str:
 
 
 def _percents(a: float, b: float) -> str:
-    return NOT_AVAILABLE if np.isnan(a) or np.isnan(b) else f"{100 * a:.1f} / {100 * b:.1f}"
+    """``percent_pair``, or n/a for a side that diverged (no accuracy)."""
+    return NOT_AVAILABLE if np.isnan(a) or np.isnan(b) else percent_pair(a, b)
 
 
 def _share(diff: float, chosen: dict | None, arm: str) -> str:

@@ -72,6 +72,11 @@ class Protocol:
         return self.agc_grid or (float(self.base.agc_clip),)
 
     @property
+    def points(self) -> tuple[tuple[float, int], ...]:
+        """Every (width multiplier, budget) the family trains: the ladder at x1, then the width points."""
+        return tuple((1.0, budget) for budget in self.budgets) + self.width_points
+
+    @property
     def width_points(self) -> tuple[tuple[float, int], ...]:
         """The (width multiplier, budget) points trained off the ladder: every multiplier but 1, at
         the ladder's first budget."""

@@ -115,10 +115,9 @@ def run_sweep(protocol: Protocol, data, *, lr_table: pd.DataFrame | None = None,
     if lr_table is None:
         lr_table = choose_learning_rates(protocol, data, progress=progress)
     lrs, agcs = chosen_lr(lr_table), chosen_agc(lr_table)
-    points = [(LADDER_WIDTH, budget) for budget in protocol.budgets] + list(protocol.width_points)
     specs = {(norm, width, budget, seed): protocol.spec(norm, budget, lrs[norm], seed, len(data.y_train),
                                                         agcs[norm], width)
-             for norm in protocol.norms for width, budget in points for seed in range(protocol.seeds)}
+             for norm in protocol.norms for width, budget in protocol.points for seed in range(protocol.seeds)}
     planned = {key: planned_run(_run_name(*key), spec, len(data.y_train)) for key, spec in specs.items()}
     planned = {key: run for key, run in planned.items() if run.models}
     clock = TrainingClock("shadow runs of the family", list(planned.values()), loaded=len(specs) - len(planned),
